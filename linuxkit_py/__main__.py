@@ -1,0 +1,3 @@
+from linuxkit_py.cli import main
+
+raise SystemExit(main())

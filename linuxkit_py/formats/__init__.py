@@ -1,0 +1,63 @@
+"""The output format table: one row per format, like LinuxKit's `outFuns`.
+
+A writer gets the assembled root filesystem and one open (temporary) binary file per
+output suffix; the build renames the temporaries into place only when every writer of
+the format succeeded. Adding a format is adding a row to FORMATS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from linuxkit_py.errors import UserError
+from linuxkit_py.rootfs.entry import Entry
+
+
+@dataclass
+class Rootfs:
+    """The assembled root filesystem, in output order (boot/kernel, boot/cmdline, ... first)."""
+
+    entries: list[Entry]
+    epoch: int  # mtime of every entry and of every generated header (SOURCE_DATE_EPOCH)
+
+
+Writer = Callable[[Rootfs, list[BinaryIO]], None]
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    suffixes: tuple[str, ...]  # output files are NAME + suffix, in the order the writer gets them
+    write: Writer
+    streamable: bool = False  # may be written to `-o FILE|-`
+    tools: tuple[str, ...] = ()  # external commands it needs (see linuxkit_py.tools)
+    description: str = ""
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register(fmt: Format) -> Format:
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def get_format(name: str) -> Format:
+    _load_writers()
+    try:
+        return FORMATS[name]
+    except KeyError:
+        known = ", ".join(sorted(FORMATS))
+        raise UserError(f"unknown format {name!r}", hint=f"known formats: {known}") from None
+
+
+def all_formats() -> dict[str, Format]:
+    _load_writers()
+    return dict(FORMATS)
+
+
+def _load_writers() -> None:
+    # Importing a writer module registers its rows.
+    from linuxkit_py.formats import initrd, tar  # noqa: F401

@@ -1,0 +1,52 @@
+"""Atomic file output: temp file in the target directory, renamed into place only on success."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from linuxkit_py.errors import UserError
+
+
+def _make_temp(target: Path) -> tuple[int, str]:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror}") from exc
+
+
+@contextlib.contextmanager
+def atomic_output(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Yield a binary file; on success it is fsynced and renamed to `target`, on error removed."""
+    with atomic_outputs([target], mode) as files:
+        yield files[0]
+
+
+@contextlib.contextmanager
+def atomic_outputs(targets: list[Path], mode: int = 0o644) -> Iterator[list[BinaryIO]]:
+    """Like atomic_output for several files that appear together or not at all."""
+    temps: list[tuple[str, BinaryIO]] = []
+    try:
+        for target in targets:
+            fd, name = _make_temp(target)
+            os.fchmod(fd, mode)
+            os.close(fd)
+            temps.append((name, open(name, "wb")))  # noqa: SIM115 - closed below
+        yield [f for _, f in temps]
+        for _, f in temps:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        for (name, _), target in zip(temps, targets, strict=True):
+            os.replace(name, target)
+    except BaseException:
+        for name, f in temps:
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        raise

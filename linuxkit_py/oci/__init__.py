@@ -1,0 +1,1 @@
+"""OCI images: references, registry client, cache (an OCI image layout), flattening, runtime config."""

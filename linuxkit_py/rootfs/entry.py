@@ -1,0 +1,95 @@
+"""One filesystem entry of an image or of the assembled root filesystem.
+
+Entries carry metadata only. File contents are either small inline bytes or a
+FileRegion: a byte range of a file on disk (an uncompressed layer tar in the
+cache, a host file named by `files: source:`). Nothing is ever extracted onto
+the host filesystem.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+CHUNK = 1 << 20
+
+
+class Kind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    CHAR = "char"
+    BLOCK = "block"
+    FIFO = "fifo"
+
+
+@dataclass(frozen=True)
+class FileRegion:
+    """`size` bytes of the file at `path`, starting at `offset`."""
+
+    path: str
+    offset: int
+    size: int
+
+
+Data = bytes | FileRegion
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A filesystem entry.
+
+    path: relative POSIX path with no leading '/' or './' and no trailing '/'.
+    mode: permission bits only (0o7777), the type is `kind`.
+    linkname: symlink target (verbatim) or, for HARDLINK, the rootfs-relative path of the
+      entry it links to (which comes earlier in the same stream).
+    data: contents of a FILE (None means empty).
+    source/location: LinuxKit's PAX records (`LINUXKIT.source`, `LINUXKIT.location`).
+    """
+
+    path: str
+    kind: Kind
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    data: Data | None = None
+    mtime: int = 0
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    source: str = ""
+    location: str = ""
+    uname: str = ""
+    gname: str = ""
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def with_path(self, path: str) -> Entry:
+        return replace(self, path=path)
+
+
+def iter_data(data: Data | None, chunk: int = CHUNK) -> Iterator[bytes]:
+    """Yield the contents described by `data` in chunks of at most `chunk` bytes."""
+    if data is None:
+        return
+    if isinstance(data, bytes):
+        for i in range(0, len(data), chunk):
+            yield data[i : i + chunk]
+        return
+    remaining = data.size
+    with open(data.path, "rb") as f:
+        f.seek(data.offset)
+        while remaining > 0:
+            block = f.read(min(chunk, remaining))
+            if not block:
+                raise OSError(f"{data.path}: truncated (wanted {remaining} more bytes at {f.tell()})")
+            remaining -= len(block)
+            yield block
+
+
+def read_data(data: Data | None) -> bytes:
+    """All contents of `data` in memory (only for small files)."""
+    return b"".join(iter_data(data))

@@ -1,0 +1,1 @@
+"""The YAML spec: loading with positions, schema validation, merging of several files."""
