@@ -60,9 +60,10 @@ class Cache:
             (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
             layout = self.root / "oci-layout"
             if not layout.exists():
-                self._write_atomic(layout, b'{"imageLayoutVersion":"1.0.0"}')
+                self._write_atomic(layout, b'{"imageLayoutVersion":"1.0.0"}', replace=False)
             if not (self.root / "index.json").exists():
-                self._write_index([])
+                # Never replace: another build may have named an image since the check above.
+                self._write_atomic(self.root / "index.json", self._index_bytes([]), replace=False)
         except OSError as exc:
             raise UserError(f"cannot use cache directory {self.root}: {exc.strerror}") from exc
 
@@ -141,7 +142,8 @@ class Cache:
             raise UserError(f"cache {self.root}: blob {digest} is not valid JSON: {exc}") from exc
 
     # -- index.json ----------------------------------------------------------
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def _write_atomic(self, path: Path, data: bytes, replace: bool = True) -> None:
+        """Write via a temp file; with replace=False an existing file is left as it is."""
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -149,7 +151,12 @@ class Cache:
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+                os.unlink(tmp)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -162,12 +169,23 @@ class Cache:
         except FileNotFoundError:
             return []
         except ValueError as exc:
-            raise UserError(f"cache {self.root}: index.json is corrupt: {exc}", hint="linuxkit-py cache clean") from exc
-        return list(doc.get("manifests") or [])
+            raise UserError(f"cache {self.root}: index.json is corrupt: {exc}",
+                            hint="linuxkit-py cache clean") from exc
+        manifests = doc.get("manifests", []) if isinstance(doc, dict) else None
+        if manifests is None and isinstance(doc, dict):
+            manifests = []  # "manifests": null
+        if not isinstance(manifests, list) or not all(isinstance(d, dict) for d in manifests):
+            raise UserError(f"cache {self.root}: index.json is corrupt: not an OCI image index",
+                            hint="linuxkit-py cache clean")
+        return list(manifests)
+
+    @staticmethod
+    def _index_bytes(manifests: list[dict[str, Any]]) -> bytes:
+        doc = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
+        return json.dumps(doc, indent=2).encode() + b"\n"
 
     def _write_index(self, manifests: list[dict[str, Any]]) -> None:
-        doc = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
-        self._write_atomic(self.root / "index.json", json.dumps(doc, indent=2).encode() + b"\n")
+        self._write_atomic(self.root / "index.json", self._index_bytes(manifests))
 
     def refs(self) -> list[tuple[str, dict[str, Any]]]:
         """(ref name, descriptor) for every named entry of index.json, sorted by name."""

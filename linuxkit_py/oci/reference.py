@@ -13,6 +13,10 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN_RE = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$")
+NAME_MAX = 255  # Docker's limit on the normalised name (registry/repository)
+_HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ def parse_reference(text: str) -> Reference:
     original = text
     if not text or text != text.strip():
         raise UserError(f"invalid image reference {original!r}")
+    if _HEX64_RE.match(text):
+        raise UserError(f"invalid image reference {original!r}: a 64-digit hex string is an image id, "
+                        "not a name")
     digest = None
     if "@" in text:
         text, digest = text.split("@", 1)
@@ -72,6 +79,8 @@ def parse_reference(text: str) -> Reference:
     first, _, rest = text.partition("/")
     if rest and _looks_like_registry(first):
         registry, path = first, rest
+        if not _DOMAIN_RE.match(registry):
+            raise UserError(f"invalid image reference {original!r}: bad registry {registry!r}")
     else:
         registry, path = DEFAULT_REGISTRY, text
     if registry in ("index.docker.io", "registry-1.docker.io"):
@@ -80,6 +89,8 @@ def parse_reference(text: str) -> Reference:
         path = f"library/{path}"
     if not _PATH_RE.match(path):
         raise UserError(f"invalid image reference {original!r}: bad repository name {path!r}")
+    if len(registry) + 1 + len(path) > NAME_MAX:
+        raise UserError(f"invalid image reference {original!r}: name longer than {NAME_MAX} characters")
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(registry=registry, repository=path, tag=tag, digest=digest)

@@ -1,0 +1,122 @@
+"""`linuxkit-py build`: spec files -> resolved spec -> images in the cache -> rootfs -> output files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from linuxkit_py.errors import UserError
+from linuxkit_py.formats import Format, Rootfs, get_format
+from linuxkit_py.fsutil import atomic_outputs
+from linuxkit_py.oci.cache import Cache
+from linuxkit_py.oci.platform import normalize_arch
+from linuxkit_py.oci.registry import RegistryOptions, pull_images
+from linuxkit_py.rootfs.assemble import Assembly, assemble, image_refs, metadata_writer
+from linuxkit_py.spec.load import load_specs, spec_to_yaml
+from linuxkit_py.spec.resolve import resolve_spec
+from linuxkit_py.tools import require
+
+log = logging.getLogger("linuxkit_py")
+
+# LinuxKit's fixed modification time for generated entries (2017-04-18T16:30:00Z).
+DEFAULT_EPOCH = 1492533000
+
+
+@dataclass
+class BuildOptions:
+    paths: list[str]
+    formats: list[str] = field(default_factory=lambda: ["kernel+initrd"])
+    name: str | None = None
+    directory: Path = Path("outputs")
+    output: str | None = None  # -o FILE or "-": one streamable format
+    arch: str | None = None
+    pull: bool = False
+    cache_dir: Path | None = None
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    dry_run: bool = False
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH when set (reproducible-builds.org), else LinuxKit's fixed time."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if not value:
+        return DEFAULT_EPOCH
+    try:
+        epoch = int(value)
+    except ValueError:
+        raise UserError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds") from None
+    if epoch < 0:
+        raise UserError(f"SOURCE_DATE_EPOCH={value!r} is negative")
+    return epoch
+
+
+def default_name(paths: list[str]) -> str:
+    """The output base name: the first spec's file name without extension (`moby` for stdin)."""
+    first = paths[0]
+    if first == "-":
+        return "moby"
+    base = os.path.basename(first)
+    for ext in (".yml", ".yaml"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def _formats(opts: BuildOptions) -> list[Format]:
+    names: list[str] = []
+    for value in opts.formats:
+        names.extend(n for n in value.split(",") if n)
+    names = list(dict.fromkeys(names)) or (["tar"] if opts.output else ["kernel+initrd"])
+    formats = [get_format(n) for n in names]
+    if opts.output is not None and (len(formats) != 1 or not formats[0].streamable):
+        raise UserError("-o writes one streamable format (tar or docker)", hint="use --dir for the others")
+    for fmt in formats:
+        for tool in fmt.tools:
+            require(tool)
+    return formats
+
+
+def build(opts: BuildOptions) -> list[Path]:
+    """Run a build; returns the files written (nothing for --dry-run or -o -)."""
+    spec = resolve_spec(load_specs(opts.paths))
+    if opts.dry_run:
+        sys.stdout.write(spec_to_yaml(spec))
+        return []
+    formats = _formats(opts)
+    epoch = source_date_epoch()
+    arch = normalize_arch(opts.arch)
+    cache = Cache(opts.cache_dir or default_cache())
+    images = pull_images(cache, image_refs(spec), arch, opts.registry, opts.pull)
+    entries = assemble(Assembly(spec, images, cache, metadata_writer(spec)))
+    rootfs = Rootfs(entries, epoch)
+    if opts.output is not None:
+        return _write_stream(formats[0], rootfs, opts.output)
+    name = opts.name or default_name(opts.paths)
+    written: list[Path] = []
+    for fmt in formats:
+        targets = [opts.directory / f"{name}{suffix}" for suffix in fmt.suffixes]
+        log.info("writing %s: %s", fmt.name, ", ".join(str(t) for t in targets))
+        with atomic_outputs(targets) as files:
+            fmt.write(rootfs, files)
+        written.extend(targets)
+    return written
+
+
+def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:
+    if output == "-":
+        fmt.write(rootfs, [sys.stdout.buffer])
+        sys.stdout.buffer.flush()
+        return []
+    target = Path(output)
+    with atomic_outputs([target]) as files:
+        fmt.write(rootfs, files)
+    return [target]
+
+
+def default_cache() -> Path:
+    from linuxkit_py.oci.cache import default_cache_dir
+
+    return default_cache_dir()

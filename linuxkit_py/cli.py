@@ -1,0 +1,137 @@
+"""Command line: `linuxkit-py build|cache|version`. User errors -> one line on stderr, exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from linuxkit_py import __version__
+from linuxkit_py.errors import UserError
+
+if TYPE_CHECKING:
+    from linuxkit_py.oci.registry import RegistryOptions
+
+log = logging.getLogger("linuxkit_py")
+
+
+def _add_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", type=Path, default=None,
+                   help="image cache directory, an OCI layout (default: $LINUXKIT_CACHE or ~/.cache/linuxkit-py)")
+
+
+def _add_registry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mirror", action="append", default=[], metavar="REGISTRY=URL",
+                   help="pull REGISTRY's images from URL (repeatable; also $LINUXKIT_MIRROR)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                   help="allow plain http for this registry (loopback registries always may)")
+    p.add_argument("--cert-file", action="append", default=[], metavar="FILE",
+                   help="extra CA certificate(s) to trust for registries")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linuxkit-py", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build outputs from one or more spec files")
+    b.add_argument("files", nargs="+", metavar="SPEC", help="YAML spec file(s), merged in order; - for stdin")
+    b.add_argument("-f", "--format", action="append", default=[], dest="formats",
+                   help="output format (repeatable or comma-separated; default kernel+initrd, tar with -o)")
+    b.add_argument("--name", help="output base name (default: the first spec's name)")
+    b.add_argument("--dir", type=Path, default=None, help="output directory (default: outputs)")
+    b.add_argument("-o", dest="output", metavar="FILE", help="write one streamable format to FILE (- for stdout)")
+    b.add_argument("--arch", help="target architecture: amd64/x86_64, arm64/aarch64, riscv64 (default: host)")
+    b.add_argument("--pull", action="store_true", help="always pull images, even when cached")
+    b.add_argument("--dry-run", action="store_true", help="print the merged, resolved spec and stop")
+    _add_cache_option(b)
+    _add_registry_options(b)
+
+    c = sub.add_parser("cache", help="inspect or clean the image cache")
+    csub = c.add_subparsers(dest="cache_command", required=True)
+    for name, text in (("ls", "list cached images"), ("clean", "remove every cached image")):
+        _add_cache_option(csub.add_parser(name, help=text))
+    rm = csub.add_parser("rm", help="remove cached image(s) by reference")
+    rm.add_argument("refs", nargs="+", metavar="REF")
+    _add_cache_option(rm)
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _registry_options(args: argparse.Namespace) -> RegistryOptions:
+    from linuxkit_py.oci.registry import RegistryOptions, parse_mirrors
+
+    return RegistryOptions(
+        mirrors=parse_mirrors(args.mirror, os.environ.get("LINUXKIT_MIRROR")),
+        insecure=frozenset(args.insecure_registry),
+        ca_files=tuple(args.cert_file),
+    )
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from linuxkit_py.build import BuildOptions, build
+
+    if args.output is not None and (args.name or args.dir):
+        raise UserError("-o cannot be combined with --name or --dir")
+    opts = BuildOptions(
+        paths=args.files,
+        formats=args.formats,
+        name=args.name,
+        directory=args.dir or Path("outputs"),
+        output=args.output,
+        arch=args.arch,
+        pull=args.pull,
+        cache_dir=args.cache,
+        registry=_registry_options(args),
+        dry_run=args.dry_run,
+    )
+    for path in build(opts):
+        log.warning("wrote %s", path)
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from linuxkit_py.oci.cache import Cache, default_cache_dir
+    from linuxkit_py.oci.reference import normalize_reference
+
+    cache = Cache(args.cache or default_cache_dir())
+    if args.cache_command == "ls":
+        for name, desc in cache.refs():
+            print(f"{name}\t{desc.get('digest', '')}")
+    elif args.cache_command == "rm":
+        status = 0
+        for ref in args.refs:
+            name = normalize_reference(ref)
+            if not cache.remove_ref(name):
+                print(f"linuxkit-py: {name} is not in the cache", file=sys.stderr)
+                status = 1
+        return status
+    elif args.cache_command == "clean":
+        cache.clean()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    try:
+        if args.command == "build":
+            return _cmd_build(args)
+        if args.command == "cache":
+            return _cmd_cache(args)
+        if args.command == "version":
+            print(f"linuxkit-py {__version__}")
+            return 0
+    except UserError as exc:
+        print(f"linuxkit-py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("linuxkit-py: interrupted", file=sys.stderr)
+        return 130
+    return 2

@@ -1,0 +1,157 @@
+"""The `kernel+initrd` and `tar-kernel-initrd` outputs.
+
+Like LinuxKit's `initrd.CopySplitTar`: `boot/kernel` is the kernel, the contents of
+`boot/cmdline` the command line and `boot/ucode.cpio` (optional) an early microcode cpio;
+every other `boot/` entry is dropped, and the rest of the root filesystem becomes a
+compressed newc cpio (see formats/cpio.py). For `kernel+initrd` the uncompressed ucode
+cpio is prepended to the initrd, where the kernel's early microcode loader looks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import BinaryIO, cast
+
+from linuxkit_py.errors import UserError
+from linuxkit_py.formats import Format, Rootfs, register
+from linuxkit_py.formats.compress import compressed_writer
+from linuxkit_py.formats.contents import ContentReader
+from linuxkit_py.formats.cpio import check_cpio_sizes, write_cpio
+from linuxkit_py.formats.tar import write_tar
+from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind, read_data
+
+BOOT_DIR = "boot"
+KERNEL_PATH = "boot/kernel"
+CMDLINE_PATH = "boot/cmdline"
+UCODE_PATH = "boot/ucode.cpio"
+# Member names and mode in the tar-kernel-initrd tarball (LinuxKit's outputKernelInitrdTarball).
+TARBALL_KERNEL = "kernel"
+TARBALL_INITRD = "initrd.img"
+TARBALL_CMDLINE = "cmdline"
+TARBALL_UCODE = "ucode.cpio"
+TARBALL_MODE = 0o644
+
+
+@dataclass
+class BootSplit:
+    kernel: Entry  # a FILE
+    cmdline: bytes
+    ucode: Entry | None  # a FILE
+    initrd: list[Entry]  # everything outside boot/
+
+
+def _is_boot(path: str) -> bool:
+    return path == BOOT_DIR or path.startswith(BOOT_DIR + "/")
+
+
+def split_boot(entries: Sequence[Entry]) -> BootSplit:
+    """Take the kernel, cmdline and ucode out of the root filesystem; drop the rest of boot/."""
+    files: dict[str, Entry] = {}  # path -> the FILE it names (hard links resolved)
+    rest: list[Entry] = []
+    moved: dict[str, str] = {}  # dropped boot/ file -> the first link outside boot/ that now holds it
+    for entry in entries:
+        if entry.kind is Kind.FILE:
+            files[entry.path] = entry
+        elif entry.kind is Kind.HARDLINK and entry.linkname in files:
+            files[entry.path] = files[entry.linkname]
+        if _is_boot(entry.path):
+            continue
+        if entry.kind is Kind.HARDLINK and _is_boot(entry.linkname):
+            # Its file stays out of the initrd: the first link outside boot/ becomes the file.
+            holder = moved.get(entry.linkname)
+            target = files.get(entry.linkname)
+            if target is None:
+                raise ValueError(f"hard link {entry.path} -> {entry.linkname}: no regular file before it")
+            if holder is None:
+                moved[entry.linkname] = entry.path
+                entry = replace(target, path=entry.path, source=entry.source, location=entry.location)
+            else:
+                entry = replace(entry, linkname=holder)
+        rest.append(entry)
+    kernel = files.get(KERNEL_PATH)
+    if kernel is None:
+        raise UserError("no kernel: the root filesystem has no boot/kernel",
+                        hint="kernel+initrd outputs need a `kernel: image:` in the spec")
+    cmdline = files.get(CMDLINE_PATH)
+    return BootSplit(kernel=kernel, cmdline=read_data(cmdline.data) if cmdline else b"",
+                     ucode=files.get(UCODE_PATH), initrd=rest)
+
+
+def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compression: str = "gzip",
+                 level: int | None = None, threads: int | None = None, ucode: Entry | None = None) -> None:
+    """Write `entries` as a compressed newc cpio initramfs, after the uncompressed `ucode` cpio if given.
+
+    `compression` is "gzip" (parallel, deterministic; default level 5) or "zstd" (default level 3).
+    """
+    check_cpio_sizes(entries)
+    if ucode is not None:
+        _copy(ucode, out)
+    sink = compressed_writer(out, compression, level, threads)
+    try:
+        write_cpio(entries, sink, epoch)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def _copy(entry: Entry, out: BinaryIO) -> None:
+    with ContentReader() as reader:
+        for chunk in reader.chunks(entry.data):
+            out.write(chunk)
+
+
+def write_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:
+    """`kernel+initrd`: NAME-kernel, NAME-initrd.img (ucode first, if any), NAME-cmdline."""
+    kernel_out, initrd_out, cmdline_out = outs
+    boot = split_boot(rootfs.entries)
+    _copy(boot.kernel, kernel_out)
+    write_initrd(boot.initrd, initrd_out, rootfs.epoch, compression=compression, ucode=boot.ucode)
+    cmdline_out.write(boot.cmdline)
+
+
+def write_tar_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:
+    """`tar-kernel-initrd`: NAME-initrd.tar holding kernel, initrd.img, cmdline and ucode.cpio.
+
+    As in LinuxKit, initrd.img here has no ucode in front (ucode.cpio is its own member), and an
+    empty cmdline is left out.
+    """
+    (out,) = outs
+    boot = split_boot(rootfs.entries)
+    # A tar header needs the size first: compress the initrd to a temporary file next to the output.
+    name = getattr(out, "name", None)
+    directory = os.path.dirname(name) if isinstance(name, str) and os.path.isabs(name) else None
+    with tempfile.NamedTemporaryFile(prefix=".initrd-", suffix=".tmp", dir=directory) as initrd:
+        write_initrd(boot.initrd, cast(BinaryIO, initrd), rootfs.epoch, compression=compression)
+        initrd.flush()
+        size = initrd.tell()
+        members = [
+            _tarball_member(TARBALL_KERNEL, boot.kernel.data, boot.kernel.size),
+            _tarball_member(TARBALL_INITRD, FileRegion(initrd.name, 0, size), size),
+        ]
+        if boot.cmdline:
+            members.append(_tarball_member(TARBALL_CMDLINE, boot.cmdline, len(boot.cmdline)))
+        if boot.ucode is not None:
+            members.append(_tarball_member(TARBALL_UCODE, boot.ucode.data, boot.ucode.size))
+        write_tar(members, out, rootfs.epoch)
+
+
+def _tarball_member(name: str, data: bytes | FileRegion | None, size: int) -> Entry:
+    return Entry(name, Kind.FILE, TARBALL_MODE, size=size, data=data)
+
+
+register(Format(
+    name="kernel+initrd",
+    suffixes=("-kernel", "-initrd.img", "-cmdline"),
+    write=write_kernel_initrd,
+    description="kernel, gzip newc cpio initramfs (ucode first) and command line",
+))
+register(Format(
+    name="tar-kernel-initrd",
+    suffixes=("-initrd.tar",),
+    write=write_tar_kernel_initrd,
+    description="a tar of kernel, initrd.img, cmdline and ucode.cpio",
+))

@@ -1,0 +1,326 @@
+"""Assemble the root filesystem from the resolved spec and the cached images.
+
+Sections in LinuxKit's order: kernel, init, volumes, onboot, onshutdown, services, files.
+The result is a list of entries (metadata plus data references), never a tree on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from linuxkit_py.errors import SpecError, UserError
+from linuxkit_py.oci import runtime as oci_runtime
+from linuxkit_py.oci.cache import Cache
+from linuxkit_py.oci.image import Image
+from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
+from linuxkit_py.rootfs.filters import RESOLV_SYMLINK, filter_image
+from linuxkit_py.rootfs.flatten import flatten_image
+from linuxkit_py.rootfs.tarindex import read_tar_region
+from linuxkit_py.rootfs.tree import Tree, normalize_path
+from linuxkit_py.spec.model import SECTIONS, Spec
+
+log = logging.getLogger("linuxkit_py")
+
+APK_DB = "lib/apk/db/installed"
+FILES_SOURCE = "linuxkit.files"
+VOLUMES_SOURCE = "linuxkit.volumes"
+
+
+@dataclass
+class Assembly:
+    """What assemble needs besides the spec: the images by normalised ref and where they live."""
+
+    spec: Spec  # with image references normalised (see spec.resolve)
+    images: dict[str, Image]
+    cache: Cache
+    metadata: Callable[[str], bytes]  # `files: metadata: yaml|json` -> document bytes
+
+
+def assemble(a: Assembly) -> list[Entry]:
+    """The whole root filesystem, in output order."""
+    tree = Tree()
+    if a.spec.kernel.get("image"):
+        _add_kernel(tree, a)
+    _add_init(tree, a)
+    _add_volumes(tree, a)
+    _add_containers(tree, a)
+    _add_files(tree, a)
+    return tree.entries()
+
+
+def _flat(a: Assembly, ref: str) -> list[Entry]:
+    return flatten_image(a.cache, a.images[ref])
+
+
+def _dir(path: str, source: str, location: str, mode: int = 0o755) -> Entry:
+    return Entry(path, Kind.DIR, mode, source=source, location=location)
+
+
+def _file(path: str, data: bytes, source: str, location: str, mode: int = 0o644) -> Entry:
+    return Entry(path, Kind.FILE, mode, size=len(data), data=data, source=source, location=location)
+
+
+def _add_prefixed(tree: Tree, entries: list[Entry], prefix: str) -> None:
+    """Add image entries below `prefix` (hard link targets move with them)."""
+    for e in entries:
+        link = f"{prefix}/{e.linkname}" if e.kind == Kind.HARDLINK else e.linkname
+        tree.add(replace(e, path=f"{prefix}/{e.path}", linkname=link))
+
+
+def _add_prefix_dirs(tree: Tree, prefix: str, source: str, location: str) -> None:
+    parts = prefix.split("/")
+    for i in range(len(parts)):
+        tree.add(_dir("/".join(parts[: i + 1]), source, location))
+
+
+# -- kernel -----------------------------------------------------------------------------------------
+def _add_kernel(tree: Tree, a: Assembly) -> None:
+    k = a.spec.kernel
+    ref = k["image"]
+    binary = k.get("binary") or "kernel"
+    tar_name = k.get("tar", "kernel.tar")
+    tar_name = "" if tar_name in (None, "none") else tar_name
+    ucode = k.get("ucode") or ""
+    flat = _flat(a, ref)
+    by_path = {e.path: e for e in flat}
+
+    def regular(name: str, what: str) -> Entry:
+        entry = by_path.get(normalize_path(name))
+        while entry is not None and entry.kind == Kind.HARDLINK:
+            entry = by_path.get(entry.linkname)
+        if entry is None:
+            raise UserError(f"{ref}: did not find {what} {name!r} in the kernel image")
+        if entry.kind != Kind.FILE:
+            raise UserError(f"{ref}: {what} {name!r} in the kernel image is not a regular file")
+        return entry
+
+    kernel = regular(binary, "kernel")
+    cmdline = (k.get("cmdline") or "").encode()
+    tree.add(_dir("boot", ref, "kernel"))
+    tree.add(_file("boot/cmdline", cmdline, ref, "kernel"))
+    tree.add(replace(kernel, path="boot/kernel", source=ref, location="kernel"))
+    if ucode:
+        tree.add(replace(regular(ucode, "ucode"), path="boot/ucode.cpio", source=ref, location="kernel"))
+    if tar_name:
+        tar = regular(tar_name, "kernel tar")
+        assert isinstance(tar.data, FileRegion) or tar.data is None
+        if isinstance(tar.data, FileRegion):
+            for e in read_tar_region(tar.data, f"{ref}: {tar_name}"):
+                tree.add(replace(e, source=ref, location="kernel"))
+
+
+# -- init -------------------------------------------------------------------------------------------
+def _add_init(tree: Tree, a: Assembly) -> None:
+    apk_dbs: list[bytes] = []
+    for i, ref in enumerate(a.spec.init):
+        location = f"init[{i}]"
+        entries = filter_image(_flat(a, ref), ref, location, RESOLV_SYMLINK)
+        for e in entries:
+            if e.path == APK_DB and e.kind == Kind.FILE:
+                apk_dbs.append(_read_small(e))
+            tree.add(e)
+    if len(apk_dbs) > 1:
+        # The union of the init images' apk databases, as LinuxKit writes it (each followed by a blank line).
+        data = b"".join(db + b"\n\n" for db in apk_dbs)
+        tree.add(_file(APK_DB, data, "LINUXKIT.apkinit", "init"))
+
+
+def _read_small(entry: Entry) -> bytes:
+    from linuxkit_py.rootfs.entry import read_data
+
+    return read_data(entry.data)
+
+
+# -- volumes ----------------------------------------------------------------------------------------
+def _add_volumes(tree: Tree, a: Assembly) -> None:
+    for i, vol in enumerate(a.spec.volumes):
+        location = f"volume[{i}]"
+        base = f"containers/volumes/{vol['name']}"
+        ref = vol.get("image")
+        _add_prefix_dirs(tree, f"{base}/lower", ref or "empty", location)
+        if ref:
+            if vol.get("format", "filesystem") == "oci":
+                _add_oci_layout(tree, a, ref, f"{base}/lower", location, vol.get("platforms") or [])
+            else:
+                entries = filter_image(_flat(a, ref), ref, location, RESOLV_SYMLINK)
+                _add_prefixed(tree, entries, f"{base}/lower")
+        tree.add(_dir(f"{base}/tmp", VOLUMES_SOURCE, location))
+        tree.add(_dir(f"{base}/merged", VOLUMES_SOURCE, location))
+
+
+def _add_oci_layout(tree: Tree, a: Assembly, ref: str, prefix: str, location: str, platforms: list[str]) -> None:
+    """An OCI image layout of the image (the platform this build is for) inside a volume."""
+    image = a.images[ref]
+    arch = image.config.get("architecture", "")
+    for p in platforms:
+        if p.split("/")[:2] != ["linux", arch]:
+            raise UserError(
+                f"volume image {ref}: platform {p!r} is not available",
+                hint=f"only the build's platform (linux/{arch}) can be written into a format: oci volume yet",
+            )
+    manifest_bytes = a.cache.read_blob(image.digest)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": image.manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json"),
+            "digest": image.digest,
+            "size": len(manifest_bytes),
+            "platform": {"architecture": arch, "os": "linux"},
+            "annotations": {"org.opencontainers.image.ref.name": ref},
+        }],
+    }
+    tree.add(_file(f"{prefix}/oci-layout", b'{"imageLayoutVersion":"1.0.0"}', ref, location))
+    tree.add(_file(f"{prefix}/index.json", json.dumps(index, indent=2).encode(), ref, location))
+    digests = [image.digest, image.manifest["config"]["digest"]] + [layer["digest"] for layer in image.layers]
+    for d in digests:
+        path = a.cache.blob_path(d)
+        size = path.stat().st_size
+        blob = Entry(f"{prefix}/blobs/sha256/{d.split(':', 1)[1]}", Kind.FILE, 0o644, size=size,
+                     data=FileRegion(str(path), 0, size), source=ref, location=location)
+        tree.add(blob)
+
+
+# -- containers -------------------------------------------------------------------------------------
+def _add_containers(tree: Tree, a: Assembly) -> None:
+    ids = oci_runtime.allocate_ids(a.spec)
+    volumes = {v["name"]: v for v in a.spec.volumes}
+    extracted: dict[str, str] = {}  # image ref -> absolute dir of its first extraction (LinuxKit's dupMap)
+    from linuxkit_py.spec.validate import validate_label
+
+    for section in SECTIONS:
+        for i, entry in enumerate(getattr(a.spec, section)):
+            ref = entry["image"]
+            location = f"{section}[{i}]"
+            image = a.images[ref]
+            try:
+                raw_label = image.moby_config_label()
+            except ValueError as exc:
+                raise UserError(f"{ref}: label org.mobyproject.config is not valid JSON: {exc}") from exc
+            label = validate_label(raw_label, ref) if raw_label is not None else None
+            try:
+                cc = oci_runtime.container_config(entry, image.runtime_config, label, ids=ids, volumes=volumes)
+            except oci_runtime.ContainerConfigError as exc:
+                pos = None if exc.from_label else a.spec.position(f"{section}/{i}/{exc.key}")
+                if pos is None:
+                    raise
+                raise SpecError(pos.file, pos.line, pos.column, f"{location}.{exc.field}: {exc.detail}") from exc
+            dirname = f"{i:03d}-{entry['name']}" if section != "services" else entry["name"]
+            bundle = f"containers/{section}/{dirname}"
+            content_dir = f"{bundle}/{'rootfs' if cc.readonly else 'lower'}"
+            first = extracted.get(ref)
+            if first is None:
+                _add_prefix_dirs(tree, content_dir, ref, location)
+                _add_prefixed(tree, filter_image(_flat(a, ref), ref, location, None), content_dir)
+                extracted[ref] = "/" + content_dir
+                content = "/" + content_dir
+            else:
+                _add_prefix_dirs(tree, bundle, ref, location)
+                content = first
+            tree.add(_file(f"{bundle}/config.json", oci_runtime.config_json(cc.config), ref, location))
+            if not cc.readonly:
+                tree.add(_dir(f"{bundle}/tmp", ref, location))
+                tree.add(_dir(f"{bundle}/rootfs", ref, location))
+            elif first is not None:
+                tree.add(_dir(f"{bundle}/rootfs", ref, location))
+            runtime = oci_runtime.bundle_runtime(cc.runtime, "/" + bundle, content, cc.readonly)
+            tree.add(_file(f"{bundle}/runtime.json", oci_runtime.runtime_json(runtime), ref, location))
+
+
+# -- files ------------------------------------------------------------------------------------------
+def _dir_mode(mode: int) -> int:
+    """A file's mode with x added wherever r or w is set (the mode of the parents it implies)."""
+    for rw, x in ((0o700, 0o100), (0o070, 0o010), (0o007, 0o001)):
+        if mode & rw:
+            mode |= x
+    return mode
+
+
+def _source_path(source: str, spec_file: str | None) -> Path:
+    if source.startswith("~/"):
+        return Path.home() / source[2:]
+    path = Path(source)
+    if not path.is_absolute() and spec_file and spec_file != "<stdin>":
+        path = Path(spec_file).parent / path
+    return path
+
+
+def _add_files(tree: Tree, a: Assembly) -> None:
+    ids = oci_runtime.allocate_ids(a.spec)
+    for i, f in enumerate(a.spec.files):
+        location = f"files[{i}]"
+        path = normalize_path(f["path"])
+        pos = a.spec.position(f"files/{i}")
+        where = f"{pos}: " if pos else ""
+        if not path:
+            raise UserError(f"{where}{location}: path {f['path']!r} names the root directory")
+        is_dir = bool(f.get("directory"))
+        mode = int(f["mode"], 8) if f.get("mode") else (0o700 if is_dir else 0o600)
+        try:
+            uid = oci_runtime.resolve_id(f.get("uid"), ids)
+            gid = oci_runtime.resolve_id(f.get("gid"), ids)
+        except UserError as exc:
+            raise UserError(f"{where}{location}: {exc.message}") from exc
+        base = Entry(path, Kind.FILE, mode, uid=uid, gid=gid, source=FILES_SOURCE, location=location)
+        if is_dir:
+            entry = replace(base, kind=Kind.DIR)
+        elif f.get("symlink"):
+            entry = replace(base, kind=Kind.SYMLINK, linkname=f["symlink"])
+        elif "contents" in f and f["contents"] is not None:
+            data = str(f["contents"]).encode()
+            entry = replace(base, size=len(data), data=data)
+        elif f.get("source"):
+            src = _source_path(f["source"], pos.file if pos else None)
+            try:
+                st = src.stat()
+                if not os.access(src, os.R_OK):
+                    raise PermissionError(13, "Permission denied")
+            except OSError as exc:
+                if f.get("optional"):
+                    log.info("skipping optional file %s: %s is not readable", path, src)
+                    continue
+                raise UserError(f"{where}{location}: cannot read source {src}: {exc.strerror}") from exc
+            if not src.is_file():
+                raise UserError(f"{where}{location}: source {src} is not a regular file")
+            entry = replace(base, size=st.st_size, data=FileRegion(str(src), 0, st.st_size))
+        elif f.get("metadata"):
+            data = a.metadata(f["metadata"])
+            entry = replace(base, size=len(data), data=data)
+        else:
+            raise UserError(f"{where}{location}: contents of file {path} not specified")
+        parent = Entry("", Kind.DIR, _dir_mode(mode), uid=uid, gid=gid, source=FILES_SOURCE, location=location)
+        tree.add(entry, parent=parent)
+
+
+def metadata_writer(spec: Spec) -> Callable[[str], bytes]:
+    """`files: metadata:` renders the resolved spec as YAML or JSON."""
+    from linuxkit_py.spec.load import spec_to_json, spec_to_yaml
+
+    def render(kind: str) -> bytes:
+        if kind == "yaml":
+            return spec_to_yaml(spec).encode()
+        if kind == "json":
+            return spec_to_json(spec).encode()
+        raise UserError(f"unsupported metadata type {kind!r} (use yaml or json)")
+
+    return render
+
+
+def image_refs(spec: Spec) -> list[str]:
+    """Every image the spec needs, in first-use order, without duplicates."""
+    refs: list[str] = []
+    if spec.kernel.get("image"):
+        refs.append(spec.kernel["image"])
+    refs.extend(spec.init)
+    refs.extend(v["image"] for v in spec.volumes if v.get("image"))
+    for section in SECTIONS:
+        refs.extend(e["image"] for e in getattr(spec, section))
+    return list(dict.fromkeys(refs))
+
+
+__all__ = ["Assembly", "assemble", "image_refs", "metadata_writer"]

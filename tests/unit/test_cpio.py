@@ -1,0 +1,132 @@
+"""newc cpio writer: read back and extracted by GNU cpio."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from linuxkit_py.errors import UserError
+from linuxkit_py.formats.cpio import newc_header, newc_trailer, write_cpio
+from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
+
+EPOCH = 1_700_000_000
+
+
+def _entries(tmp_path: Path) -> list[Entry]:
+    blob = tmp_path / "layer.tar"
+    blob.write_bytes(b"\0" * 700 + b"#!/bin/sh\necho hi\n" + b"\0" * 100)
+    return [
+        Entry("bin", Kind.DIR, 0o755),
+        Entry("bin/busybox", Kind.FILE, 0o755, size=18, data=FileRegion(str(blob), 700, 18)),
+        Entry("bin/sh", Kind.HARDLINK, 0o755, linkname="bin/busybox"),
+        Entry("bin/ls", Kind.SYMLINK, 0o777, linkname="busybox"),
+        Entry("dev", Kind.DIR, 0o755),
+        Entry("dev/console", Kind.CHAR, 0o600, devmajor=5, devminor=1),
+        Entry("etc", Kind.DIR, 0o755),
+        Entry("etc/init.d", Kind.DIR, 0o700),
+        Entry("etc/init.d/rcS", Kind.FILE, 0o750, uid=1, gid=2, size=6, data=b"run!\n\n"),
+        Entry("etc/empty", Kind.FILE, 0o600),
+        Entry("etc/ssl", Kind.DIR, 0o755),
+        Entry("run", Kind.DIR, 0o755),
+        Entry("run/fifo", Kind.FIFO, 0o644),
+        Entry("sbin", Kind.DIR, 0o755),
+        Entry("sbin/init", Kind.HARDLINK, 0o755, linkname="bin/busybox"),
+    ]
+
+
+def _cpio(entries: list[Entry]) -> bytes:
+    buf = io.BytesIO()
+    write_cpio(entries, buf, EPOCH)
+    return buf.getvalue()
+
+
+def test_header_layout() -> None:
+    header = newc_header(ino=0x2D1, mode=0o100644, uid=0, gid=0, nlink=1, mtime=EPOCH, filesize=5,
+                         namesize=6)
+    assert header == (b"070701" b"000002D1" b"000081A4" b"00000000" b"00000000" b"00000001" b"6553F100"
+                      b"00000005" b"00000000" b"00000000" b"00000000" b"00000000" b"00000006" b"00000000")
+    assert newc_trailer() == newc_header(ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, filesize=0,
+                                         namesize=11) + b"TRAILER!!!\0" + bytes(3)
+
+
+def test_archive_is_block_padded_and_starts_with_the_first_entry(tmp_path: Path) -> None:
+    data = _cpio(_entries(tmp_path))
+    assert len(data) % 512 == 0
+    assert data.startswith(b"070701" b"00000001" b"000041ED")  # ino 1, a 0755 directory
+    assert data[110:114] == b"bin\0"
+
+
+def test_cpio_lists_names_modes_and_link_counts(tmp_path: Path) -> None:
+    listing = subprocess.run(["cpio", "-tv", "--numeric-uid-gid", "--quiet"], input=_cpio(_entries(tmp_path)),
+                             check=True, capture_output=True).stdout.decode().splitlines()
+    fields = [line.split() for line in listing]
+    assert [(f[0], f[1], f[-1]) for f in fields] == [
+        ("drwxr-xr-x", "2", "bin"),
+        ("-rwxr-xr-x", "3", "bin/busybox"),
+        ("-rwxr-xr-x", "3", "bin/sh"),
+        ("lrwxrwxrwx", "1", "busybox"),
+        ("drwxr-xr-x", "2", "dev"),
+        ("crw-------", "1", "dev/console"),
+        ("drwxr-xr-x", "4", "etc"),
+        ("drwx------", "2", "etc/init.d"),
+        ("-rwxr-x---", "1", "etc/init.d/rcS"),
+        ("-rw-------", "1", "etc/empty"),
+        ("drwxr-xr-x", "2", "etc/ssl"),
+        ("drwxr-xr-x", "2", "run"),
+        ("prw-r--r--", "1", "run/fifo"),
+        ("drwxr-xr-x", "2", "sbin"),
+        ("-rwxr-xr-x", "3", "sbin/init"),
+    ]
+    assert fields[3][-3:] == ["bin/ls", "->", "busybox"]
+    assert fields[5][4:6] == ["5,", "1"]
+    assert fields[8][2:4] == ["1", "2"]
+
+
+def test_cpio_extracts_contents_modes_symlinks_and_hard_links(tmp_path: Path) -> None:
+    entries = [e for e in _entries(tmp_path) if e.kind is not Kind.CHAR]
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet"], input=_cpio(entries), cwd=out, check=True)
+    assert (out / "bin/busybox").read_bytes() == b"#!/bin/sh\necho hi\n"
+    inodes = {os.stat(out / p).st_ino for p in ("bin/busybox", "bin/sh", "sbin/init")}
+    assert len(inodes) == 1
+    assert os.stat(out / "bin/sh").st_nlink == 3
+    assert os.readlink(out / "bin/ls") == "busybox"
+    assert (out / "etc/init.d/rcS").read_bytes() == b"run!\n\n"
+    assert os.stat(out / "etc/init.d/rcS").st_mode & 0o7777 == 0o750
+    assert os.stat(out / "etc/init.d").st_mode & 0o7777 == 0o700
+    assert os.stat(out / "etc/init.d/rcS").st_mtime == EPOCH
+    assert (out / "etc/empty").read_bytes() == b""
+    assert os.path.exists(out / "run/fifo")
+
+
+def test_hard_link_data_is_stored_once(tmp_path: Path) -> None:
+    big = b"0123456789" * 10_000
+    entries = [Entry("a", Kind.FILE, 0o644, size=len(big), data=big)]
+    entries += [Entry(f"link{i}", Kind.HARDLINK, 0o644, linkname="a") for i in range(5)]
+    assert len(_cpio(entries)) < len(big) + 2048
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    assert _cpio(_entries(tmp_path)) == _cpio(_entries(tmp_path))
+
+
+def test_file_over_4_gib_is_refused_before_writing(tmp_path: Path) -> None:
+    huge = Entry("var/lib/huge.img", Kind.FILE, 0o644, size=(4 << 30) + 1,
+                 data=FileRegion(str(tmp_path / "never-read"), 0, (4 << 30) + 1))
+    buf = io.BytesIO()
+    with pytest.raises(UserError) as err:
+        write_cpio([Entry("var", Kind.DIR, 0o755), huge], buf, EPOCH)
+    assert str(err.value).startswith(
+        "var/lib/huge.img: 4294967297 bytes is too big for an initramfs (a newc cpio member holds at most "
+        "4294967295 bytes)")
+    assert buf.getvalue() == b""
+
+
+def test_hard_link_without_its_file_is_a_bug() -> None:
+    with pytest.raises(ValueError, match="hard link b -> a: no regular file before it"):
+        _cpio([Entry("b", Kind.HARDLINK, 0o644, linkname="a")])

@@ -1,0 +1,154 @@
+"""Layer blobs -> uncompressed tars + persisted entry indexes in the cache."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from linuxkit_py.errors import UserError
+from linuxkit_py.oci.cache import Cache
+from linuxkit_py.oci.layers import layer_entries, layers_dir, unpacked_layer
+from linuxkit_py.rootfs.entry import Entry, Kind, read_data
+from tests.imagetools import D, F, H, L, digest_of, tar_layer
+
+LAYER = tar_layer(D("etc"), F("etc/hostname", "box\n"), F("etc/big", b"x" * 300_000, mode=0o600),
+                  L("etc/link", "hostname"), H("etc/hard", "etc/hostname"))
+OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+def _store(cache: Cache, blob: bytes, media_type: str) -> dict[str, Any]:
+    cache.ensure()
+    return {"mediaType": media_type, "digest": cache.put_blob(blob), "size": len(blob)}
+
+
+def _summary(entries: list[Entry]) -> list[tuple[str, Kind, int, str, bytes]]:
+    return [(e.path, e.kind, e.mode, e.linkname, read_data(e.data)) for e in entries]
+
+
+EXPECTED = [
+    ("etc", Kind.DIR, 0o755, "", b""),
+    ("etc/hostname", Kind.FILE, 0o644, "", b"box\n"),
+    ("etc/big", Kind.FILE, 0o600, "", b"x" * 300_000),
+    ("etc/link", Kind.SYMLINK, 0o777, "hostname", b""),
+    ("etc/hard", Kind.HARDLINK, 0o644, "etc/hostname", b""),
+]
+
+
+@pytest.mark.parametrize(("media_type", "compress"), [
+    (OCI_GZIP, lambda d: gzip.compress(d, mtime=0)),
+    (OCI_ZSTD, lambda d: zstandard.ZstdCompressor().compress(d)),
+    (OCI_TAR, lambda d: d),
+    (DOCKER_GZIP, lambda d: gzip.compress(d, mtime=0)),
+    ("application/octet-stream", lambda d: zstandard.ZstdCompressor().compress(d)),  # magic decides
+    (OCI_TAR, lambda d: gzip.compress(d, mtime=0)),  # mislabelled: the gzip magic wins
+])
+def test_layer_entries_reads_every_compression(tmp_path: Path, media_type: str, compress: Any) -> None:
+    cache = Cache(tmp_path / "cache")
+    layer = _store(cache, compress(LAYER), media_type)
+    assert _summary(layer_entries(cache, layer)) == EXPECTED
+    tar = unpacked_layer(cache, layer)
+    assert tar == layers_dir(cache) / (layer["digest"].split(":")[1] + ".tar")
+    assert tar.read_bytes() == LAYER
+
+
+def test_multi_member_gzip_layer(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    half = len(LAYER) // 2
+    blob = gzip.compress(LAYER[:half], mtime=0) + gzip.compress(LAYER[half:], mtime=0)
+    layer = _store(cache, blob, OCI_GZIP)
+    assert _summary(layer_entries(cache, layer)) == EXPECTED
+
+
+def test_warm_call_uses_the_index_without_reading_the_blob_or_the_tar(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    layer = _store(cache, gzip.compress(LAYER, mtime=0), OCI_GZIP)
+    first = layer_entries(cache, layer)
+    index = layers_dir(cache) / (layer["digest"].split(":")[1] + ".json")
+    assert json.loads(index.read_bytes())["entries"]
+    cache.blob_path(layer["digest"]).unlink()
+    tar = unpacked_layer(cache, layer)
+    # Break every tar header (keeping the size): only a re-parse would notice.
+    raw = bytearray(tar.read_bytes())
+    raw[0:512] = bytes(512)
+    tar.write_bytes(bytes(raw))
+    assert [e.path for e in layer_entries(cache, layer)] == [e.path for e in first]
+
+
+def test_stale_index_is_rebuilt(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    layer = _store(cache, LAYER, OCI_TAR)
+    layer_entries(cache, layer)
+    index = layers_dir(cache) / (layer["digest"].split(":")[1] + ".json")
+    index.write_text("{not json")
+    assert _summary(layer_entries(cache, layer)) == EXPECTED
+    assert json.loads(index.read_bytes())["version"] == 1
+
+
+def test_no_temporary_files_left(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    layer = _store(cache, gzip.compress(LAYER, mtime=0), OCI_GZIP)
+    layer_entries(cache, layer)
+    hexdigest = layer["digest"].split(":")[1]
+    assert sorted(p.name for p in layers_dir(cache).iterdir()) == sorted(
+        [f"{hexdigest}.tar", f"{hexdigest}.json", f"{hexdigest}.lock"])
+
+
+@pytest.mark.parametrize(("blob", "media_type", "message"), [
+    (gzip.compress(LAYER, mtime=0)[:-100], OCI_GZIP, "is corrupt: Compressed file ended"),
+    (zstandard.ZstdCompressor().compress(LAYER)[:-50], OCI_ZSTD, "is corrupt: zstd stream truncated"),
+    (b"\x1f\x8b\x08\x00" + bytes(40), OCI_GZIP, "is corrupt"),
+    (LAYER, OCI_GZIP, "is corrupt: its media type application/vnd.oci.image.layer.v1.tar+gzip says gzip"),
+    (LAYER[:2000], OCI_TAR, "not a valid tar archive: truncated"),
+])
+def test_corrupt_layer_is_a_user_error_naming_the_digest(tmp_path: Path, blob: bytes, media_type: str,
+                                                         message: str) -> None:
+    cache = Cache(tmp_path / "cache")
+    layer = _store(cache, blob, media_type)
+    with pytest.raises(UserError) as err:
+        layer_entries(cache, layer)
+    assert f"layer {layer['digest']}" in str(err.value)
+    assert message in str(err.value)
+    assert not any(p.suffix == ".tmp" for p in layers_dir(cache).iterdir())
+
+
+def test_diff_id_mismatch_is_refused(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    layer = _store(cache, gzip.compress(LAYER, mtime=0), OCI_GZIP)
+    wrong = digest_of(b"something else")
+    with pytest.raises(UserError, match=f"the image config says {wrong}"):
+        layer_entries(cache, layer, wrong)
+    assert not (layers_dir(cache) / (layer["digest"].split(":")[1] + ".tar")).exists()
+    assert _summary(layer_entries(cache, layer, digest_of(LAYER))) == EXPECTED
+
+
+def test_missing_blob(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    cache.ensure()
+    layer = {"mediaType": OCI_GZIP, "digest": digest_of(b"nothing"), "size": 7}
+    with pytest.raises(UserError, match=f"layer {layer['digest']} is missing from the cache"):
+        layer_entries(cache, layer)
+
+
+def _unpack_in_process(args: tuple[str, dict[str, Any]]) -> list[str]:
+    root, layer = args
+    return [e.path for e in layer_entries(Cache(Path(root)), layer)]
+
+
+def test_concurrent_builds_share_one_unpacked_layer(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    big = tar_layer(*[F(f"f{i}", bytes([i % 256]) * 20_000) for i in range(300)])
+    layer = _store(cache, gzip.compress(big, mtime=0), OCI_GZIP)
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        results = pool.map(_unpack_in_process, [(str(cache.root), layer)] * 4)
+    assert all(r == [f"f{i}" for i in range(300)] for r in results)
+    assert unpacked_layer(cache, layer).read_bytes() == big
+    assert not any(p.suffix == ".tmp" for p in layers_dir(cache).iterdir())
