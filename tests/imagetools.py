@@ -177,11 +177,12 @@ class Layout:
         index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                  "manifests": descs}
         ibytes = json.dumps(index, sort_keys=True).encode()
-        desc = {"mediaType": index["mediaType"], "digest": self.blob(ibytes), "size": len(ibytes),
+        digest = self.blob(ibytes)
+        desc = {"mediaType": index["mediaType"], "digest": digest, "size": len(ibytes),
                 "annotations": {"org.opencontainers.image.ref.name": tag}}
         self.manifests.append(desc)
         self._save()
-        return desc["digest"]
+        return digest
 
 
 def skopeo_push(layout: Path, tag: str, dest: str, v2s2: bool = False) -> None:
