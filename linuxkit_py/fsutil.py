@@ -42,11 +42,24 @@ def atomic_outputs(targets: list[Path], mode: int = 0o644) -> Iterator[list[Bina
             f.flush()
             os.fsync(f.fileno())
             f.close()
-        for (name, _), target in zip(temps, targets, strict=True):
-            os.replace(name, target)
+        _rename_all([name for name, _ in temps], targets)
     except BaseException:
         for name, f in temps:
             f.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
         raise
+
+
+def _rename_all(temps: list[str], targets: list[Path]) -> None:
+    """Rename every temp file to its target; if one fails, remove those already renamed."""
+    done: list[Path] = []
+    for name, target in zip(temps, targets, strict=True):
+        try:
+            os.replace(name, target)
+        except OSError as exc:
+            for path in done:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise UserError(f"cannot write {target}: {exc.strerror}") from exc
+        done.append(target)

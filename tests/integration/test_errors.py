@@ -1,0 +1,68 @@
+"""Bad input at the command line: one clear line on stderr, exit status 1, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.integration.test_build import SPEC, build, write_spec
+from tests.integration.conftest import run_cli
+
+
+def error_line(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
+    return lines[0]
+
+
+def test_invalid_yaml_names_file_line_and_column(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "kernel:\n  image: x\n  cmdline: [unclosed\n")
+    line = error_line(run_cli("build", "--dir", tmp_path / "out", spec))
+    assert line.startswith(f"linuxkit-py: {spec}:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_is_located(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "init:\n  - busybox\nunknownField: abc\n")
+    line = error_line(run_cli("build", spec))
+    assert line.startswith(f"linuxkit-py: {spec}:3:1: ")
+    assert "unknownField" in line
+
+
+def test_unknown_capability_is_located(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "services:\n  - name: a\n    image: busybox\n    capabilities:\n      - CAP_FOO\n")
+    line = error_line(run_cli("build", spec))
+    assert line.startswith(f"linuxkit-py: {spec}:5:9: services[0].capabilities[0]")
+    assert "CAP_FOO" in line
+
+
+def test_missing_image_names_reference_and_registry(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "init:\n  - 127.0.0.1:1/nothing/here:1\n")
+    line = error_line(run_cli("build", "--cache", tmp_path / "cache", "--dir", tmp_path / "out", spec))
+    assert "127.0.0.1:1/nothing/here:1" in line and "connection refused" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_leaves_nothing(tmp_path: Path, warm_cache: Path) -> None:
+    (tmp_path / "out").write_text("a file where the output directory should be")
+    line = error_line(build(tmp_path, warm_cache, "-f", "tar"))
+    assert "out" in line
+    assert (tmp_path / "out").read_text().startswith("a file")
+
+
+def test_failure_mid_build_leaves_no_output(tmp_path: Path, warm_cache: Path) -> None:
+    spec = write_spec(tmp_path, SPEC.replace("source: notes.txt", "source: missing.txt"))
+    line = error_line(build(tmp_path, warm_cache, "-f", "tar", "-f", "kernel+initrd", spec=spec))
+    assert "missing.txt" in line
+    out = tmp_path / "out"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_interrupted_format_writes_leave_earlier_outputs_only_complete(tmp_path: Path, warm_cache: Path) -> None:
+    # a format whose file cannot be renamed into place: a directory holds the final name
+    (tmp_path / "out" / "system-initrd.img").mkdir(parents=True)
+    line = error_line(build(tmp_path, warm_cache, "-f", "kernel+initrd"))
+    assert "system-initrd.img" in line
+    leftovers = [p.name for p in (tmp_path / "out").iterdir()]
+    assert leftovers == ["system-initrd.img"], leftovers
