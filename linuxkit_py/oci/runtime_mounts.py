@@ -114,7 +114,7 @@ def container_mounts(layers: Layers, readonly: bool) -> list[dict[str, Any]]:
 
 
 # -- volumes ----------------------------------------------------------------------------------------
-def _read_only(options: list[str]) -> bool:
+def options_read_only(options: list[str]) -> bool:
     """Whether mount options end up read-only: the last of `ro`/`rw` wins, as when the kernel applies them."""
     state = False
     for option in options:
@@ -129,7 +129,7 @@ def _volume_dir(name: str, volumes: dict[str, dict[str, Any]], field: str, text:
     if volume is None:
         raise FieldError(field, f"{text!r}: no volume named {name!r} (a source not starting with '/' names "
                                 "a volume)")
-    if volume.get("readonly") and not _read_only(options):
+    if volume.get("readonly") and not options_read_only(options):
         raise FieldError(field, f"{text!r}: volume {name!r} is read-only, so it must be mounted with 'ro'")
     return f"{VOLUMES_DIR}/{name}/merged"
 

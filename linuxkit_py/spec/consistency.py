@@ -8,20 +8,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from linuxkit_py.oci.runtime_mounts import options_read_only
 from linuxkit_py.spec.fields import quoted, suggest
 from linuxkit_py.spec.model import SECTIONS, STDIN, STDIN_NAME, Spec, pointer
 
 log = logging.getLogger("linuxkit_py")
 
 ROOT_IDS = ("", "root")
-
-
-def _read_only(options: list[str]) -> bool:
-    """The first of `ro`/`rw` in a mount's options decides; neither means read-write."""
-    for option in options:
-        if option in ("ro", "rw"):
-            return option == "ro"
-    return False
 
 
 class _Checker:
@@ -74,7 +67,7 @@ class _Checker:
         if volume is None:
             hint = suggest(name, list(volumes)) or "a source that does not start with / names a volume"
             self.problem(path, f"{quoted(name)} is not a declared volume", hint)
-        elif volume.get("readonly") and not _read_only(options):
+        elif volume.get("readonly") and not options_read_only(options):
             self.problem(
                 path, f"volume {quoted(name)} is read-only: mount it with the ro option", "e.g. vol:/dst:ro"
             )

@@ -79,3 +79,15 @@ def test_bad_labels_name_the_image_and_the_field(label: Any, message: str) -> No
     with pytest.raises(UserError) as exc:
         validate_label(label, REF)
     assert str(exc.value) == f"image {REF}: invalid org.mobyproject.config label: {message}"
+
+
+def test_label_written_by_linuxkit_pkg_build_uses_oci_json_spellings() -> None:
+    # `linuxkit pkg build` marshals the label with the OCI structs' JSON tags: blockIO, uidMappings, hostID.
+    label = {
+        "resources": {"blockIO": {"weight": 10}},
+        "mounts": [{"destination": "/x", "type": "bind", "source": "/y",
+                    "uidMappings": [{"hostID": 1000, "containerID": 0, "size": 1}]}],
+    }
+    out = validate_label(label, "docker.io/linuxkit/x:1")
+    assert out["resources"] == {"blockio": {"weight": 10}}
+    assert out["mounts"][0]["uidMappings"] == [{"hostID": 1000, "containerID": 0, "size": 1}]
