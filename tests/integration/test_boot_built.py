@@ -8,7 +8,7 @@ import pytest
 
 from linuxkit_py.run.qemu import QemuOptions, boot
 from tests.bootimages import INIT_END, INIT_MARKER
-from tests.integration.test_build import build, write_spec
+from tests.integration.test_build import build
 
 
 @pytest.mark.boot

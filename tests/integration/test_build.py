@@ -9,8 +9,6 @@ import shutil
 import tarfile
 from pathlib import Path
 
-import pytest
-
 from tests.bootimages import LayoutImage
 from tests.integration.conftest import BUSYBOX_REF, INIT_REF, KERNEL_REF, TOOLS_REF, fill_cache, run_cli
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.integration.test_build import SPEC, build, write_spec
 from tests.integration.conftest import run_cli
+from tests.integration.test_build import SPEC, build, write_spec
 
 
 def error_line(result) -> str:  # type: ignore[no-untyped-def]
