@@ -14,6 +14,7 @@ from linuxkit_py.fsutil import atomic_outputs
 from linuxkit_py.oci.cache import Cache
 from linuxkit_py.oci.platform import normalize_arch
 from linuxkit_py.oci.registry import RegistryOptions, pull_images
+from linuxkit_py.pkg.build import PackageRefs
 from linuxkit_py.rootfs.assemble import Assembly, assemble, image_refs, metadata_writer
 from linuxkit_py.spec.load import load_specs, spec_to_yaml
 from linuxkit_py.spec.resolve import resolve_spec
@@ -81,15 +82,18 @@ def _formats(opts: BuildOptions) -> list[Format]:
 
 def build(opts: BuildOptions) -> list[Path]:
     """Run a build; returns the files written (nothing for --dry-run or -o -)."""
-    spec = resolve_spec(load_specs(opts.paths))
+    cache = Cache(opts.cache_dir or default_cache())
+    packages = PackageRefs(cache)
+    spec = resolve_spec(load_specs(opts.paths), packages)
     if opts.dry_run:
         sys.stdout.write(spec_to_yaml(spec))
         return []
     formats = _formats(opts)
     epoch = source_date_epoch()
     arch = normalize_arch(opts.arch)
-    cache = Cache(opts.cache_dir or default_cache())
-    images = pull_images(cache, image_refs(spec), arch, opts.registry, opts.pull)
+    images = packages.images(cache, arch)  # `@pkg:` images: built when missing, never pulled
+    refs = [ref for ref in image_refs(spec) if ref not in images]
+    images |= pull_images(cache, refs, arch, opts.registry, opts.pull)
     entries = assemble(Assembly(spec, images, cache, metadata_writer(spec)))
     rootfs = Rootfs(entries, epoch)
     if opts.output is not None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from linuxkit_py import __version__
 from linuxkit_py.errors import UserError
+from linuxkit_py.pkg.cli import add_pkg_parser, run_pkg_command
+from linuxkit_py.run.cli import add_run_parser, run_command
 
 if TYPE_CHECKING:
     from linuxkit_py.oci.registry import RegistryOptions
@@ -59,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("refs", nargs="+", metavar="REF")
     _add_cache_option(rm)
 
+    add_pkg_parser(sub)
+    add_run_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -125,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_build(args)
         if args.command == "cache":
             return _cmd_cache(args)
+        if args.command == "pkg":
+            return run_pkg_command(args)
+        if args.command == "run":
+            return run_command(args)
         if args.command == "version":
             print(f"linuxkit-py {__version__}")
             return 0

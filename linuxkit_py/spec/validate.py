@@ -217,8 +217,10 @@ def _check(
     return walker.problems
 
 
-def validate_document(doc: Document) -> None:
-    """Validate and normalise one loaded spec file in place; raise the first SpecError in the file."""
+def validate_document(doc: Document, schema: dict[str, Any] | None = None) -> None:
+    """Validate and normalise one loaded spec file in place; raise the first SpecError in the file.
+
+    With `schema`, validate another YAML document the same way (a package's build.yml)."""
 
     def text_of(path: PathParts) -> str | None:
         return doc.texts.get(pointer(*path))
@@ -226,7 +228,8 @@ def validate_document(doc: Document) -> None:
     def rename(parent: PathParts, old: str, new: str) -> None:
         doc.rename_key(pointer(*parent), old, new)
 
-    problems = _check(doc.data, load_schema(), _spec_validator(), text_of, rename)
+    validator = _spec_validator() if schema is None else _Validator(schema)
+    problems = _check(doc.data, schema or load_schema(), validator, text_of, rename)
     if problems:
 
         def where(problem: Problem) -> tuple[int, int]:

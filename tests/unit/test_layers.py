@@ -13,7 +13,7 @@ import zstandard
 
 from linuxkit_py.errors import UserError
 from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.layers import layer_entries, layers_dir, unpacked_layer
+from linuxkit_py.oci.layers import layer_entries, layers_dir, unpack_layers, unpacked_layer
 from linuxkit_py.rootfs.entry import Entry, Kind, read_data
 from tests.imagetools import D, F, H, L, digest_of, tar_layer
 
@@ -151,4 +151,26 @@ def test_concurrent_builds_share_one_unpacked_layer(tmp_path: Path) -> None:
         results = pool.map(_unpack_in_process, [(str(cache.root), layer)] * 4)
     assert all(r == [f"f{i}" for i in range(300)] for r in results)
     assert unpacked_layer(cache, layer).read_bytes() == big
+    assert not any(p.suffix == ".tmp" for p in layers_dir(cache).iterdir())
+
+
+def test_unpack_layers_in_parallel_gives_what_layer_entries_gives(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    other = tar_layer(*[F(f"f{i}", bytes([i]) * 5_000) for i in range(50)])
+    first = _store(cache, gzip.compress(LAYER, mtime=0), OCI_GZIP)
+    second = _store(cache, zstandard.ZstdCompressor().compress(other), OCI_ZSTD)
+    got = unpack_layers(cache, [(first, digest_of(LAYER)), (second, digest_of(other)), (first, None)], workers=2)
+    assert set(got) == {first["digest"], second["digest"]}  # the repeated layer is unpacked once
+    assert _summary(got[first["digest"]]) == EXPECTED
+    assert [(e.path, read_data(e.data)) for e in got[second["digest"]]] == [
+        (f"f{i}", bytes([i]) * 5_000) for i in range(50)]
+    assert unpacked_layer(cache, second).read_bytes() == other
+
+
+def test_unpack_layers_reports_the_corrupt_layer(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    good = _store(cache, gzip.compress(LAYER, mtime=0), OCI_GZIP)
+    bad = _store(cache, gzip.compress(LAYER, mtime=0)[:-100], OCI_GZIP)
+    with pytest.raises(UserError, match=f"layer {bad['digest']} is corrupt"):
+        unpack_layers(cache, [(good, None), (bad, None)], workers=2)
     assert not any(p.suffix == ".tmp" for p in layers_dir(cache).iterdir())

@@ -1,0 +1,1 @@
+"""Building OCI images from Debian packages (`linuxkit-py pkg build`)."""

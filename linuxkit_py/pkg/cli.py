@@ -1,0 +1,45 @@
+"""`linuxkit-py pkg build DIR...` and `linuxkit-py pkg show-tag DIR...`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("linuxkit_py")
+
+
+def add_pkg_parser(subparsers: Any) -> None:
+    """Add the `pkg` verb and its subcommands to the main parser's subparsers."""
+    p = subparsers.add_parser("pkg", help="build images from package definitions (DIR/build.yml)")
+    sub = p.add_subparsers(dest="pkg_command", required=True)
+    build = sub.add_parser("build", help="build each package's image into the cache (skipped when it is there)")
+    build.add_argument("dirs", nargs="+", metavar="DIR", help="package directory holding build.yml")
+    build.add_argument("--force", action="store_true", help="build even when the cache has the image")
+    show = sub.add_parser("show-tag", help="print each package's image name and tag (downloads nothing)")
+    show.add_argument("dirs", nargs="+", metavar="DIR", help="package directory holding build.yml")
+    for parser in (build, show):
+        parser.add_argument("--cache", type=Path, default=None,
+                            help="cache directory (default: $LINUXKIT_CACHE or ~/.cache/linuxkit-py); "
+                                 "Debian packages are kept in its linuxkit-py/debs/")
+
+
+def run_pkg_command(args: argparse.Namespace) -> int:
+    """Run a parsed `pkg` command; UserErrors propagate to the caller (one line, exit 1)."""
+    from linuxkit_py.oci.cache import Cache, default_cache_dir
+    from linuxkit_py.pkg.build import build_package, plan_package
+
+    cache = Cache(args.cache or default_cache_dir())
+    if args.pkg_command == "show-tag":
+        for directory in args.dirs:
+            print(plan_package(directory, cache).name, flush=True)
+        return 0
+    for directory in args.dirs:
+        built = build_package(cache, directory, force=args.force)
+        if built.built:
+            log.warning("built %s %s", built.plan.ref, built.digest)
+        else:
+            log.warning("%s is already in the cache (%s)", built.plan.ref, built.digest)
+        print(built.plan.name, flush=True)
+    return 0
