@@ -1,9 +1,10 @@
-"""Boot build outputs in qemu with the serial console captured (for users and for boot tests).
+"""qemu command lines for every bootable output (see image.py), and the two ways to run them:
+`boot_image()` reads the serial console (tests, `run --timeout/--until`), `run_interactive()` puts it
+on the terminal.
 
-Today: a kernel + initrd + cmdline (the `kernel+initrd` outputs). ISO and disk boots will
-add their own `-cdrom`/`-drive` arguments next to `_kernel_args`. qemu always runs with
-`-no-reboot` and the kernel with `panic=-1`, so a guest that panics or powers off ends
-qemu; `boot()` bounds everything else with its timeout and always stops qemu.
+Unless `QemuOptions.reboot` is set, qemu runs with `-no-reboot` and the kernel with `panic=-1`, so a
+guest that powers off, reboots or panics ends qemu; `boot_image()` bounds everything else with its
+timeout. Both runners always stop qemu before they return.
 """
 
 from __future__ import annotations
@@ -14,37 +15,43 @@ import os
 import re
 import selectors
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from linuxkit_py.errors import UserError
+from linuxkit_py.run.disks import Disk, as_disk, create_missing_disks
+from linuxkit_py.run.firmware import Firmware, copy_vars, find_firmware
+from linuxkit_py.run.image import BootImage, kernel_image
 from linuxkit_py.run.kvm import choose_accel
-from linuxkit_py.tools import require_file, start, stop
+from linuxkit_py.tools import require, start, stop
 
 QEMU = "qemu-system-x86_64"
 SERIAL_CONSOLE = "console=ttyS0"
 PANIC_EXITS = "panic=-1"  # panic -> immediate reboot, which -no-reboot turns into qemu exiting
-OVMF_FIRMWARE = "/usr/share/ovmf/OVMF.fd"
-OVMF_PACKAGE = "ovmf"
+ROOT_DEVICE = "/dev/vda"  # kernel+squashfs/erofs: the root image is the first virtio disk
+NETWORKING = ("user", "none")
 NET_ID = "net0"
-
-# Disk image suffix -> qemu block format; anything else is raw.
-_DISK_FORMATS = {".qcow2": "qcow2", ".vmdk": "vmdk", ".vhd": "vpc", ".vhdx": "vhdx"}
+CONSOLE_ID = "console"
+UKI_BOOT_PATH = ("EFI", "BOOT", "BOOTX64.EFI")  # where UEFI firmware looks on a removable ESP
 _PUBLISH = re.compile(r"(\d+):(\d+)(?:/(tcp|udp))?")
 
 
 @dataclass
 class QemuOptions:
-    mem: int = 512  # MiB
+    mem: int = 1024  # MiB, LinuxKit's default
     cpus: int = 1
     accel: str | None = None  # kvm or tcg; None: kvm only if it provably works, else tcg
     publish: list[str] = field(default_factory=list)  # "HOST:GUEST[/tcp|udp]", forwarded from 127.0.0.1
-    disks: list[str] = field(default_factory=list)  # image paths, attached as virtio disks
-    extra_append: str = ""  # appended to the kernel command line
-    uefi: bool = False  # boot through OVMF instead of SeaBIOS
+    disks: Sequence[Disk | str | Path] = field(default_factory=list)  # extra virtio disks (a path: see as_disk)
+    extra_append: str = ""  # appended to the kernel command line (kernel boots only)
+    uefi: bool = False  # boot through OVMF instead of SeaBIOS (implied by -efi in the image's name)
+    firmware: Path | None = None  # UEFI firmware instead of Debian's OVMF (see firmware.py)
+    networking: str = "user"  # user (qemu's user-mode network) or none
+    reboot: bool = False  # let the guest reboot; otherwise a reboot or a panic ends qemu
 
 
 @dataclass
@@ -73,70 +80,177 @@ def _has_param(cmdline: str, name: str) -> bool:
     return re.search(rf"(?:^|\s){re.escape(name)}=", cmdline) is not None
 
 
-def kernel_cmdline(cmdline: str, extra_append: str = "") -> str:
-    """The command line qemu passes: `cmdline`, `extra_append`, then a serial console and
-    `panic=-1` unless the line already chooses a console or a panic timeout."""
+def kernel_cmdline(cmdline: str, extra_append: str = "", panic_exits: bool = True) -> str:
+    """The command line qemu passes: `cmdline`, `extra_append`, then a serial console and (with
+    `panic_exits`) `panic=-1`, unless the line already chooses a console or a panic timeout."""
     line = " ".join(part for part in (cmdline.strip(), extra_append.strip()) if part)
     if not _has_param(line, "console"):
         line = f"{line} {SERIAL_CONSOLE}".strip()
-    if not _has_param(line, "panic"):
+    if panic_exits and not _has_param(line, "panic"):
         line = f"{line} {PANIC_EXITS}"
     return line
 
 
-def _qemu_path_arg(path: Path | str) -> str:
+def qemu_file_arg(path: Path | str) -> str:
     # qemu option values separate keys with commas; a literal comma is written twice.
     return str(path).replace(",", ",,")
 
 
-def _machine_args(options: QemuOptions, accel: str) -> list[str]:
+def uses_uefi(image: BootImage, options: QemuOptions) -> bool:
+    return options.uefi or image.uefi
+
+
+def check_options(image: BootImage, options: QemuOptions) -> None:
+    """Raise a UserError for options qemu would refuse or that cannot apply to `image`."""
     if options.mem < 16 or options.cpus < 1:
         raise UserError(f"invalid VM size: {options.mem} MiB of memory, {options.cpus} CPUs",
                         hint="use at least 16 MiB and 1 CPU")
+    if options.networking not in NETWORKING:
+        raise UserError(f"unknown networking mode {options.networking!r}", hint="use user or none")
+    if options.networking == "none" and options.publish:
+        raise UserError("--publish needs user networking", hint="drop --networking none")
+    for publish in options.publish:
+        hostfwd(publish)
+    if options.extra_append and not image.boots_kernel:
+        raise UserError(f"--append needs a kernel boot; the boot loader of {image.image} sets its own command line")
+
+
+def _machine_args(options: QemuOptions, accel: str) -> list[str]:
     args = ["-accel", accel]
     if accel == "kvm":
         args += ["-cpu", "host"]
-    args += ["-m", str(options.mem), "-smp", str(options.cpus), "-no-reboot",
-             "-display", "none", "-vga", "none", "-monitor", "none"]
-    if options.uefi:
-        args += ["-bios", OVMF_FIRMWARE]
+    args += ["-m", str(options.mem), "-smp", str(options.cpus)]
+    if not options.reboot:
+        args.append("-no-reboot")
+    return [*args, "-display", "none", "-vga", "none", "-monitor", "none"]
+
+
+def firmware_args(firmware: Firmware, vars_copy: Path | None) -> list[str]:
+    """OVMF code as read-only pflash with the per-run variable store, or a single image as -bios."""
+    if firmware.vars_template is None or vars_copy is None:
+        return ["-bios", str(firmware.code)]
+    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_file_arg(firmware.code)}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={qemu_file_arg(vars_copy)}"]
+
+
+def serial_console_args(serial: str) -> list[str]:
+    """The serial console on qemu's -serial `serial` (stdio, file:PATH)."""
+    return ["-serial", serial]
+
+
+def terminal_console_args(log: Path | None = None) -> list[str]:
+    """The serial console on this terminal with qemu's monitor multiplexed in (Ctrl-A X quits, Ctrl-A C
+    switches to the monitor); Ctrl-C goes to the guest. `log` also gets everything the console shows."""
+    chardev = f"stdio,id={CONSOLE_ID},mux=on,signal=off"
+    if log is not None:
+        chardev += f",logfile={qemu_file_arg(log)}"
+    return ["-chardev", chardev, "-serial", f"chardev:{CONSOLE_ID}", "-mon", f"chardev={CONSOLE_ID},mode=readline"]
+
+
+def _drive(drive_id: str, file: str, fmt: str, *, readonly: bool = False, boot: bool = False) -> list[str]:
+    drive = f"if=none,id={drive_id},file={file},format={fmt}" + (",readonly=on" if readonly else "")
+    device = f"virtio-blk-pci,drive={drive_id}" + (",bootindex=0" if boot else "")
+    return ["-drive", drive, "-device", device]
+
+
+def _kernel_args(image: BootImage, options: QemuOptions) -> list[str]:
+    assert image.kernel is not None
+    args = ["-kernel", str(image.kernel)]
+    cmdline = image.cmdline
+    if image.initrd is not None:
+        args += ["-initrd", str(image.initrd)]
+    elif not _has_param(f"{cmdline} {options.extra_append}", "root"):
+        cmdline = f"{cmdline} root={ROOT_DEVICE}"
+    return [*args, "-append", kernel_cmdline(cmdline, options.extra_append, panic_exits=not options.reboot)]
+
+
+def _boot_args(image: BootImage, options: QemuOptions, esp: Path | None) -> list[str]:
+    """How qemu finds what to boot: -kernel, the root or boot disk, the CD, or an ESP holding the UKI."""
+    args = _kernel_args(image, options) if image.boots_kernel else []
+    if image.image is None:
+        return args
+    file = qemu_file_arg(image.image)
+    if image.kind == "iso":
+        return ["-drive", f"if=none,id=cd,file={file},format=raw,media=cdrom,readonly=on",
+                "-device", "ide-cd,drive=cd,bootindex=0"]
+    if image.kind == "uki":
+        if esp is None:
+            raise ValueError("a UKI boot needs the ESP directory (see prepare_esp)")
+        # qemu's vvfat presents the directory to the guest as a FAT disk: an ESP without writing one.
+        return _drive("esp", f"fat:{qemu_file_arg(esp)}", "raw", readonly=True, boot=True)
+    readonly = image.boots_kernel  # a squashfs/erofs root is read-only; a boot disk is the guest's own
+    return [*args, *_drive("boot", file, image.image_format, readonly=readonly, boot=not image.boots_kernel)]
+
+
+def _disk_args(options: QemuOptions) -> list[str]:
+    args = []
+    for index, disk in enumerate(map(as_disk, options.disks)):
+        if disk.path is None:
+            raise ValueError("unnamed disk: call name_unnamed_disks first")
+        args += _drive(f"disk{index}", qemu_file_arg(disk.path), disk.format)
     return args
 
 
 def _network_args(options: QemuOptions) -> list[str]:
+    if options.networking == "none":
+        return ["-nic", "none"]
     netdev = ",".join(["user", f"id={NET_ID}", *(hostfwd(p) for p in options.publish)])
     # The Debian kernels have no e1000 (qemu's default NIC): always virtio.
     return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={NET_ID}"]
 
 
-def _disk_args(options: QemuOptions) -> list[str]:
-    args = []
-    for disk in options.disks:
-        fmt = _DISK_FORMATS.get(Path(disk).suffix.lower(), "raw")
-        args += ["-drive", f"file={_qemu_path_arg(disk)},format={fmt},if=virtio"]
-    return args
+# A guest that needs entropy early (sshd keys, TLS) gets it from the host, as in LinuxKit.
+RNG_ARGS = ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]
 
 
-def _kernel_args(kernel: Path, initrd: Path, cmdline: str, options: QemuOptions) -> list[str]:
-    return ["-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", kernel_cmdline(cmdline, options.extra_append)]
+def boot_command(image: BootImage, options: QemuOptions, console: Sequence[str],
+                 firmware: Sequence[str] = (), esp: Path | None = None) -> list[str]:
+    """The qemu argv booting `image`. Pure: `options.accel` None counts as tcg, `console` comes from
+    serial_console_args/terminal_console_args, `firmware` from firmware_args (UEFI), `esp` is the
+    directory holding a UKI at EFI/BOOT/BOOTX64.EFI (see prepare_esp)."""
+    check_options(image, options)
+    return [QEMU, *_machine_args(options, options.accel or "tcg"), *firmware, *console,
+            *_boot_args(image, options, esp), *_disk_args(options), *_network_args(options), *RNG_ARGS]
 
 
-def qemu_command(kernel: Path, initrd: Path, cmdline: str, options: QemuOptions, serial: str) -> list[str]:
-    """The qemu argv booting `kernel` + `initrd`; `serial` is qemu's -serial value (stdio, file:PATH).
-
-    Pure: `options.accel` None counts as tcg here (boot() resolves it by probing KVM first).
-    """
-    return [QEMU, *_machine_args(options, options.accel or "tcg"), "-serial", serial,
-            *_kernel_args(kernel, initrd, cmdline, options), *_network_args(options), *_disk_args(options)]
+def qemu_command(kernel: Path, initrd: Path, cmdline: str, options: QemuOptions, serial: str,
+                 firmware: Sequence[str] = ()) -> list[str]:
+    """The qemu argv booting `kernel` + `initrd`; `serial` is qemu's -serial value (stdio, file:PATH)."""
+    return boot_command(kernel_image(kernel, initrd, cmdline), options, serial_console_args(serial), firmware)
 
 
-def _check_inputs(kernel: Path, initrd: Path, options: QemuOptions) -> None:
-    for what, path in [("kernel", kernel), ("initrd", initrd), *(("disk", Path(d)) for d in options.disks)]:
-        if not Path(path).is_file():
+def _check_inputs(image: BootImage) -> None:
+    named = [("kernel", image.kernel), ("initrd", image.initrd), (image.kind, image.image)]
+    for what, path in named:
+        if path is not None and not path.is_file():
             raise UserError(f"{what} {path} not found")
-    if options.uefi:
-        require_file(OVMF_FIRMWARE, OVMF_PACKAGE)
+
+
+def prepare_esp(uki: Path, directory: Path) -> Path:
+    """A directory laid out as an EFI system partition that boots `uki`."""
+    esp = directory / "esp"
+    target = esp.joinpath(*UKI_BOOT_PATH)
+    target.parent.mkdir(parents=True)
+    target.symlink_to(uki.resolve())
+    return esp
+
+
+@contextlib.contextmanager
+def _prepared_command(image: BootImage, options: QemuOptions, console: Sequence[str]) -> Iterator[list[str]]:
+    """Check the inputs, create missing disks, choose the accelerator and set up per-run files (UEFI
+    variables, the ESP of a UKI) that live until the block ends; yields the qemu argv."""
+    check_options(image, options)
+    _check_inputs(image)
+    require(QEMU)
+    uefi = uses_uefi(image, options)
+    firmware = find_firmware(options.firmware) if uefi else None
+    create_missing_disks([as_disk(disk) for disk in options.disks])
+    options = replace(options, accel=choose_accel(options.accel, QEMU))
+    with tempfile.TemporaryDirectory(prefix="linuxkit-py-run-") as tmp:
+        run_dir = Path(tmp)
+        fw_args = firmware_args(firmware, copy_vars(firmware, run_dir)) if firmware else []
+        esp = prepare_esp(image.image, run_dir) if image.kind == "uki" and image.image else None
+        yield boot_command(image, options, console, fw_args, esp)
 
 
 def _open_log(path: Path) -> BinaryIO:
@@ -146,54 +260,64 @@ def _open_log(path: Path) -> BinaryIO:
         raise UserError(f"cannot write console log {path}: {exc.strerror}") from exc
 
 
-def _console_text(raw: str) -> str:
-    return raw.replace("\r\n", "\n")
-
-
-@dataclass
 class _Console:
-    """What boot() read from qemu so far."""
+    """The serial console text read so far, kept with "\\n" line ends."""
 
-    raw: str = ""  # serial console text as qemu wrote it ("\r\n" line ends)
-    stderr: bytes = b""
-    matched: bool = False
-    timed_out: bool = False
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pieces: list[str] = []
+        self._pending_cr = False  # a chunk ended in "\r": the "\n" may start the next one
+        self.stderr = b""
+        self.matched = False
+        self.timed_out = False
+
+    def add(self, chunk: bytes, final: bool = False) -> None:
+        text = ("\r" if self._pending_cr else "") + self._decoder.decode(chunk, final=final)
+        self._pending_cr = text.endswith("\r") and not final
+        if self._pending_cr:
+            text = text[:-1]
+        self._pieces.append(text.replace("\r\n", "\n"))
+
+    @property
+    def text(self) -> str:
+        if len(self._pieces) > 1:
+            self._pieces = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
 
 def _read_console(
     proc: subprocess.Popen[bytes],
-    deadline: float,
+    deadline: float | None,
     until: Callable[[str], bool] | None,
-    log_file: BinaryIO | None,
+    sinks: list[BinaryIO],
 ) -> _Console:
-    """Read qemu's stdout (the serial console) and stderr until both close, `until` matches or
-    the deadline passes."""
+    """Read qemu's stdout (the serial console, copied to `sinks`) and stderr until both close, `until`
+    matches or the deadline passes."""
     assert proc.stdout is not None and proc.stderr is not None
     console = _Console()
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ, "console")
         selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
         while selector.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 console.timed_out = True
                 break
-            for key, _ in selector.select(min(remaining, 0.5)):
+            for key, _ in selector.select(0.5 if remaining is None else min(remaining, 0.5)):
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     selector.unregister(key.fileobj)
                 elif key.data == "stderr":
                     console.stderr += chunk
                 else:
-                    console.raw += decoder.decode(chunk)
-                    if log_file:
-                        log_file.write(chunk)
-                        log_file.flush()
-                    if until is not None and until(_console_text(console.raw)):
+                    console.add(chunk)
+                    for sink in sinks:
+                        sink.write(chunk)
+                        sink.flush()
+                    if until is not None and until(console.text):
                         console.matched = True
                         return console
-    console.raw += decoder.decode(b"", final=True)
+    console.add(b"", final=True)
     return console
 
 
@@ -202,6 +326,48 @@ def _stop_qemu(proc: subprocess.Popen[bytes]) -> None:
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+
+
+def boot_image(
+    image: BootImage,
+    options: QemuOptions | None = None,
+    *,
+    timeout: float | None,
+    log: Path | None = None,
+    until: Callable[[str], bool] | None = None,
+    echo: BinaryIO | None = None,
+) -> BootResult:
+    """Boot `image` and collect the serial console until qemu exits, `until(output)` is true, or
+    `timeout` seconds passed (None: no limit); qemu is stopped in every case. `log` and `echo` get
+    the console bytes as they arrive."""
+    options = options or QemuOptions()
+    exit_code: int | None = None
+    with contextlib.ExitStack() as stack:
+        argv = stack.enter_context(_prepared_command(image, options, serial_console_args("stdio")))
+        sinks = [stack.enter_context(_open_log(log))] if log else []
+        sinks += [echo] if echo else []
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        proc = start(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stack.callback(_stop_qemu, proc)
+        console = _read_console(proc, deadline, until, sinks)
+        if not (console.matched or console.timed_out):
+            # Both pipes closed: qemu is exiting; give it what is left of the timeout.
+            try:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                exit_code = proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                console.timed_out = True
+        seconds = time.monotonic() - started
+    return BootResult(
+        output=console.text,
+        exit_code=exit_code,
+        timed_out=console.timed_out,
+        matched=console.matched,
+        seconds=seconds,
+        stderr=console.stderr.decode(errors="replace"),
+        command=argv,
+    )
 
 
 def boot(
@@ -214,35 +380,18 @@ def boot(
     log: Path | None = None,
     until: Callable[[str], bool] | None = None,
 ) -> BootResult:
-    """Boot in qemu and collect the serial console until qemu exits, `until(output)` is true,
-    or `timeout` seconds passed; qemu is stopped in every case. `log` gets the raw console."""
-    options = options or QemuOptions()
-    kernel, initrd = Path(kernel), Path(initrd)
-    _check_inputs(kernel, initrd, options)
-    options = replace(options, accel=choose_accel(options.accel, QEMU))
-    argv = qemu_command(kernel, initrd, cmdline, options, serial="stdio")
+    """boot_image() for a kernel + initrd + command line."""
+    return boot_image(kernel_image(Path(kernel), Path(initrd), cmdline), options,
+                      timeout=timeout, log=log, until=until)
 
-    exit_code: int | None = None
+
+def run_interactive(image: BootImage, options: QemuOptions | None = None, *, log: Path | None = None) -> int:
+    """Boot `image` with its serial console on this terminal until qemu exits; returns qemu's exit status."""
+    options = options or QemuOptions()
     with contextlib.ExitStack() as stack:
-        log_file = stack.enter_context(_open_log(log)) if log else None
-        started = time.monotonic()
-        deadline = started + timeout
-        proc = start(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        stack.callback(_stop_qemu, proc)
-        console = _read_console(proc, deadline, until, log_file)
-        if not (console.matched or console.timed_out):
-            # Both pipes closed: qemu is exiting; give it what is left of the timeout.
-            try:
-                exit_code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                console.timed_out = True
-        seconds = time.monotonic() - started
-    return BootResult(
-        output=_console_text(console.raw),
-        exit_code=exit_code,
-        timed_out=console.timed_out,
-        matched=console.matched,
-        seconds=seconds,
-        stderr=console.stderr.decode(errors="replace"),
-        command=argv,
-    )
+        if log is not None:
+            _open_log(log).close()  # a clear error now rather than qemu's after it took the terminal
+        argv = stack.enter_context(_prepared_command(image, options, terminal_console_args(log)))
+        proc = start(argv)
+        stack.callback(stop, proc)
+        return proc.wait()

@@ -1,4 +1,4 @@
-"""The qemu argv for a kernel + initrd boot (no qemu is started here)."""
+"""The qemu argv for every bootable output (no qemu is started here)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,40 @@ from pathlib import Path
 import pytest
 
 from linuxkit_py.errors import UserError
+from linuxkit_py.run.disks import Disk
+from linuxkit_py.run.firmware import Firmware
+from linuxkit_py.run.image import BootImage
 from linuxkit_py.run.kvm import choose_accel
-from linuxkit_py.run.qemu import QemuOptions, hostfwd, kernel_cmdline, qemu_command
+from linuxkit_py.run.qemu import (
+    QemuOptions,
+    boot_command,
+    firmware_args,
+    hostfwd,
+    kernel_cmdline,
+    qemu_command,
+    serial_console_args,
+    terminal_console_args,
+)
 
 KERNEL, INITRD = Path("/out/linuxkit-kernel"), Path("/out/linuxkit-initrd.img")
+TCG = QemuOptions(accel="tcg")
+SERIAL = serial_console_args("stdio")
+MACHINE = ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-no-reboot",
+           "-display", "none", "-vga", "none", "-monitor", "none"]
+NETWORK = ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
+RNG = ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]
+
+
+def values_of(argv: list[str], option: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == option]
 
 
 def test_kernel_boot_argv() -> None:
     argv = qemu_command(KERNEL, INITRD, "console=ttyS0 quiet", QemuOptions(accel="tcg"), serial="stdio")
     assert argv == [
-        "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1", "-no-reboot",
-        "-display", "none", "-vga", "none", "-monitor", "none", "-serial", "stdio",
+        *MACHINE, "-serial", "stdio",
         "-kernel", "/out/linuxkit-kernel", "-initrd", "/out/linuxkit-initrd.img",
-        "-append", "console=ttyS0 quiet panic=-1",
-        "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
+        "-append", "console=ttyS0 quiet panic=-1", *NETWORK, *RNG,
     ]  # fmt: skip
 
 
@@ -78,27 +98,108 @@ def test_unresolved_accel_means_tcg_in_the_pure_command() -> None:
     assert argv[1:4] == ["-accel", "tcg", "-m"]
 
 
-def test_uefi_uses_ovmf() -> None:
-    argv = qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", uefi=True), serial="stdio")
-    assert argv[argv.index("-bios") + 1] == "/usr/share/ovmf/OVMF.fd"
-
-
-def test_disks_are_virtio_drives_with_their_format() -> None:
-    options = QemuOptions(accel="tcg", disks=["/d/data.img", "/d/root.qcow2", "/d/odd,name.raw"])
-    argv = qemu_command(KERNEL, INITRD, "", options, serial="stdio")
-    drives = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-drive"]
-    assert drives == [
-        "file=/d/data.img,format=raw,if=virtio",
-        "file=/d/root.qcow2,format=qcow2,if=virtio",
-        "file=/d/odd,,name.raw,format=raw,if=virtio",
+def test_uefi_code_is_read_only_pflash_and_vars_a_writable_copy() -> None:
+    firmware = firmware_args(Firmware(Path("/fw/OVMF_CODE_4M.fd"), Path("/fw/OVMF_VARS_4M.fd")),
+                             Path("/run/1/OVMF_VARS_4M.fd"))
+    argv = qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", uefi=True), serial="stdio", firmware=firmware)
+    assert values_of(argv, "-drive") == [
+        "if=pflash,format=raw,unit=0,readonly=on,file=/fw/OVMF_CODE_4M.fd",
+        "if=pflash,format=raw,unit=1,file=/run/1/OVMF_VARS_4M.fd",
     ]
+    assert "-bios" not in argv
+
+
+def test_single_image_firmware_is_a_bios() -> None:
+    assert firmware_args(Firmware(Path("/usr/share/ovmf/OVMF.fd")), None) == ["-bios", "/usr/share/ovmf/OVMF.fd"]
+
+
+def test_extra_disks_are_virtio_drives_with_their_format() -> None:
+    options = QemuOptions(accel="tcg", disks=[Disk(Path("/d/data.img")), "/d/root.qcow2", Path("/d/odd,name.raw")])
+    argv = qemu_command(KERNEL, INITRD, "", options, serial="stdio")
+    assert values_of(argv, "-drive") == [
+        "if=none,id=disk0,file=/d/data.img,format=raw",
+        "if=none,id=disk1,file=/d/root.qcow2,format=qcow2",
+        "if=none,id=disk2,file=/d/odd,,name.raw,format=raw",
+    ]
+    assert values_of(argv, "-device")[:3] == [
+        "virtio-blk-pci,drive=disk0", "virtio-blk-pci,drive=disk1", "virtio-blk-pci,drive=disk2"]
+
+
+def test_iso_is_a_cd_booted_first() -> None:
+    iso = BootImage("iso", Path("/out/x"), image=Path("/out/x.iso"))
+    argv = boot_command(iso, TCG, SERIAL)
+    assert argv == [*MACHINE, "-serial", "stdio",
+                    "-drive", "if=none,id=cd,file=/out/x.iso,format=raw,media=cdrom,readonly=on",
+                    "-device", "ide-cd,drive=cd,bootindex=0", *NETWORK, *RNG]
+
+
+def test_boot_disk_comes_before_extra_disks() -> None:
+    disk = BootImage("disk", Path("/out/x-efi"), image=Path("/out/x-efi.qcow2"), image_format="qcow2", uefi=True)
+    argv = boot_command(disk, QemuOptions(accel="tcg", disks=[Disk(Path("/d/data.img"))]), SERIAL)
+    assert values_of(argv, "-drive") == ["if=none,id=boot,file=/out/x-efi.qcow2,format=qcow2",
+                                         "if=none,id=disk0,file=/d/data.img,format=raw"]
+    assert values_of(argv, "-device")[:2] == ["virtio-blk-pci,drive=boot,bootindex=0", "virtio-blk-pci,drive=disk0"]
+    assert "-kernel" not in argv
+
+
+def test_squashfs_root_is_the_first_virtio_disk_read_only() -> None:
+    squashfs = BootImage("kernel+squashfs", Path("/out/x"), kernel=Path("/out/x-kernel"), cmdline="quiet",
+                         image=Path("/out/x-squashfs.img"))
+    argv = boot_command(squashfs, QemuOptions(accel="tcg", disks=[Disk(Path("/d/data.img"))]), SERIAL)
+    assert values_of(argv, "-kernel") == ["/out/x-kernel"]
+    assert "-initrd" not in argv
+    assert values_of(argv, "-append") == ["quiet root=/dev/vda console=ttyS0 panic=-1"]
+    assert values_of(argv, "-drive") == ["if=none,id=boot,file=/out/x-squashfs.img,format=raw,readonly=on",
+                                         "if=none,id=disk0,file=/d/data.img,format=raw"]
+    assert values_of(argv, "-device")[0] == "virtio-blk-pci,drive=boot"  # booted by -kernel, not by the BIOS
+
+
+def test_a_root_on_the_command_line_wins() -> None:
+    erofs = BootImage("kernel+erofs", Path("/out/x"), kernel=Path("/out/x-kernel"), image=Path("/out/x-erofs.img"))
+    argv = boot_command(erofs, QemuOptions(accel="tcg", extra_append="root=/dev/vdb"), SERIAL)
+    assert values_of(argv, "-append") == ["root=/dev/vdb console=ttyS0 panic=-1"]
+
+
+def test_uki_boots_from_a_virtual_fat_esp() -> None:
+    uki = BootImage("uki", Path("/out/x"), image=Path("/out/x.efi"), uefi=True)
+    argv = boot_command(uki, TCG, SERIAL, esp=Path("/run/1/esp"))
+    assert values_of(argv, "-drive") == ["if=none,id=esp,file=fat:/run/1/esp,format=raw,readonly=on"]
+    assert values_of(argv, "-device")[0] == "virtio-blk-pci,drive=esp,bootindex=0"
+
+
+def test_append_needs_a_kernel_boot() -> None:
+    iso = BootImage("iso", Path("/out/x"), image=Path("/out/x.iso"))
+    with pytest.raises(UserError) as err:
+        boot_command(iso, QemuOptions(accel="tcg", extra_append="quiet"), SERIAL)
+    assert str(err.value) == "--append needs a kernel boot; the boot loader of /out/x.iso sets its own command line"
+
+
+def test_no_networking() -> None:
+    argv = qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", networking="none"), serial="stdio")
+    assert argv[argv.index("-nic"):] == ["-nic", "none", *RNG]
+    assert "-netdev" not in argv
+    with pytest.raises(UserError) as err:
+        qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", networking="none", publish=["80:80"]),
+                     serial="stdio")
+    assert str(err.value) == "--publish needs user networking (hint: drop --networking none)"
+
+
+def test_interactive_console_muxes_the_monitor_and_lets_the_guest_reboot() -> None:
+    options = QemuOptions(accel="tcg", reboot=True)
+    argv = boot_command(BootImage("kernel+initrd", Path("/out/x"), kernel=KERNEL, initrd=INITRD), options,
+                        terminal_console_args(Path("/tmp/con,sole.log")))
+    assert "-no-reboot" not in argv
+    assert values_of(argv, "-chardev") == ["stdio,id=console,mux=on,signal=off,logfile=/tmp/con,,sole.log"]
+    assert values_of(argv, "-serial") == ["chardev:console"]
+    assert values_of(argv, "-mon") == ["chardev=console,mode=readline"]
+    assert values_of(argv, "-append") == ["console=ttyS0"]  # a panic waits for the user instead of rebooting
 
 
 def test_invalid_vm_size_is_a_user_error() -> None:
     with pytest.raises(UserError) as err:
         qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", cpus=0), serial="stdio")
     assert str(err.value) == (
-        "invalid VM size: 512 MiB of memory, 0 CPUs (hint: use at least 16 MiB and 1 CPU)"
+        "invalid VM size: 1024 MiB of memory, 0 CPUs (hint: use at least 16 MiB and 1 CPU)"
     )
 
 

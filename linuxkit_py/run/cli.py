@@ -1,0 +1,150 @@
+"""`linuxkit-py run [qemu] PATH`: boot a build output in qemu, like `linuxkit run qemu`.
+
+Interactive when stdin is a terminal (the serial console on it, Ctrl-A X quits); otherwise, or with
+--timeout/--until, the console is copied to stdout and the exit status says how the guest ended:
+0 when qemu exited 0 (or --until matched), 124 when --timeout stopped it, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from linuxkit_py.errors import UserError
+from linuxkit_py.run.disks import DISK_SYNTAX, name_unnamed_disks, parse_disk
+from linuxkit_py.run.image import BootImage, detect_image
+from linuxkit_py.run.kvm import ACCELERATORS
+from linuxkit_py.run.qemu import NETWORKING, BootResult, QemuOptions, boot_image, run_interactive
+
+log = logging.getLogger(__name__)
+
+BACKEND = "qemu"
+TIMEOUT_STATUS = 124  # as timeout(1)
+STATE_SUFFIX = "-state"
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}")
+    return value
+
+
+def add_run_parser(subparsers: Any) -> None:
+    """Add the `run` verb to the top-level subparsers."""
+    p = subparsers.add_parser(
+        "run", help="boot a build output in qemu", usage="%(prog)s [options] [qemu] PATH",
+        description="Boot PATH in qemu: a kernel output prefix (PATH-kernel with PATH-initrd.img, "
+                    "-squashfs.img or -erofs.img), an .iso, a disk image (.img .raw .qcow2 .vhd .vhdx .vmdk) "
+                    "or a UKI (.efi). -efi in the name implies --uefi.")
+    p.add_argument("target", nargs="+", metavar="[qemu] PATH", help="the output to boot (qemu is the only backend)")
+    p.add_argument("--mem", type=int, default=1024, metavar="MIB", help="memory in MiB (default 1024)")
+    p.add_argument("--cpus", type=int, default=1, help="number of CPUs (default 1)")
+    p.add_argument("--uefi", action="store_true", help="boot through UEFI firmware (OVMF)")
+    p.add_argument("--fw", type=Path, metavar="FILE", help="UEFI firmware (default: Debian's OVMF_CODE_4M.fd)")
+    p.add_argument("--disk", action="append", default=[], metavar=DISK_SYNTAX,
+                   help="attach a disk, created when missing and a size is given (repeatable)")
+    p.add_argument("--state", type=Path, metavar="DIR",
+                   help="directory for disks given only a size (default: PATH-state)")
+    p.add_argument("--publish", action="append", default=[], metavar="HOST:GUEST[/tcp|udp]",
+                   help="forward 127.0.0.1:HOST to the guest's port GUEST (repeatable)")
+    p.add_argument("--accel", choices=ACCELERATORS, help="default: kvm if it provably works here, else tcg")
+    p.add_argument("--networking", choices=NETWORKING, default="user", help="default: user")
+    p.add_argument("--append", default="", metavar="TEXT", help="add TEXT to the kernel command line")
+    p.add_argument("--console-log", type=Path, metavar="FILE", help="also write the console to FILE")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help="stop the guest after SECONDS (exit status 124); implies non-interactive")
+    p.add_argument("--until", metavar="TEXT",
+                   help="stop the guest as soon as TEXT appears on the console (exit status 0); "
+                        "implies non-interactive")
+
+
+def _image_path(target: list[str]) -> Path:
+    if len(target) == 1:
+        return Path(target[0])
+    if len(target) == 2 and target[0] == BACKEND:
+        return Path(target[1])
+    if len(target) == 2:
+        raise UserError(f"unknown run backend {target[0]!r}", hint="linuxkit-py runs images in qemu only")
+    raise UserError("run takes one PATH", hint="linuxkit-py run [qemu] PATH")
+
+
+def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
+    state_dir = args.state or image.prefix.with_name(image.prefix.name + STATE_SUFFIX)
+    if args.accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        raise UserError("--accel kvm: /dev/kvm is not usable here", hint="use --accel tcg")
+    if image.uefi and not args.uefi:
+        log.info("booting %s with UEFI (its name says so)", image.image)
+    return QemuOptions(
+        mem=args.mem,
+        cpus=args.cpus,
+        accel=args.accel,
+        publish=args.publish,
+        disks=name_unnamed_disks([parse_disk(d) for d in args.disk], state_dir),
+        extra_append=args.append,
+        uefi=args.uefi,
+        firmware=args.fw,
+        networking=args.networking,
+    )
+
+
+def _exit_status(result: BootResult, args: argparse.Namespace) -> int:
+    if result.matched:
+        return 0
+    if result.timed_out:
+        what = f"{args.until!r} did not appear on the console" if args.until else "the guest was still running"
+        print(f"linuxkit-py: {what} after {args.timeout:g} s; stopped qemu", file=sys.stderr)
+        return TIMEOUT_STATUS
+    if result.exit_code != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        detail = f": {lines[-1].strip()}" if lines else ""
+        raise UserError(f"qemu exited with status {result.exit_code}{detail}")
+    if args.until:
+        raise UserError(f"the guest stopped before {args.until!r} appeared on the console")
+    return 0
+
+
+@contextlib.contextmanager
+def _exit_on_termination() -> Iterator[None]:
+    """SIGTERM/SIGHUP end the run like Ctrl-C does: qemu is stopped on the way out."""
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`linuxkit-py run`; returns the exit status."""
+    image = detect_image(_image_path(args.target))
+    options = _options(args, image)
+    interactive = args.timeout is None and args.until is None and sys.stdin.isatty()
+    with _exit_on_termination():
+        if interactive:
+            options.reboot = True  # as on real hardware; Ctrl-A X is the way out
+            print("linuxkit-py: the console is on this terminal; Ctrl-A X quits qemu", file=sys.stderr, flush=True)
+            return 0 if run_interactive(image, options, log=args.console_log) == 0 else 1
+        until = (lambda output: args.until in output) if args.until else None
+        try:
+            result = boot_image(image, options, timeout=args.timeout, log=args.console_log, until=until,
+                                echo=sys.stdout.buffer)
+        except BrokenPipeError:
+            # stdout was closed (`| head`): qemu is already stopped; keep Python from complaining at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+    return _exit_status(result, args)

@@ -1,0 +1,54 @@
+"""UEFI firmware files for qemu: OVMF's code (read-only pflash) with a per-run writable copy of its
+variable store, or a single OVMF image for -bios when there is no split pair."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from linuxkit_py.errors import UserError
+from linuxkit_py.tools import install_hint
+
+OVMF_PACKAGE = "ovmf"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_BIOS = Path("/usr/share/ovmf/OVMF.fd")  # code and variables in one image
+
+
+@dataclass(frozen=True)
+class Firmware:
+    code: Path  # pflash unit 0 (read-only), or the -bios image when vars_template is None
+    vars_template: Path | None = None  # copied for every run, the copy is pflash unit 1
+
+
+def _vars_beside(code: Path) -> Path | None:
+    """OVMF_VARS*.fd next to an OVMF_CODE*.fd (Debian's naming), if there is one."""
+    if "CODE" not in code.name:
+        return None
+    candidate = code.with_name(code.name.replace("CODE", "VARS", 1))
+    return candidate if candidate.is_file() else None
+
+
+def find_firmware(fw: Path | None = None) -> Firmware:
+    """`fw` (with its VARS file when it is a CODE file), else Debian's OVMF_CODE_4M/OVMF_VARS_4M, else OVMF.fd."""
+    if fw is not None:
+        if not fw.is_file():
+            raise UserError(f"firmware {fw} not found")
+        return Firmware(fw, _vars_beside(fw))
+    if OVMF_CODE.is_file() and OVMF_VARS.is_file():
+        return Firmware(OVMF_CODE, OVMF_VARS)
+    if OVMF_BIOS.is_file():
+        return Firmware(OVMF_BIOS)
+    raise UserError(f"no UEFI firmware: looked for {OVMF_CODE} with {OVMF_VARS}, and {OVMF_BIOS}",
+                    hint=install_hint(OVMF_PACKAGE))
+
+
+def copy_vars(firmware: Firmware, directory: Path) -> Path | None:
+    """A writable copy of the variable store in `directory` (variables a guest sets last one run)."""
+    if firmware.vars_template is None:
+        return None
+    copy = directory / firmware.vars_template.name
+    shutil.copyfile(firmware.vars_template, copy)
+    return copy
+

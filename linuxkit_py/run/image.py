@@ -1,0 +1,112 @@
+"""What to boot: tell an output's kind from the path named on the command line, like `linuxkit run qemu`.
+
+A path that exists is a file whose name says its kind (`.iso`, a disk image, `.efi`), or one file of a
+kernel output (`NAME-kernel`, `NAME-initrd.img`, ...). A path that does not exist is the prefix of a
+kernel output: `PATH-kernel` with `PATH-initrd.img`, `PATH-squashfs.img` or `PATH-erofs.img` next to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from linuxkit_py.errors import UserError
+
+KERNEL_SUFFIX = "-kernel"
+CMDLINE_SUFFIX = "-cmdline"
+# Root filesystems that boot with PREFIX-kernel, in LinuxKit's order of preference (squashfs first).
+ROOT_SUFFIXES = {"-squashfs.img": "kernel+squashfs", "-erofs.img": "kernel+erofs", "-initrd.img": "kernel+initrd"}
+KERNEL_OUTPUT_SUFFIXES = (KERNEL_SUFFIX, CMDLINE_SUFFIX, *ROOT_SUFFIXES)
+
+ISO_SUFFIX = ".iso"
+UKI_SUFFIX = ".efi"
+# Disk image suffix -> qemu block format.
+DISK_FORMATS = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2", ".vhd": "vpc", ".vhdx": "vhdx", ".vmdk": "vmdk"}
+# A name with this in it was built for UEFI (NAME-efi.iso, NAME-efi.img, NAME-efi.qcow2, NAME-efi-initrd.iso).
+UEFI_MARK = "-efi"
+
+
+@dataclass(frozen=True)
+class BootImage:
+    kind: str  # kernel+initrd, kernel+squashfs, kernel+erofs, iso, disk, uki
+    prefix: Path  # the output's path without its suffix (names the default state directory)
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str = ""  # the contents of PREFIX-cmdline, if any
+    image: Path | None = None  # the squashfs/erofs root, the ISO, the disk or the UKI
+    image_format: str = "raw"  # qemu block format of `image`
+    uefi: bool = False  # the file name says the output boots with UEFI only
+
+    @property
+    def boots_kernel(self) -> bool:
+        return self.kernel is not None
+
+
+def kernel_image(kernel: Path, initrd: Path, cmdline: str = "") -> BootImage:
+    """A kernel + initrd boot from explicit files."""
+    prefix = kernel.with_name(kernel.name.removesuffix(KERNEL_SUFFIX))
+    return BootImage("kernel+initrd", prefix, kernel=kernel, initrd=initrd, cmdline=cmdline)
+
+
+def _read_cmdline(prefix: Path) -> str:
+    path = _with_suffix(prefix, CMDLINE_SUFFIX)
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def _with_suffix(prefix: Path, suffix: str) -> Path:
+    return prefix.with_name(prefix.name + suffix)
+
+
+def _kernel_output(prefix: Path, named_root: str | None = None) -> BootImage:
+    """PREFIX-kernel with the root filesystem named on the command line, else LinuxKit's first one found."""
+    kernel = _with_suffix(prefix, KERNEL_SUFFIX)
+    order = [named_root] if named_root in ROOT_SUFFIXES else []
+    order += [suffix for suffix in ROOT_SUFFIXES if suffix != named_root]
+    for suffix in order:
+        root = _with_suffix(prefix, suffix)
+        if root.is_file():
+            kind = ROOT_SUFFIXES[suffix]
+            cmdline = _read_cmdline(prefix)
+            if kind == "kernel+initrd":
+                return BootImage(kind, prefix, kernel=kernel, initrd=root, cmdline=cmdline)
+            return BootImage(kind, prefix, kernel=kernel, image=root, cmdline=cmdline)
+    raise UserError(f"{kernel} has no root filesystem next to it: looked for "
+                    + ", ".join(str(_with_suffix(prefix, suffix)) for suffix in reversed(ROOT_SUFFIXES)))
+
+
+def _file_image(path: Path) -> BootImage | None:
+    """The kind of an existing file, from its name; None when the name says nothing we boot."""
+    suffix = path.suffix.lower()
+    prefix = path.with_name(path.name[: len(path.name) - len(suffix)])
+    uefi = UEFI_MARK in path.name.lower()
+    if suffix == ISO_SUFFIX:
+        return BootImage("iso", prefix, image=path, uefi=uefi)
+    if suffix in DISK_FORMATS:
+        return BootImage("disk", prefix, image=path, image_format=DISK_FORMATS[suffix], uefi=uefi)
+    if suffix == UKI_SUFFIX:
+        return BootImage("uki", prefix, image=path, uefi=True)
+    return None
+
+
+def _disk_suffixes() -> str:
+    return ", ".join(DISK_FORMATS)
+
+
+def detect_image(path: Path) -> BootImage:
+    """The output at `path` (a file or a kernel output prefix), or a UserError saying what was looked for."""
+    path = Path(path)
+    if path.is_file():
+        for suffix in KERNEL_OUTPUT_SUFFIXES:
+            prefix = path.with_name(path.name.removesuffix(suffix))
+            if path.name.endswith(suffix) and _with_suffix(prefix, KERNEL_SUFFIX).is_file():
+                return _kernel_output(prefix, named_root=suffix)
+        image = _file_image(path)
+        if image is None:
+            raise UserError(f"cannot tell how to boot {path}: the name ends in none of {KERNEL_SUFFIX}, "
+                            f"-initrd.img, {ISO_SUFFIX}, {_disk_suffixes()}, {UKI_SUFFIX}")
+        return image
+    if _with_suffix(path, KERNEL_SUFFIX).is_file():
+        return _kernel_output(path)
+    raise UserError(f"nothing to run at {path}: looked for {path}{KERNEL_SUFFIX} with {path}-initrd.img, "
+                    f"-squashfs.img or -erofs.img, and for {path} itself as a file ending in "
+                    f"{ISO_SUFFIX}, {_disk_suffixes()} or {UKI_SUFFIX}")
