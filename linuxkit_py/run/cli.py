@@ -68,6 +68,9 @@ def add_run_parser(subparsers: Any) -> None:
     p.add_argument("--until", metavar="TEXT",
                    help="stop the guest as soon as TEXT appears on the console (exit status 0); "
                         "implies non-interactive")
+    p.add_argument("--poweroff-on", metavar="TEXT",
+                   help="press the guest's ACPI power button as soon as TEXT appears on the console (a clean "
+                        "shutdown: onshutdown containers run), then wait for qemu to exit; implies non-interactive")
 
 
 def _image_path(target: list[str]) -> Path:
@@ -133,16 +136,17 @@ def run_command(args: argparse.Namespace) -> int:
     """`linuxkit-py run`; returns the exit status."""
     image = detect_image(_image_path(args.target))
     options = _options(args, image)
-    interactive = args.timeout is None and args.until is None and sys.stdin.isatty()
+    interactive = args.timeout is None and args.until is None and args.poweroff_on is None and sys.stdin.isatty()
     with _exit_on_termination():
         if interactive:
             options.reboot = True  # as on real hardware; Ctrl-A X is the way out
             print("linuxkit-py: the console is on this terminal; Ctrl-A X quits qemu", file=sys.stderr, flush=True)
             return 0 if run_interactive(image, options, log=args.console_log) == 0 else 1
         until = (lambda output: args.until in output) if args.until else None
+        powerdown_on = (lambda output: args.poweroff_on in output) if args.poweroff_on else None
         try:
             result = boot_image(image, options, timeout=args.timeout, log=args.console_log, until=until,
-                                echo=sys.stdout.buffer)
+                                echo=sys.stdout.buffer, powerdown_on=powerdown_on)
         except BrokenPipeError:
             # stdout was closed (`| head`): qemu is already stopped; keep Python from complaining at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import selectors
+import socket
 import subprocess
 import tempfile
 import time
@@ -321,11 +322,40 @@ def _read_console(
     return console
 
 
+def _with_power_button(until: Callable[[str], bool] | None, powerdown_on: Callable[[str], bool],
+                       qmp: Path) -> Callable[[str], bool]:
+    pressed = False
+
+    def watch(output: str) -> bool:
+        nonlocal pressed
+        if not pressed and powerdown_on(output):
+            pressed = True
+            try:
+                press_power_button(qmp)
+            except OSError as exc:
+                raise UserError(f"cannot press the power button through qemu's QMP socket: {exc}") from exc
+        return until is not None and until(output)
+
+    return watch
+
+
 def _stop_qemu(proc: subprocess.Popen[bytes]) -> None:
     stop(proc)
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+
+
+def press_power_button(qmp_socket: Path, timeout: float = 5.0) -> None:
+    """Press the guest's ACPI power button through qemu's QMP socket (`system_powerdown`)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(qmp_socket))
+        reader = sock.makefile("rb")
+        reader.readline()  # the QMP greeting
+        for command in (b'{"execute": "qmp_capabilities"}', b'{"execute": "system_powerdown"}'):
+            sock.sendall(command + b"\n")
+            reader.readline()
 
 
 def boot_image(
@@ -336,14 +366,20 @@ def boot_image(
     log: Path | None = None,
     until: Callable[[str], bool] | None = None,
     echo: BinaryIO | None = None,
+    powerdown_on: Callable[[str], bool] | None = None,
 ) -> BootResult:
     """Boot `image` and collect the serial console until qemu exits, `until(output)` is true, or
     `timeout` seconds passed (None: no limit); qemu is stopped in every case. `log` and `echo` get
-    the console bytes as they arrive."""
+    the console bytes as they arrive. When `powerdown_on(output)` first holds, the guest's ACPI power
+    button is pressed (a clean shutdown) and the console is read on until qemu exits."""
     options = options or QemuOptions()
     exit_code: int | None = None
     with contextlib.ExitStack() as stack:
         argv = stack.enter_context(_prepared_command(image, options, serial_console_args("stdio")))
+        if powerdown_on is not None:
+            qmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="linuxkit-py-qmp-"))) / "qmp.sock"
+            argv = [*argv, "-qmp", f"unix:{qemu_file_arg(qmp)},server=on,wait=off"]
+            until = _with_power_button(until, powerdown_on, qmp)
         sinks = [stack.enter_context(_open_log(log))] if log else []
         sinks += [echo] if echo else []
         started = time.monotonic()
