@@ -17,6 +17,7 @@ from linuxkit_py.errors import SpecError, UserError
 from linuxkit_py.oci import runtime as oci_runtime
 from linuxkit_py.oci.cache import Cache
 from linuxkit_py.oci.image import Image
+from linuxkit_py.oci.runtime_shell import render_runtime_shell
 from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
 from linuxkit_py.rootfs.filters import RESOLV_SYMLINK, filter_image
 from linuxkit_py.rootfs.flatten import flatten_image
@@ -230,6 +231,9 @@ def _add_containers(tree: Tree, a: Assembly) -> None:
                 tree.add(_dir(f"{bundle}/rootfs", ref, location))
             runtime = oci_runtime.bundle_runtime(cc.runtime, "/" + bundle, content, cc.readonly)
             tree.add(_file(f"{bundle}/runtime.json", oci_runtime.runtime_json(runtime), ref, location))
+            restart = entry.get("restart", "always") if section == "services" else None
+            script = render_runtime_shell(runtime, name=dirname, section=section, restart=restart)
+            tree.add(_file(f"{bundle}/runtime.sh", script, ref, location))
 
 
 # -- files ------------------------------------------------------------------------------------------
