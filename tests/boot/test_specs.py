@@ -414,3 +414,19 @@ def test_persistent_disk_is_formatted_once_and_keeps_its_files(cache_dir: Path, 
     log = read_ext4_file(partition, "/boots.log").splitlines()
     assert len(log) == 2 and log[0] == first_line
     assert (match := boot_log.match(log[1])) and match.group(1) == "2"
+
+
+@pytest.mark.boot
+def test_quickstart_commands_boot_minimal_and_power_off_cleanly(cache_dir: Path, tmp_path: Path) -> None:
+    """The README's quick start: build specs/minimal.yml, run it until getty starts, press the power button."""
+    prefix = build(cache_dir, tmp_path / "out", "minimal", SPECS / "minimal.yml")
+    result = run_cli("run", "--accel", "tcg", "--timeout", "120", "--poweroff-on", "service getty: started",
+                     prefix, stdin=b"")
+    console = result.stdout.decode(errors="replace").replace("\r\n", "\n")
+    assert result.returncode == 0, (result.stderr.decode(), console[-3000:])
+    # in this order (the getty shell's prompt may share a line with what follows it)
+    marks = [LEASE, "service getty: started", "service getty: stopped", "The system is going down",
+             "reboot: Power down"]
+    positions = [console.find(mark) for mark in marks]
+    assert -1 not in positions, (dict(zip(marks, positions, strict=True)), console[-3000:])
+    assert positions == sorted(positions), dict(zip(marks, positions, strict=True))
