@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import Format, Rootfs, get_format
+from linuxkit_py.formats import Format, FormatOptions, Rootfs, get_format
 from linuxkit_py.fsutil import atomic_outputs
 from linuxkit_py.oci.cache import Cache
 from linuxkit_py.oci.platform import normalize_arch
@@ -38,6 +38,8 @@ class BuildOptions:
     cache_dir: Path | None = None
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     dry_run: bool = False
+    size: int | None = None  # --size, bytes
+    root: str = "ram"  # --root
 
 
 def source_date_epoch() -> int:
@@ -52,6 +54,20 @@ def source_date_epoch() -> int:
     if epoch < 0:
         raise UserError(f"SOURCE_DATE_EPOCH={value!r} is negative")
     return epoch
+
+
+def parse_size(text: str) -> int:
+    """`1G`, `512M`, `300K`, `1024` (bytes) -> bytes, like LinuxKit's --size."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (value[:-1], value[-1]) if value and value[-1] in units else (value, "")
+    try:
+        size = int(number) * units[unit]
+    except ValueError:
+        raise UserError(f"--size {text!r}: not a size", hint="e.g. 1G, 512M, 2048K") from None
+    if size <= 0:
+        raise UserError(f"--size {text!r}: must be positive")
+    return size
 
 
 def default_name(paths: list[str]) -> str:
@@ -95,7 +111,7 @@ def build(opts: BuildOptions) -> list[Path]:
     refs = [ref for ref in image_refs(spec) if ref not in images]
     images |= pull_images(cache, refs, arch, opts.registry, opts.pull)
     entries = assemble(Assembly(spec, images, cache, metadata_writer(spec)))
-    rootfs = Rootfs(entries, epoch)
+    rootfs = Rootfs(entries, epoch, options=FormatOptions(size=opts.size, root=opts.root, arch=arch))
     if opts.output is not None:
         return _write_stream(formats[0], rootfs, opts.output)
     name = opts.name or default_name(opts.paths)

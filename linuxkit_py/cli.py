@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -25,9 +26,10 @@ def _add_cache_option(p: argparse.ArgumentParser) -> None:
                    help="image cache directory, an OCI layout (default: $LINUXKIT_CACHE or ~/.cache/linuxkit-py)")
 
 
-def _add_registry_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mirror", action="append", default=[], metavar="REGISTRY=URL",
-                   help="pull REGISTRY's images from URL (repeatable; also $LINUXKIT_MIRROR)")
+def _add_registry_options(p: argparse.ArgumentParser, mirror: bool = True) -> None:
+    if mirror:  # mirrors serve pulls only
+        p.add_argument("--mirror", action="append", default=[], metavar="REGISTRY=URL",
+                       help="pull REGISTRY's images from URL (repeatable; also $LINUXKIT_MIRROR)")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                    help="allow plain http for this registry (loopback registries always may)")
     p.add_argument("--cert-file", action="append", default=[], metavar="FILE",
@@ -50,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--arch", help="target architecture: amd64/x86_64, arm64/aarch64, riscv64 (default: host)")
     b.add_argument("--pull", action="store_true", help="always pull images, even when cached")
     b.add_argument("--dry-run", action="store_true", help="print the merged, resolved spec and stop")
+    b.add_argument("--size", help="disk image size, e.g. 1G or 512M (default: what fits plus headroom)")
+    b.add_argument("--root", choices=("ram", "squashfs", "erofs"), default="ram",
+                   help="ISO and disk formats: boot from an initrd in RAM (default), or keep the root "
+                        "filesystem on the medium as squashfs/erofs (for images larger than memory)")
     _add_cache_option(b)
     _add_registry_options(b)
 
@@ -60,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     rm = csub.add_parser("rm", help="remove cached image(s) by reference")
     rm.add_argument("refs", nargs="+", metavar="REF")
     _add_cache_option(rm)
+    push = csub.add_parser("push", help="push a cached image (every platform it has) to its registry")
+    push.add_argument("ref", metavar="REF")
+    push.add_argument("--remote-name", metavar="REF", help="push it under this name instead (another registry, "
+                      "repository or tag)")
+    _add_cache_option(push)
+    _add_registry_options(push, mirror=False)
 
     add_pkg_parser(sub)
     add_run_parser(sub)
@@ -71,14 +83,14 @@ def _registry_options(args: argparse.Namespace) -> RegistryOptions:
     from linuxkit_py.oci.registry import RegistryOptions, parse_mirrors
 
     return RegistryOptions(
-        mirrors=parse_mirrors(args.mirror, os.environ.get("LINUXKIT_MIRROR")),
+        mirrors=parse_mirrors(args.mirror, os.environ.get("LINUXKIT_MIRROR")) if "mirror" in args else {},
         insecure=frozenset(args.insecure_registry),
         ca_files=tuple(args.cert_file),
     )
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from linuxkit_py.build import BuildOptions, build
+    from linuxkit_py.build import BuildOptions, build, parse_size
 
     if args.output is not None and (args.name or args.dir):
         raise UserError("-o cannot be combined with --name or --dir")
@@ -93,6 +105,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
         registry=_registry_options(args),
         dry_run=args.dry_run,
+        size=parse_size(args.size) if args.size else None,
+        root=args.root,
     )
     for path in build(opts):
         log.warning("wrote %s", path)
@@ -117,6 +131,13 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         return status
     elif args.cache_command == "clean":
         cache.clean()
+    elif args.cache_command == "push":
+        from linuxkit_py.oci.push import push_image
+        from linuxkit_py.oci.reference import parse_reference
+
+        destination = parse_reference(args.remote_name or args.ref)
+        digest = push_image(cache, args.ref, str(destination), _registry_options(args))
+        print(dataclasses.replace(destination, digest=digest))  # the pushed image, pinned
     return 0
 
 

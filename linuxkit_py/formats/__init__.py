@@ -8,11 +8,23 @@ the format succeeded. Adding a format is adding a row to FORMATS.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO
 
 from linuxkit_py.errors import UserError
 from linuxkit_py.rootfs.entry import Entry
+
+ROOT_MODES = ("ram", "squashfs", "erofs")
+
+
+@dataclass
+class FormatOptions:
+    """Options of the disk and ISO formats (documented per format in docs/formats.md)."""
+
+    size: int | None = None  # bytes; None: the smallest that fits plus headroom
+    root: str = "ram"  # ram: kernel + initrd; squashfs/erofs: the root filesystem on the medium
+    arch: str = "amd64"
 
 
 @dataclass
@@ -21,6 +33,9 @@ class Rootfs:
 
     entries: list[Entry]
     epoch: int  # mtime of every entry and of every generated header (SOURCE_DATE_EPOCH)
+    # Where gzip writers may keep deflated blocks for the next build (None: not kept).
+    compression_cache: Path | None = None
+    options: FormatOptions = field(default_factory=FormatOptions)
 
 
 Writer = Callable[[Rootfs, list[BinaryIO]], None]
