@@ -12,6 +12,7 @@ from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, FormatOptions, Rootfs, get_format
 from linuxkit_py.fsutil import atomic_outputs
 from linuxkit_py.oci.cache import Cache
+from linuxkit_py.oci.layers import unpack_images
 from linuxkit_py.oci.platform import normalize_arch
 from linuxkit_py.oci.registry import RegistryOptions, pull_images
 from linuxkit_py.pkg.build import PackageRefs
@@ -110,8 +111,10 @@ def build(opts: BuildOptions) -> list[Path]:
     images = packages.images(cache, arch)  # `@pkg:` images: built when missing, never pulled
     refs = [ref for ref in image_refs(spec) if ref not in images]
     images |= pull_images(cache, refs, arch, opts.registry, opts.pull)
+    unpack_images(cache, images.values())  # every image's layers decompressed and indexed in parallel
     entries = assemble(Assembly(spec, images, cache, metadata_writer(spec)))
-    rootfs = Rootfs(entries, epoch, options=FormatOptions(size=opts.size, root=opts.root, arch=arch))
+    rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
+                    options=FormatOptions(size=opts.size, root=opts.root, arch=arch))
     if opts.output is not None:
         return _write_stream(formats[0], rootfs, opts.output)
     name = opts.name or default_name(opts.paths)

@@ -4,7 +4,9 @@ gzip (RFC 1952) holds one deflate stream (RFC 1951). We cut the input into fixed
 blocks and deflate each on a worker thread (zlib releases the GIL), primed with the last
 32 KiB of the previous block as a preset dictionary and ended with a sync flush, so the
 blocks concatenate into one valid deflate stream. Block boundaries and dictionaries depend
-only on the input, never on the number of threads: the bytes are always the same.
+only on the input, never on the number of threads: the bytes are always the same. That
+also makes each block reusable: with a DeflateBlockCache (formats/blockcache.py) a rebuild
+takes unchanged blocks from the cache instead of deflating them again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import zstandard
+
+from linuxkit_py.formats.blockcache import DeflateBlockCache
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_METHOD_DEFLATE = 8
@@ -67,9 +71,10 @@ class ParallelGzipWriter:
     """Write one gzip member to `out`, compressing fixed-size blocks on `threads` threads."""
 
     def __init__(self, out: BinaryIO, level: int = GZIP_DEFAULT_LEVEL, block_size: int = GZIP_BLOCK_SIZE,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, block_cache: DeflateBlockCache | None = None) -> None:
         self._out = out
         self._level = level
+        self._block_cache = block_cache
         self._block_size = block_size
         self._threads = max(1, threads or os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="gzip")
@@ -90,7 +95,7 @@ class ParallelGzipWriter:
     def _submit(self, block: bytes) -> None:
         self._crc = zlib.crc32(block, self._crc)
         self._size += len(block)
-        self._pending.append(self._pool.submit(deflate_block, block, self._dictionary, self._level))
+        self._pending.append(self._pool.submit(self._deflate, block, self._dictionary))
         self._dictionary = block[-DEFLATE_WINDOW:]
         # Bounded memory: at most two blocks per thread in flight.
         while len(self._pending) > 2 * self._threads:
@@ -107,6 +112,19 @@ class ParallelGzipWriter:
             self._out.write(gzip_trailer(self._crc, self._size))
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._block_cache is not None:
+            self._block_cache.trim()
+
+    def _deflate(self, block: bytes, dictionary: bytes) -> bytes:
+        """deflate_block, or the same bytes from the block cache (runs on a worker thread)."""
+        if self._block_cache is None:
+            return deflate_block(block, dictionary, self._level)
+        key = self._block_cache.key(self._level, dictionary, block)
+        data = self._block_cache.get(key)
+        if data is None:
+            data = deflate_block(block, dictionary, self._level)
+            self._block_cache.put(key, data)
+        return data
 
     def abort(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -134,12 +152,15 @@ class ZstdWriter:
 COMPRESSIONS = ("gzip", "zstd")
 
 
-def compressed_writer(out: BinaryIO, compression: str, level: int | None = None,
-                      threads: int | None = None) -> ParallelGzipWriter | ZstdWriter:
-    """A writer that compresses into `out`; `close()` finishes the stream (it does not close `out`)."""
+def compressed_writer(out: BinaryIO, compression: str, level: int | None = None, threads: int | None = None,
+                      block_cache: DeflateBlockCache | None = None) -> ParallelGzipWriter | ZstdWriter:
+    """A writer that compresses into `out`; `close()` finishes the stream (it does not close `out`).
+
+    `block_cache` lets gzip reuse blocks deflated by earlier builds (zstd is fast enough without).
+    """
     makers: dict[str, Callable[[], ParallelGzipWriter | ZstdWriter]] = {
         "gzip": lambda: ParallelGzipWriter(out, GZIP_DEFAULT_LEVEL if level is None else level,
-                                           threads=threads),
+                                           threads=threads, block_cache=block_cache),
         "zstd": lambda: ZstdWriter(out, ZSTD_DEFAULT_LEVEL if level is None else level, threads=threads),
     }
     try:

@@ -28,7 +28,7 @@ from dataclasses import replace
 from linuxkit_py.errors import UserError
 from linuxkit_py.oci.cache import Cache
 from linuxkit_py.oci.image import Image
-from linuxkit_py.oci.layers import layer_entries
+from linuxkit_py.oci.layers import image_layers, unpack_layers
 from linuxkit_py.rootfs.entry import Entry, Kind
 
 WHITEOUT_PREFIX = ".wh."
@@ -209,10 +209,8 @@ def flatten_layers(layers: list[list[Entry]], labels: list[str] | None = None) -
 
 def flatten_image(cache: Cache, image: Image) -> list[Entry]:
     """The flattened root filesystem of a cached image (layers unpacked and indexed once, then reused)."""
-    layers = image.layers
-    diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
-    if len(diff_ids) != len(layers):
-        diff_ids = [None] * len(layers)
-    entries = [layer_entries(cache, layer, diff_id) for layer, diff_id in zip(layers, diff_ids, strict=True)]
-    labels = [f"{image.ref}: layer {layer['digest']}" for layer in layers]
+    layers = image_layers(image)
+    by_digest = unpack_layers(cache, layers)
+    entries = [by_digest[layer["digest"]] for layer, _ in layers]
+    labels = [f"{image.ref}: layer {layer['digest']}" for layer, _ in layers]
     return flatten_layers(entries, labels)
