@@ -70,7 +70,7 @@ def _add_prefixed(tree: Tree, entries: list[Entry], prefix: str) -> None:
     """Add image entries below `prefix` (hard link targets move with them)."""
     for e in entries:
         link = f"{prefix}/{e.linkname}" if e.kind == Kind.HARDLINK else e.linkname
-        tree.add(replace(e, path=f"{prefix}/{e.path}", linkname=link))
+        tree.add(e.evolve(path=f"{prefix}/{e.path}", linkname=link))
 
 
 def _add_prefix_dirs(tree: Tree, prefix: str, source: str, location: str) -> None:
@@ -112,7 +112,7 @@ def _add_kernel(tree: Tree, a: Assembly) -> None:
         assert isinstance(tar.data, FileRegion) or tar.data is None
         if isinstance(tar.data, FileRegion):
             for e in read_tar_region(tar.data, f"{ref}: {tar_name}"):
-                tree.add(replace(e, source=ref, location="kernel"))
+                tree.add(e.evolve(source=ref, location="kernel"))
 
 
 # -- init -------------------------------------------------------------------------------------------

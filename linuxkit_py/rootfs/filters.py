@@ -56,7 +56,7 @@ def filter_image(entries: list[Entry], source: str, location: str, resolv_symlin
             continue
         if entry.path in ("etc/hosts", "etc/resolv.conf"):
             entry = _replacement(entry, resolv_symlink)
-        out.append(replace(entry, source=source, location=location))
+        out.append(entry.evolve(source=source, location=location))
         present.add(entry.path)
     for path, kind, mode, target in ENSURED:
         if path in present:
