@@ -1,4 +1,4 @@
-"""Distribution-spec client: where a repository lives (mirrors, http or https), manifests and blobs.
+"""Distribution-spec client: where a repository lives (mirrors, http or https), requests, manifests, blobs.
 
 Mirrors follow LinuxKit's `--mirror` / `LINUXKIT_MIRROR`: `REGISTRY=URL` sends that registry's
 pulls to URL, a bare `URL` is the mirror of every registry not named otherwise, and the URL's
@@ -27,7 +27,16 @@ from linuxkit_py.oci.auth import Authenticator, CredentialStore
 from linuxkit_py.oci.cache import BlobMismatch, Cache
 from linuxkit_py.oci.platform import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES
 from linuxkit_py.oci.reference import DEFAULT_REGISTRY, Reference
-from linuxkit_py.oci.transport import RegistryFault, StreamInterrupted, Transport, http_fault, is_loopback
+from linuxkit_py.oci.transport import (
+    RETRY_STATUSES,
+    Body,
+    RegistryFault,
+    StreamInterrupted,
+    TransientFault,
+    Transport,
+    http_fault,
+    is_loopback,
+)
 
 MANIFEST_ACCEPT = ", ".join(INDEX_MEDIA_TYPES + MANIFEST_MEDIA_TYPES)
 OCI_INDEX = INDEX_MEDIA_TYPES[0]
@@ -160,17 +169,30 @@ class RegistryClient:
 
     def get(self, remote: Remote, kind: str, reference: str, accept: str | None = None) -> requests.Response:
         """A 200 response for /v2/<repo>/<kind>/<reference>, answering auth challenges; else a fault."""
-        url = remote.url(kind, reference)
-        headers = {"Accept": accept} if accept else {}
+        return self.request("GET", remote, remote.url(kind, reference), {"Accept": accept} if accept else {})
+
+    def request(self, method: str, remote: Remote, url: str, headers: dict[str, str] | None = None,
+                body: Body = None, ok: tuple[int, ...] = (200,), retry: bool = True) -> requests.Response:
+        """A response with a status in `ok` for `url` of `remote`, answering auth challenges; else a fault.
+
+        With `retry=False` (an upload whose session a failed try may have spoilt), a connection error,
+        429 or 5xx raises TransientFault for the caller to start over. Credentials go only to the
+        registry's own host (an upload URL may point elsewhere, e.g. to a storage service).
+        """
+        headers = headers or {}
+        own_host = urlsplit(url).netloc.lower() == remote.host.lower()
         for round_ in range(2):
-            sent = self.auth.authorization(remote.host, remote.repository)
+            sent = self.auth.authorization(remote.host, remote.repository) if own_host else None
             request_headers = {**headers, "Authorization": sent} if sent else headers
-            response = self.transport.get(url, request_headers, remote.peer, remote.host)
-            if response.status_code == 200:
+            response = self.transport.request(method, url, request_headers, remote.peer, remote.host,
+                                              body=body, retry=retry)
+            if response.status_code in ok:
                 return response
-            if response.status_code != 401:
+            if response.status_code != 401 or not own_host:
                 fault = http_fault(remote.peer, response)
                 response.close()
+                if not retry and response.status_code in RETRY_STATUSES:
+                    raise TransientFault(fault.cause)
                 raise fault
             challenge = response.headers.get("WWW-Authenticate", "")
             response.close()

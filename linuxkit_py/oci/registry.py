@@ -172,7 +172,8 @@ def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.Thr
     if not needed:
         return
     total = sum(size for _, size in needed.values())
-    with _progress_bar(options, total, len(plans)) as update:
+    images = len(plans)
+    with progress_bar(options, total, f"pulling {images} image{'s' if images != 1 else ''}") as update:
 
         def fetch(digest: str, plan: _Plan, size: int) -> None:
             client.fetch_blob(plan.remote, digest, size, cache, update, cancelled)
@@ -190,10 +191,11 @@ def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.Thr
 
 
 @contextlib.contextmanager
-def _progress_bar(options: RegistryOptions, total: int, images: int) -> Iterator[Any]:
+def progress_bar(options: RegistryOptions, total: int, description: str) -> Iterator[Any]:
+    """A byte-count progress bar (on a TTY unless options say) and a thread-safe update(n) for it."""
     disable = None if options.progress is None else not options.progress
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=disable,
-              desc=f"pulling {images} image{'s' if images != 1 else ''}", leave=False) as bar:
+              desc=description, leave=False) as bar:
         lock = threading.Lock()
 
         def update(n: int) -> None:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import requests
 import requests.adapters
@@ -35,6 +35,18 @@ POOL_SIZE = 16
 _NO_PROXY = {"http": None, "https": None, "all": None}
 
 
+class Readable(Protocol):
+    """A request body stream (a file, or a wrapper counting what was sent)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+# A request body: bytes, or a function opening a fresh stream (closed after the request) for each try.
+Body = bytes | Callable[[], Readable] | None
+
+
 class RegistryFault(Exception):
     """A registry conversation failed for good; `cause` is a one-line description without secrets."""
 
@@ -42,6 +54,10 @@ class RegistryFault(Exception):
         super().__init__(cause)
         self.cause = cause
         self.hint = hint
+
+
+class TransientFault(RegistryFault):
+    """A fault another try may mend (connection error, 429, 5xx), for a request sent without retries."""
 
 
 class StreamInterrupted(Exception):
@@ -148,7 +164,7 @@ def _system_ca_bundle() -> str:
 
 
 class Transport:
-    """GET requests with timeouts and bounded retries, shared by the threads of one pull."""
+    """Requests with timeouts and bounded retries, shared by the threads of one pull or push."""
 
     def __init__(self, timeout: float = 30.0, retries: int = 4, backoff: float = 0.5,
                  ca_files: tuple[str, ...] = (), sleep: Callable[[float], None] = time.sleep) -> None:
@@ -196,28 +212,43 @@ class Transport:
 
     def get(self, url: str, headers: dict[str, str], peer: str, host: str,
             auth: tuple[str, str] | None = None) -> requests.Response:
-        """GET with retries on connection errors, 429 and 5xx; the last response is returned as is.
+        """GET with retries (see `request`)."""
+        return self.request("GET", url, headers, peer, host, auth=auth)
+
+    def request(self, method: str, url: str, headers: dict[str, str], peer: str, host: str,
+                auth: tuple[str, str] | None = None, body: Body = None, retry: bool = True) -> requests.Response:
+        """One request, tried again on connection errors, 429 and 5xx; the last response is returned as is.
 
         `peer` names the server in messages (`registry quay.io`), `host` is its host[:port]. The body
-        is not read yet: use read_body or iter_body (both close the response), or close it.
+        is not read yet: use read_body or iter_body (both close the response), or close it. `body` is
+        bytes or a function opening a fresh stream for each try. With `retry=False` nothing is tried
+        again: a connection error another try might mend raises TransientFault.
         """
         proxies: dict[str, Any] = dict(_NO_PROXY) if is_loopback(host) else {}
         attempt = 0
         while True:
+            data = body() if callable(body) else body
             try:
-                response = self.session.get(
-                    url, headers=headers, stream=True, timeout=(self.timeout, self.timeout),
+                response = self.session.request(
+                    method, url, headers=headers, data=data, stream=True, timeout=(self.timeout, self.timeout),
                     verify=self.verify, proxies=proxies, auth=auth, allow_redirects=True)
             except requests.RequestException as exc:
                 cause, transient = describe_connection_error(exc, self.timeout)
+                if isinstance(exc, requests.exceptions.ReadTimeout):
+                    cause = f"{peer}: {cause}"
+                else:
+                    cause = self._connect_cause(peer, cause)
+                if transient and not retry:
+                    raise TransientFault(cause) from None
                 if not transient or attempt >= self.retries:
-                    if isinstance(exc, requests.exceptions.ReadTimeout):
-                        raise RegistryFault(f"{peer}: {cause}") from None
-                    raise RegistryFault(self._connect_cause(peer, cause)) from None
+                    raise RegistryFault(cause) from None
                 self.sleep(self.delay(attempt))
                 attempt += 1
                 continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
+            finally:
+                if data is not None and not isinstance(data, bytes):
+                    data.close()
+            if retry and response.status_code in RETRY_STATUSES and attempt < self.retries:
                 wait = retry_after_seconds(response, self.delay(attempt))
                 response.close()
                 self.sleep(wait)
