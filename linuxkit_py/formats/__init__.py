@@ -75,4 +75,10 @@ def all_formats() -> dict[str, Format]:
 
 def _load_writers() -> None:
     # Importing a writer module registers its rows.
+    import linuxkit_py.formats.convert  # noqa: F401
+    import linuxkit_py.formats.docker  # noqa: F401
+    import linuxkit_py.formats.iso  # noqa: F401
+    import linuxkit_py.formats.raw  # noqa: F401
+    import linuxkit_py.formats.rootimage  # noqa: F401
+    import linuxkit_py.formats.uki  # noqa: F401
     from linuxkit_py.formats import initrd, tar  # noqa: F401

@@ -1,5 +1,10 @@
 """What a bootable medium (ISO, disk, UKI) carries: kernel, initrd, command line, and in root-on-media mode
 the root filesystem image. Every medium format gets these from `boot_files`, so all of them boot the same way.
+
+`--root ram` (default): the initrd is the whole root filesystem, as kernel+initrd's. `--root squashfs|erofs`:
+the root filesystem is an image file on the medium (`extra`: rootfs.squashfs or rootfs.erofs at the top of
+the medium) and the initrd is the small stage-one initramfs (formats/stage1.py) that finds the image by
+its content id, loop-mounts it under a tmpfs overlay and switch_roots; the command line is the spec's.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from pathlib import Path
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs
 from linuxkit_py.formats.initrd import _block_cache, split_boot, write_initrd
+from linuxkit_py.formats.rootimage import IMAGE_NAMES, ROOT_FILESYSTEMS, root_image_id, write_root_image
+from linuxkit_py.formats.stage1 import RootLocation, write_stage1_initrd
 from linuxkit_py.rootfs.entry import Entry
 
 MEDIA = ("cdrom", "disk")
@@ -20,7 +27,7 @@ MEDIA = ("cdrom", "disk")
 @dataclass
 class BootFiles:
     kernel: Entry  # the kernel (a FILE entry: its data is a FileRegion or bytes)
-    initrd: Path  # the complete initrd (ucode cpio first, when the kernel image has one)
+    initrd: Path  # ram: the whole root filesystem; squashfs/erofs: stage one (ucode cpio first, if any)
     cmdline: str  # the spec's command line plus what the boot mode needs (e.g. root=...)
     extra: list[tuple[str, Path]] = field(default_factory=list)  # (name on the medium, file) e.g. the root image
 
@@ -32,9 +39,19 @@ def boot_files(rootfs: Rootfs, medium: str, workdir: Path) -> Iterator[BootFiles
         raise ValueError(f"unknown medium {medium!r}")
     boot = split_boot(rootfs.entries)
     cmdline = boot.cmdline.decode(errors="replace").strip()
-    if rootfs.options.root != "ram":
-        raise UserError(f"--root {rootfs.options.root} is not supported by this format yet")
     initrd = workdir / "initrd.img"
+    root = rootfs.options.root
+    if root == "ram":
+        with open(initrd, "wb") as out:
+            write_initrd(boot.initrd, out, rootfs.epoch, ucode=boot.ucode, block_cache=_block_cache(rootfs))
+        yield BootFiles(kernel=boot.kernel, initrd=initrd, cmdline=cmdline)
+        return
+    if root not in ROOT_FILESYSTEMS:
+        raise UserError(f"unknown root mode {root!r}", hint="use ram, squashfs or erofs")
+    name = IMAGE_NAMES[root]
+    image = workdir / name
+    write_root_image(rootfs, image, root)
+    location = RootLocation(root, root_image_id(image), image_path=name)
     with open(initrd, "wb") as out:
-        write_initrd(boot.initrd, out, rootfs.epoch, ucode=boot.ucode, block_cache=_block_cache(rootfs))
-    yield BootFiles(kernel=boot.kernel, initrd=initrd, cmdline=cmdline)
+        write_stage1_initrd(rootfs, out, location=location, medium=medium)
+    yield BootFiles(kernel=boot.kernel, initrd=initrd, cmdline=cmdline, extra=[(name, image)])

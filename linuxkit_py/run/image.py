@@ -3,6 +3,8 @@
 A path that exists is a file whose name says its kind (`.iso`, a disk image, `.efi`), or one file of a
 kernel output (`NAME-kernel`, `NAME-initrd.img`, ...). A path that does not exist is the prefix of a
 kernel output: `PATH-kernel` with `PATH-initrd.img`, `PATH-squashfs.img` or `PATH-erofs.img` next to it.
+A squashfs/erofs root boots with its stage-one initramfs (`PATH-squashfs-initrd.img`, `PATH-erofs-initrd.img`)
+when there is one, else (LinuxKit's outputs, a kernel with the drivers built in) with `root=/dev/vda`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ KERNEL_SUFFIX = "-kernel"
 CMDLINE_SUFFIX = "-cmdline"
 # Root filesystems that boot with PREFIX-kernel, in LinuxKit's order of preference (squashfs first).
 ROOT_SUFFIXES = {"-squashfs.img": "kernel+squashfs", "-erofs.img": "kernel+erofs", "-initrd.img": "kernel+initrd"}
-KERNEL_OUTPUT_SUFFIXES = (KERNEL_SUFFIX, CMDLINE_SUFFIX, *ROOT_SUFFIXES)
+# The stage-one initramfs that mounts a squashfs/erofs root (formats/rootimage.py).
+STAGE1_SUFFIXES = {"-squashfs-initrd.img": "-squashfs.img", "-erofs-initrd.img": "-erofs.img"}
+# Stage-one names end in -initrd.img too: they are matched first.
+KERNEL_OUTPUT_SUFFIXES = (KERNEL_SUFFIX, CMDLINE_SUFFIX, *STAGE1_SUFFIXES, *ROOT_SUFFIXES)
 
 ISO_SUFFIX = ".iso"
 UKI_SUFFIX = ".efi"
@@ -69,7 +74,9 @@ def _kernel_output(prefix: Path, named_root: str | None = None) -> BootImage:
             cmdline = _read_cmdline(prefix)
             if kind == "kernel+initrd":
                 return BootImage(kind, prefix, kernel=kernel, initrd=root, cmdline=cmdline)
-            return BootImage(kind, prefix, kernel=kernel, image=root, cmdline=cmdline)
+            stage1 = next(_with_suffix(prefix, name) for name, image in STAGE1_SUFFIXES.items() if image == suffix)
+            return BootImage(kind, prefix, kernel=kernel, initrd=stage1 if stage1.is_file() else None,
+                             image=root, cmdline=cmdline)
     raise UserError(f"{kernel} has no root filesystem next to it: looked for "
                     + ", ".join(str(_with_suffix(prefix, suffix)) for suffix in reversed(ROOT_SUFFIXES)))
 
@@ -99,7 +106,7 @@ def detect_image(path: Path) -> BootImage:
         for suffix in KERNEL_OUTPUT_SUFFIXES:
             prefix = path.with_name(path.name.removesuffix(suffix))
             if path.name.endswith(suffix) and _with_suffix(prefix, KERNEL_SUFFIX).is_file():
-                return _kernel_output(prefix, named_root=suffix)
+                return _kernel_output(prefix, named_root=STAGE1_SUFFIXES.get(suffix, suffix))
         image = _file_image(path)
         if image is None:
             raise UserError(f"cannot tell how to boot {path}: the name ends in none of {KERNEL_SUFFIX}, "

@@ -154,6 +154,15 @@ def test_squashfs_root_is_the_first_virtio_disk_read_only() -> None:
     assert values_of(argv, "-device")[0] == "virtio-blk-pci,drive=boot"  # booted by -kernel, not by the BIOS
 
 
+def test_squashfs_root_with_a_stage_one_initramfs_gets_no_root_parameter() -> None:
+    squashfs = BootImage("kernel+squashfs", Path("/out/x"), kernel=Path("/out/x-kernel"), cmdline="quiet",
+                         initrd=Path("/out/x-squashfs-initrd.img"), image=Path("/out/x-squashfs.img"))
+    argv = boot_command(squashfs, QemuOptions(accel="tcg"), SERIAL)
+    assert values_of(argv, "-initrd") == ["/out/x-squashfs-initrd.img"]
+    assert values_of(argv, "-append") == ["quiet console=ttyS0 panic=-1"]  # stage one finds the disk itself
+    assert values_of(argv, "-drive") == ["if=none,id=boot,file=/out/x-squashfs.img,format=raw,readonly=on"]
+
+
 def test_a_root_on_the_command_line_wins() -> None:
     erofs = BootImage("kernel+erofs", Path("/out/x"), kernel=Path("/out/x-kernel"), image=Path("/out/x-erofs.img"))
     argv = boot_command(erofs, QemuOptions(accel="tcg", extra_append="root=/dev/vdb"), SERIAL)

@@ -53,6 +53,17 @@ def test_erofs_root(tmp_path: Path) -> None:
         "kernel+erofs", tmp_path / "os-kernel", tmp_path / "os-erofs.img")
 
 
+@pytest.mark.parametrize("fs", ["squashfs", "erofs"])
+def test_root_image_boots_with_its_stage_one_initramfs_when_there_is_one(tmp_path: Path, fs: str) -> None:
+    touch(tmp_path, "os-kernel", "os-initrd.img", f"os-{fs}.img", f"os-{fs}-initrd.img")
+
+    for named in ("os", f"os-{fs}.img", f"os-{fs}-initrd.img"):
+        image = detect_image(tmp_path / named)
+        assert (image.kind, image.image, image.initrd) == (
+            f"kernel+{fs}", tmp_path / f"os-{fs}.img", tmp_path / f"os-{fs}-initrd.img"), named
+    assert detect_image(tmp_path / "os-initrd.img").kind == "kernel+initrd"
+
+
 def test_kernel_without_a_root_filesystem(tmp_path: Path) -> None:
     touch(tmp_path, "os-kernel")
     with pytest.raises(UserError) as err:
