@@ -91,7 +91,13 @@ def _formats(opts: BuildOptions) -> list[Format]:
     formats = [get_format(n) for n in names]
     if opts.output is not None and (len(formats) != 1 or not formats[0].streamable):
         raise UserError("-o writes one streamable format (tar or docker)", hint="use --dir for the others")
+    owners: dict[str, str] = {}
     for fmt in formats:
+        for suffix in fmt.suffixes:
+            other = owners.setdefault(suffix, fmt.name)
+            if other != fmt.name:
+                raise UserError(f"formats {other} and {fmt.name} both write NAME{suffix}",
+                                hint="build them one at a time or into different --dir")
         for tool in fmt.tools:
             require(tool)
     return formats

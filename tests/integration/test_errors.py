@@ -66,3 +66,10 @@ def test_interrupted_format_writes_leave_earlier_outputs_only_complete(tmp_path:
     assert "system-initrd.img" in line
     leftovers = [p.name for p in (tmp_path / "out").iterdir()]
     assert leftovers == ["system-initrd.img"], leftovers
+
+
+def test_two_formats_with_the_same_output_name_are_refused(tmp_path: Path, warm_cache: Path) -> None:
+    line = error_line(build(tmp_path, warm_cache, "-f", "vhd", "-f", "dynamic-vhd"))
+    assert line == ("linuxkit-py: formats vhd and dynamic-vhd both write NAME.vhd "
+                    "(hint: build them one at a time or into different --dir)")
+    assert not (tmp_path / "out").exists()
