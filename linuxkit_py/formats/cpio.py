@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats.contents import ContentReader
-from linuxkit_py.rootfs.entry import Entry, Kind
+from linuxkit_py.rootfs.entry import ContentReader, Entry, Kind
 
 NEWC_MAGIC = b"070701"
 HEADER_SIZE = 110

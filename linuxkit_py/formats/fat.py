@@ -16,8 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats.contents import ContentReader
-from linuxkit_py.rootfs.entry import Data, FileRegion
+from linuxkit_py.rootfs.entry import ContentReader, Data, FileRegion
 from linuxkit_py.tools import run
 
 MKFS = "mkfs.vfat"

@@ -19,10 +19,9 @@ from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.blockcache import DeflateBlockCache
 from linuxkit_py.formats.compress import compressed_writer
-from linuxkit_py.formats.contents import ContentReader
 from linuxkit_py.formats.cpio import check_cpio_sizes, write_cpio
 from linuxkit_py.formats.tar import write_tar
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind, read_data
+from linuxkit_py.rootfs.entry import ContentReader, Entry, FileRegion, Kind, read_data
 
 BOOT_DIR = "boot"
 KERNEL_PATH = "boot/kernel"

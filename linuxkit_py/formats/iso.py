@@ -25,9 +25,9 @@ from typing import BinaryIO
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.bootfiles import BootFiles, boot_files
-from linuxkit_py.formats.contents import ContentReader
 from linuxkit_py.formats.iso_grub import GRUB_TOOLS, GrubBoot, grub_config, write_efi_boot_image
 from linuxkit_py.formats.iso_image import IsoImage
+from linuxkit_py.rootfs.entry import ContentReader
 from linuxkit_py.tools import require_file
 
 VOLUME_ID = "LINUXKIT"

@@ -26,11 +26,10 @@ from typing import BinaryIO
 
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs
-from linuxkit_py.formats.contents import ContentReader
 from linuxkit_py.formats.initrd import split_boot, write_initrd
 from linuxkit_py.pkg.elf import read_elf
 from linuxkit_py.pkg.kmod import module_name
-from linuxkit_py.rootfs.entry import Data, Entry, Kind, read_data
+from linuxkit_py.rootfs.entry import ContentReader, Data, Entry, Kind, read_data
 
 MEDIA = ("cdrom", "disk", "virtio")  # virtio: the image is a whole disk (kernel+squashfs/erofs)
 BUSYBOX_PATH = "bin/busybox"

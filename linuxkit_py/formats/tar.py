@@ -16,8 +16,7 @@ from typing import BinaryIO
 
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
-from linuxkit_py.formats.contents import ContentReader
-from linuxkit_py.rootfs.entry import Entry, Kind
+from linuxkit_py.rootfs.entry import ContentReader, Entry, Kind
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)

@@ -23,8 +23,7 @@ from typing import BinaryIO
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.bootfiles import boot_files
-from linuxkit_py.formats.contents import ContentReader
-from linuxkit_py.rootfs.entry import Data
+from linuxkit_py.rootfs.entry import ContentReader, Data
 from linuxkit_py.tools import require_file, run
 
 OBJCOPY = "objcopy"
