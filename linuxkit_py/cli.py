@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="cache_command", required=True)
     for name, text in (("ls", "list cached images"), ("clean", "remove every cached image")):
         _add_cache_option(csub.add_parser(name, help=text))
+    verify = csub.add_parser("verify", help="check every blob's digest and every image reference "
+                             "(one line per problem, exit 1 if any)")
+    verify.add_argument("--repair", action="store_true",
+                        help="remove broken blobs, stale temp files and refs to missing blobs")
+    _add_cache_option(verify)
     rm = csub.add_parser("rm", help="remove cached image(s) by reference")
     rm.add_argument("refs", nargs="+", metavar="REF")
     _add_cache_option(rm)
@@ -131,6 +136,19 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         return status
     elif args.cache_command == "clean":
         cache.clean()
+    elif args.cache_command == "verify":
+        from linuxkit_py.oci.cache_verify import verify_cache
+
+        report = verify_cache(cache, repair=args.repair)
+        for line in report.problems:
+            print(line)
+        for line in report.repaired:
+            print(f"repaired: {line}")
+        if report.repaired:
+            report = verify_cache(cache)  # what is still wrong after the repair
+            for line in report.problems:
+                print(f"still: {line}")
+        return 1 if report.problems else 0
     elif args.cache_command == "push":
         from linuxkit_py.oci.push import push_image
         from linuxkit_py.oci.reference import parse_reference

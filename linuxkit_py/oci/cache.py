@@ -4,6 +4,9 @@ Layout: `oci-layout`, `index.json` (one descriptor per cached reference, named b
 `org.opencontainers.image.ref.name` annotation) and `blobs/sha256/<hex>`. Every blob is
 verified (size and sha256) before it is renamed into place, so a blob that exists is
 trusted without re-hashing. Writers of `index.json` hold an exclusive lock on `.lock`.
+A download in progress lives in `blobs/sha256/.partial-<hex>` (kept after an interrupted pull
+for the next one to resume), written only under an fcntl lock on `.partial-<hex>.lock`, so two
+builds sharing the cache download a blob once. `cache_verify.py` checks and repairs a cache.
 Derived data (uncompressed layers and their indexes) lives under `linuxkit-py/`.
 """
 
@@ -23,6 +26,9 @@ from typing import Any
 from linuxkit_py.errors import UserError
 
 REF_NAME = "org.opencontainers.image.ref.name"
+PARTIAL_PREFIX = ".partial-"
+TEMP_PREFIX = ".tmp-"
+LOCK_SUFFIX = ".lock"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 DERIVED_DIR = "linuxkit-py"
 
@@ -92,11 +98,71 @@ class Cache:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
+    def partial_path(self, digest: str) -> Path:
+        """Where a download of `digest` is written until it is verified (resumable)."""
+        target = self.blob_path(digest)
+        return target.with_name(PARTIAL_PREFIX + target.name)
+
+    @contextlib.contextmanager
+    def blob_lock(self, digest: str) -> Iterator[None]:
+        """Exclusive lock for downloading one blob (other builds wait, then find it present).
+
+        The lock file is removed by its holder on the way out; a waiter that then gets the lock
+        of the removed file notices (its inode is gone) and locks the current file instead.
+        """
+        self.ensure()
+        lock_path = self.partial_path(digest).with_name(self.partial_path(digest).name + LOCK_SUFFIX)
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    current = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path)
+            os.close(fd)  # releases the lock
+
+    def commit_partial(self, digest: str, size: int) -> Path:
+        """Verify a complete partial download (whole file hashed) and rename it into place.
+
+        Raises BlobMismatch (the partial file removed) when its size or digest is wrong.
+        Call with blob_lock(digest) held.
+        """
+        partial = self.partial_path(digest)
+        h = hashlib.sha256()
+        n = 0
+        with open(partial, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                n += len(chunk)
+            os.fsync(f.fileno())
+        got = "sha256:" + h.hexdigest()
+        if n != size or got != digest:
+            partial.unlink()
+            if n != size:
+                raise BlobMismatch(f"blob {digest} has {n} bytes, its descriptor says {size}")
+            raise BlobMismatch(got)
+        os.chmod(partial, 0o644)
+        target = self.blob_path(digest)
+        os.replace(partial, target)
+        return target
+
     def write_blob(self, chunks: Iterable[bytes], digest: str, size: int | None = None) -> Path:
         """Stream chunks into the cache; verified, then renamed into place. Raises BlobMismatch."""
         target = self.blob_path(digest)
         self.ensure()
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
         try:
             h = hashlib.sha256()
             n = 0
@@ -144,7 +210,7 @@ class Cache:
     # -- index.json ----------------------------------------------------------
     def _write_atomic(self, path: Path, data: bytes, replace: bool = True) -> None:
         """Write via a temp file; with replace=False an existing file is left as it is."""
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

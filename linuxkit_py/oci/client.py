@@ -10,8 +10,10 @@ http; everything else over https.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -43,6 +45,7 @@ OCI_INDEX = INDEX_MEDIA_TYPES[0]
 OCI_MANIFEST = MANIFEST_MEDIA_TYPES[0]
 MAX_MANIFEST_BYTES = 4 << 20  # the distribution spec's suggested manifest size limit
 ANY_REGISTRY = "*"
+BLOB_CHUNK = 64 << 10  # small enough that a broken download keeps most of what arrived
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
@@ -226,33 +229,94 @@ class RegistryClient:
         return Document(data, digest, document_media_type(doc, content_type, remote.peer))
 
     def fetch_blob(self, remote: Remote, digest: str, size: int, cache: Cache,
-                   progress: Callable[[int], None], cancelled: threading.Event) -> None:
-        """Stream one blob into the cache, verified; a broken download is retried from the start."""
-        attempt = 0
-        while True:
-            response = self.get(remote, "blobs", digest)
-            body = _BlobBody(self.transport.iter_body(response), progress, cancelled)
+                   progress: Callable[[int], None], cancelled: threading.Event) -> bool:
+        """Stream one blob into the cache, verified; False when another build brought it meanwhile.
+
+        Held under the cache's per-blob lock. A broken download is kept and resumed with a Range
+        request (a registry answering 200 instead sends it whole again); the whole file is hashed.
+        """
+        with cache.blob_lock(digest):
+            if cache.has_blob(digest):
+                return False
             try:
-                cache.write_blob(body, digest, size)
-                return
-            except StreamInterrupted as exc:
-                progress(-body.received)
-                attempt = self.transport.retrying(
-                    attempt, exc, f"{remote.peer}: download of blob {digest} interrupted")
-            except BlobMismatch:
-                progress(-body.received)
-                if body.received > size:
-                    raise RegistryFault(f"{remote.peer}: blob {digest} is larger than the {size} bytes "
-                                        "its descriptor says") from None
-                if body.received < size:
-                    raise RegistryFault(f"{remote.peer}: blob {digest} has {body.received} bytes, "
-                                        f"its descriptor says {size}") from None
-                raise RegistryFault(f"{remote.peer}: blob {digest} does not match its digest "
-                                    f"(got {body.digest})") from None
+                self._download_blob(remote, digest, size, cache, progress, cancelled)
             except OSError as exc:  # the network's errors arrive as StreamInterrupted: this is the disk
                 raise UserError(f"cannot write to cache {cache.root}: {exc.strerror or exc}") from exc
             finally:
-                response.close()
+                with contextlib.suppress(OSError):  # keep a partial download only if it has bytes
+                    partial = cache.partial_path(digest)
+                    if partial.stat().st_size == 0:
+                        partial.unlink()
+            return True
+
+    def _download_blob(self, remote: Remote, digest: str, size: int, cache: Cache,
+                       progress: Callable[[int], None], cancelled: threading.Event) -> None:
+        partial = cache.partial_path(digest)
+        attempt = 0
+        resumed = False  # a resumed file that fails its digest is fetched whole once more
+        # Not append mode: a resumed write goes where the registry's range starts.
+        with os.fdopen(os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), "r+b") as f:
+            have = f.seek(0, os.SEEK_END)
+            if have > size:
+                f.truncate(0)
+                have = 0
+            progress(have)
+            while True:
+                headers = {"Range": f"bytes={have}-"} if 0 < have < size else {}
+                if have < size:
+                    response = self.request("GET", remote, remote.url("blobs", digest), headers, ok=(200, 206))
+                    if response.status_code != 206 or _range_start(response) != have:
+                        f.truncate(0)  # a whole body (200), or a range we did not ask for
+                        progress(-have)
+                        have = 0
+                        if response.status_code == 206:
+                            response.close()
+                            continue
+                    resumed = resumed or have > 0
+                    f.seek(have)
+                    body = _BlobBody(self.transport.iter_body(response, BLOB_CHUNK), progress, cancelled)
+                    try:
+                        for chunk in body:
+                            if have + len(chunk) > size:
+                                raise RegistryFault(f"{remote.peer}: blob {digest} is larger than the {size} "
+                                                    "bytes its descriptor says")
+                            f.write(chunk)
+                            have += len(chunk)
+                    except StreamInterrupted as exc:
+                        f.flush()
+                        attempt = self.transport.retrying(
+                            attempt, exc, f"{remote.peer}: download of blob {digest} interrupted")
+                        continue
+                    except RegistryFault:
+                        partial.unlink(missing_ok=True)  # wrong content: nothing worth resuming
+                        raise
+                    finally:
+                        response.close()
+                    if have < size:
+                        partial.unlink(missing_ok=True)
+                        raise RegistryFault(f"{remote.peer}: blob {digest} has {have} bytes, "
+                                            f"its descriptor says {size}")
+                f.flush()
+                try:
+                    cache.commit_partial(digest, size)
+                    return
+                except BlobMismatch as exc:  # commit_partial removed the file
+                    progress(-have)
+                    have = 0
+                    if not resumed:
+                        raise RegistryFault(f"{remote.peer}: blob {digest} does not match its digest "
+                                            f"(got {exc})") from None
+                    resumed = False
+                    # The registry may have served the start and the rest from different files:
+                    # try once more from the start (the partial file is gone; reopen it).
+                    return self._download_blob(remote, digest, size, cache, progress, cancelled)
+
+
+def _range_start(response: requests.Response) -> int | None:
+    """The first byte of a 206 answer (`Content-Range: bytes START-END/TOTAL`)."""
+    value = response.headers.get("Content-Range", "")
+    match = re.match(r"^bytes (\d+)-\d+/(\d+|\*)$", value.strip())
+    return int(match.group(1)) if match else None
 
 
 class _BlobBody:

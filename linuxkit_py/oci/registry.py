@@ -2,9 +2,10 @@
 
 A cached image is used without any network access unless `pull` is set. A pull stores every
 blob verified (size and sha256) and names the image in index.json only once all of its blobs
-are in place; when a pull fails, the blobs it added are removed again, so the cache never
-shows a half image. Blobs are downloaded in parallel, each one once even when several images
-share it.
+are in place, so the cache never shows a half image. A failed pull deletes nothing: a verified
+blob may already be used by another build sharing the cache, and an unreferenced one is
+harmless (`cache verify` does not count it as a problem). Blobs are downloaded in parallel,
+each one once even when several images, or several builds, share it (a per-blob lock).
 """
 
 from __future__ import annotations
@@ -95,8 +96,6 @@ def _user_error(given: str, exc: BaseException) -> BaseException:
 def _pull(cache: Cache, wanted: list[tuple[str, str]], arch: str,
           options: RegistryOptions) -> dict[str, Image]:
     cache.ensure()
-    created: list[str] = []
-    committed: set[str] = set()
     cancelled = threading.Event()
     futures: list[concurrent.futures.Future[Any]] = []
     with RegistryClient(options) as client, \
@@ -110,21 +109,13 @@ def _pull(cache: Cache, wanted: list[tuple[str, str]], arch: str,
                     plans.append(future.result())
                 except BaseException as exc:
                     raise _user_error(given, exc) from None
-            _download(cache, client, pool, plans, options, cancelled, created, futures)
-            images = {}
-            for plan in plans:
-                images[plan.name] = _commit(cache, plan, arch, created)
-                committed |= plan.digests
-            return images
+            _download(cache, client, pool, plans, options, cancelled, futures)
+            return {plan.name: _commit(cache, plan, arch) for plan in plans}
         except BaseException:
             cancelled.set()
             for future in futures:
                 future.cancel()
             concurrent.futures.wait(futures)
-            for digest in created:
-                if digest not in committed:
-                    with contextlib.suppress(OSError):
-                        cache.blob_path(digest).unlink()
             raise
 
 
@@ -162,7 +153,7 @@ def _plan(client: RegistryClient, options: RegistryOptions, given: str, name: st
 
 def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.ThreadPoolExecutor,
               plans: list[_Plan], options: RegistryOptions, cancelled: threading.Event,
-              created: list[str], futures: list[concurrent.futures.Future[Any]]) -> None:
+              futures: list[concurrent.futures.Future[Any]]) -> None:
     """Fetch every blob the plans need and the cache lacks, each once, in parallel."""
     needed: dict[str, tuple[_Plan, int]] = {}
     for plan in plans:
@@ -177,7 +168,6 @@ def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.Thr
 
         def fetch(digest: str, plan: _Plan, size: int) -> None:
             client.fetch_blob(plan.remote, digest, size, cache, update, cancelled)
-            created.append(digest)
 
         owner = {}
         for digest, (plan, size) in needed.items():
@@ -205,7 +195,7 @@ def progress_bar(options: RegistryOptions, total: int, description: str) -> Iter
         yield update
 
 
-def _commit(cache: Cache, plan: _Plan, arch: str, created: list[str]) -> Image:
+def _commit(cache: Cache, plan: _Plan, arch: str) -> Image:
     """Check the platform, store the manifests and name the image in index.json (last)."""
     config = cache.read_json(plan.blobs[0]["digest"])
     if not isinstance(config, dict):
@@ -220,6 +210,5 @@ def _commit(cache: Cache, plan: _Plan, arch: str, created: list[str]) -> Image:
                 cache.write_blob([document.data], document.digest, len(document.data))
             except OSError as exc:
                 raise UserError(f"cannot write to cache {cache.root}: {exc.strerror or exc}") from exc
-            created.append(document.digest)
     cache.set_ref(plan.name, plan.root.descriptor)
     return Image(ref=plan.name, digest=plan.manifest.digest, manifest=plan.manifest.json(), config=config)

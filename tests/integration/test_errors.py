@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from tests.integration.conftest import run_cli
 from tests.integration.test_build import SPEC, build, write_spec
 
 
-def error_line(result) -> str:  # type: ignore[no-untyped-def]
+def error_line(result: subprocess.CompletedProcess[bytes]) -> str:
     assert result.returncode == 1, (result.returncode, result.stderr)
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
