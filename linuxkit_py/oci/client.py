@@ -83,7 +83,11 @@ def parse_mirrors(values: list[str], env: str | None) -> dict[str, str]:
         if not url.startswith(("http://", "https://")):
             raise UserError(f"mirror {url!r} must start with http:// or https://",
                             hint="--mirror REGISTRY=URL, e.g. docker.io=http://mirror.local:5000")
-        if not key or not urlsplit(url).netloc:
+        netloc = urlsplit(url).netloc
+        if "@" in netloc:  # never echo the URL: it holds a password
+            raise UserError(f"mirror for {key or 'every registry'}: credentials in the URL are not supported",
+                            hint="put them in ~/.docker/config.json under the mirror's host")
+        if not key or not netloc:
             raise UserError(f"bad mirror {item!r}", hint="--mirror REGISTRY=URL or --mirror URL")
         if key in _DOCKER_HUB_KEYS:
             key = DEFAULT_REGISTRY

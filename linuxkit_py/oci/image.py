@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from linuxkit_py.errors import UserError
 from linuxkit_py.oci.cache import Cache
 from linuxkit_py.oci.platform import is_index, select_platform
 
@@ -26,19 +27,32 @@ class Image:
     @property
     def runtime_config(self) -> dict[str, Any]:
         """The image config's `config` section (Entrypoint, Cmd, Env, WorkingDir, User, Labels)."""
-        return dict(self.config.get("config") or {})
+        section = self.config.get("config") or {}
+        if not isinstance(section, dict):
+            raise UserError(f"{self.ref}: the image config's `config` is not an object")
+        return dict(section)
 
     @property
-    def labels(self) -> dict[str, str]:
-        return dict(self.runtime_config.get("Labels") or {})
+    def labels(self) -> dict[str, Any]:
+        labels = self.runtime_config.get("Labels") or {}
+        if not isinstance(labels, dict):
+            raise UserError(f"{self.ref}: the image config's Labels is not an object")
+        return dict(labels)
 
     def moby_config_label(self) -> dict[str, Any] | None:
         """The parsed `org.mobyproject.config` label, or None (validation is the caller's)."""
         raw = self.labels.get(LABEL_CONFIG)
-        if not raw:
+        if raw is None or raw == "":
             return None
-        value = json.loads(raw)
-        return value if isinstance(value, dict) else None
+        if not isinstance(raw, str):
+            raise UserError(f"{self.ref}: label {LABEL_CONFIG} is not a string")
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise UserError(f"{self.ref}: label {LABEL_CONFIG} is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{self.ref}: label {LABEL_CONFIG} is not a JSON object")
+        return value
 
 
 def load_cached_image(cache: Cache, ref: str, arch: str) -> Image | None:

@@ -27,13 +27,18 @@ from linuxkit_py.errors import UserError
 from linuxkit_py.oci.cache import Cache
 from linuxkit_py.oci.image import Image
 from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
-from linuxkit_py.rootfs.tarindex import read_tar_entries
+from linuxkit_py.rootfs.tarindex import env_limit, read_tar_entries
 
 CHUNK = 1 << 20
 INDEX_VERSION = 1
 # Layers unpacked at once: gunzip, zstd, sha256 and file writes release the GIL, so a cold
 # cache unpacks about twice as fast on 2 cores; more threads than cores only add contention.
 UNPACK_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+# A layer's uncompressed size is capped so that a decompression bomb (a small gzip or zstd
+# blob inflating to terabytes) stops with an error instead of filling the cache's disk.
+MAX_LAYER_SIZE_ENV = "LINUXKIT_PY_MAX_LAYER_SIZE"
+DEFAULT_MAX_LAYER_SIZE = 16 << 30  # the largest real layers (CUDA, ML stacks) are a few GiB
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -182,9 +187,15 @@ def _decompress(cache: Cache, layer: dict[str, Any], target: Path, diff_id: str 
     except FileNotFoundError:
         raise UserError(f"layer {digest} is missing from the cache {cache.root}") from None
     sha = hashlib.sha256()
+    limit = env_limit(MAX_LAYER_SIZE_ENV, DEFAULT_MAX_LAYER_SIZE)
 
     def hashed(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        total = 0
         for chunk in chunks:
+            total += len(chunk)
+            if total > limit:
+                raise UserError(f"layer {digest}: uncompressed size exceeds the limit of {limit} bytes "
+                                f"(set by {MAX_LAYER_SIZE_ENV}); refusing it")
             sha.update(chunk)
             yield chunk
 

@@ -208,6 +208,14 @@ def _rlimits(layers: Layers) -> list[dict[str, Any]]:
     return out
 
 
+def _image_strings(image_config: dict[str, Any], key: str, field: str) -> list[str]:
+    """The image config's list-of-strings `key` (Entrypoint, Cmd, Env): an image from anywhere may hold anything."""
+    value = image_config.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise FieldError(field, f"the image config's {key} is {json.dumps(value)[:60]}, not a list of strings")
+    return value
+
+
 def _process(layers: Layers, image_config: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]:
     command = layers.pick("command")
     if command:
@@ -215,16 +223,19 @@ def _process(layers: Layers, image_config: dict[str, Any], ids: dict[str, int]) 
         if not args:
             raise FieldError("command", "is empty: a container needs a program to run", command.from_label)
     else:
-        args = [*(image_config.get("Entrypoint") or []), *(image_config.get("Cmd") or [])]
+        args = [*_image_strings(image_config, "Entrypoint", "command"), *_image_strings(image_config, "Cmd", "command")]
         if not args:
             raise FieldError("command", "not set, and the image has no Entrypoint or Cmd: nothing to run")
     env = layers.pick("env")
-    env_list = list(env.value) if env else list(image_config.get("Env") or [])
+    env_list = list(env.value) if env else _image_strings(image_config, "Env", "env")
     cwd = layers.pick_nonempty("cwd")
     process: dict[str, Any] = {"user": _user(layers, ids), "args": args}
     if env_list:
         process["env"] = env_list
-    process["cwd"] = cwd.value if cwd else (image_config.get("WorkingDir") or "/")
+    workdir = image_config.get("WorkingDir") or "/"
+    if not cwd and not isinstance(workdir, str):
+        raise FieldError("cwd", f"the image config's WorkingDir is {json.dumps(workdir)[:60]}, not a string")
+    process["cwd"] = cwd.value if cwd else workdir
     process["capabilities"] = _capabilities(layers)
     rlimits = _rlimits(layers)
     if rlimits:

@@ -199,10 +199,7 @@ def _add_containers(tree: Tree, a: Assembly) -> None:
             ref = entry["image"]
             location = f"{section}[{i}]"
             image = a.images[ref]
-            try:
-                raw_label = image.moby_config_label()
-            except ValueError as exc:
-                raise UserError(f"{ref}: label org.mobyproject.config is not valid JSON: {exc}") from exc
+            raw_label = image.moby_config_label()
             label = validate_label(raw_label, ref) if raw_label is not None else None
             try:
                 cc = oci_runtime.container_config(entry, image.runtime_config, label, ids=ids, volumes=volumes)

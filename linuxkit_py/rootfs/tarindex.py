@@ -56,6 +56,24 @@ GNU_SPARSE = b"S"
 GNU_VOLUME = b"V"
 XATTR_PREFIX = "SCHILY.xattr."
 
+# Limits on what one archive may hold: a hostile layer must not exhaust memory or disk.
+MAX_ENTRIES_ENV = "LINUXKIT_PY_MAX_LAYER_ENTRIES"
+DEFAULT_MAX_ENTRIES = 1_000_000  # big distro images hold a few hundred thousand files
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def env_limit(name: str, default: int) -> int:
+    """The positive integer in environment variable `name` (suffix K, M, G or T: powers of 1024), or `default`."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    number, suffix = raw[:-1], raw[-1].upper()
+    if suffix.isdigit():
+        number, suffix = raw, ""
+    if not number.isdigit() or suffix not in _SIZE_SUFFIXES or int(number) == 0:
+        raise UserError(f"{name}={raw!r} is not a positive number (e.g. 1000000, 512M or 16G)")
+    return int(number) * _SIZE_SUFFIXES[suffix]
+
 
 class _Corrupt(Exception):
     """The archive is not a well-formed tar (turned into a UserError naming its source)."""
@@ -147,8 +165,9 @@ class _Pending:
 
 
 class _Reader:
-    def __init__(self, fd: int, path: str, start: int, end: int, label: str) -> None:
+    def __init__(self, fd: int, path: str, start: int, end: int, label: str, max_entries: int) -> None:
         self.fd, self.path, self.start, self.end, self.label = fd, path, start, end, label
+        self.max_entries = max_entries
 
     def read(self, offset: int, size: int) -> bytes:
         if offset + size > self.end:
@@ -202,6 +221,9 @@ class _Reader:
                 raise _Corrupt(f"truncated: an entry at byte {pos - self.start} needs {size} bytes of data")
             entry = self._entry(header, typeflag, kind, size, data_at, pax, pending)
             if entry is not None:
+                if len(out) >= self.max_entries:
+                    raise UserError(f"{self.label}: more than {self.max_entries} entries, refusing at {entry.path!r} "
+                                    f"(limit set by {MAX_ENTRIES_ENV})")
                 out.append(entry)
             pending = _Pending()
             pos = data_at + (_round_up(size) if has_data else 0)
@@ -283,12 +305,15 @@ def _round_up(size: int) -> int:
     return (size + BLOCK - 1) // BLOCK * BLOCK
 
 
-def read_tar_entries(source: str | Path | FileRegion, label: str) -> list[Entry]:
+def read_tar_entries(source: str | Path | FileRegion, label: str, max_entries: int | None = None) -> list[Entry]:
     """The members of the tar at `source` (a file, or a byte range of one) as Entries, in archive order.
 
     Regular files get FileRegion data into that same file. `label` names the archive in
-    errors (a layer digest, a file name). A malformed archive raises UserError.
+    errors (a layer digest, a file name). A malformed archive, or one with more than
+    `max_entries` members (default: $LINUXKIT_PY_MAX_LAYER_ENTRIES or 1000000), raises UserError.
     """
+    if max_entries is None:
+        max_entries = env_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES)
     if isinstance(source, FileRegion):
         path, start, end = source.path, source.offset, source.offset + source.size
     else:
@@ -300,7 +325,7 @@ def read_tar_entries(source: str | Path | FileRegion, label: str) -> list[Entry]
     try:
         if end < 0:
             end = os.fstat(fd).st_size
-        return _Reader(fd, path, start, end, label).entries()
+        return _Reader(fd, path, start, end, label, max_entries).entries()
     except _Corrupt as exc:
         raise UserError(f"{label}: not a valid tar archive: {exc}") from None
     finally:

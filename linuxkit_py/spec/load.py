@@ -212,8 +212,9 @@ class _Builder:
 def parse_document(text: str, file: str) -> Document:
     """Parse spec text; a YAML mistake is a SpecError at the position PyYAML reports."""
     doc = Document(file=file, data={})
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # checks for unprintable characters already
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -225,11 +226,11 @@ def parse_document(text: str, file: str) -> Document:
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise SpecError(
-            file, line, column, f"invalid YAML: {exc.reason} character {exc.character!r}"
-        ) from None
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        raise SpecError(file, line, column, f"invalid YAML: {exc.reason}: character {char!r}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if root is None:
         return doc
     data = _Builder(doc).build(root, "")

@@ -34,6 +34,8 @@ def display_path(path: str) -> str:
     """The form error messages use: "services/1/capabilities/0" -> "services[1].capabilities[0]"."""
     out = ""
     for part in pointer_parts(path):
+        if not part.isprintable():  # a key holding a newline must not break the one-line message
+            part = part.encode("unicode_escape").decode("ascii")
         if part.isdigit():
             out += f"[{part}]"
         else:
