@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--arch", help="target architecture: amd64/x86_64, arm64/aarch64, riscv64 (default: host)")
     b.add_argument("--pull", action="store_true", help="always pull images, even when cached")
     b.add_argument("--dry-run", action="store_true", help="print the merged, resolved spec and stop")
+    b.add_argument("--max-layer-size", metavar="SIZE",
+                   help="refuse a layer that inflates beyond SIZE, e.g. 16G (default 16G; $LINUXKIT_PY_MAX_LAYER_SIZE)")
+    b.add_argument("--max-layer-entries", metavar="N",
+                   help="refuse a layer with more than N entries (default 1000000; $LINUXKIT_PY_MAX_LAYER_ENTRIES)")
     b.add_argument("--size", help="disk image size, e.g. 1G or 512M (default: what fits plus headroom)")
     b.add_argument("--root", choices=("ram", "squashfs", "erofs"), default="ram",
                    help="ISO and disk formats: boot from an initrd in RAM (default), or keep the root "
@@ -97,6 +101,11 @@ def _registry_options(args: argparse.Namespace) -> RegistryOptions:
 def _cmd_build(args: argparse.Namespace) -> int:
     from linuxkit_py.build import BuildOptions, build, parse_size
 
+    # The limits live in the environment so that every layer reader (also in worker threads) sees them.
+    if args.max_layer_size:
+        os.environ["LINUXKIT_PY_MAX_LAYER_SIZE"] = args.max_layer_size
+    if args.max_layer_entries:
+        os.environ["LINUXKIT_PY_MAX_LAYER_ENTRIES"] = args.max_layer_entries
     if args.output is not None and (args.name or args.dir):
         raise UserError("-o cannot be combined with --name or --dir")
     opts = BuildOptions(

@@ -27,7 +27,7 @@ from linuxkit_py.errors import UserError
 from linuxkit_py.oci.cache import Cache
 from linuxkit_py.oci.image import Image
 from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
-from linuxkit_py.rootfs.tarindex import env_limit, read_tar_entries
+from linuxkit_py.rootfs.tarindex import DEFAULT_MAX_ENTRIES, MAX_ENTRIES_ENV, env_limit, read_tar_entries
 
 CHUNK = 1 << 20
 INDEX_VERSION = 1
@@ -282,6 +282,7 @@ def layer_entries(cache: Cache, layer: dict[str, Any], diff_id: str | None = Non
     index_path = directory / f"{hexdigest}.json"
     entries = load_entry_index(index_path, tar_path)
     if entries is not None:
+        _check_entry_limit(entries, layer)  # indexed by an earlier build, maybe under a higher limit
         return entries
     tar_path = unpacked_layer(cache, layer, diff_id)
     with _layer_lock(directory, hexdigest):
@@ -293,6 +294,12 @@ def layer_entries(cache: Cache, layer: dict[str, Any], diff_id: str | None = Non
             except OSError as exc:
                 raise UserError(f"cannot write {index_path}: {exc.strerror}") from exc
     return entries
+
+
+def _check_entry_limit(entries: list[Entry], layer: dict[str, Any]) -> None:
+    limit = env_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES)
+    if len(entries) > limit:
+        raise UserError(f"layer {layer['digest']}: more than {limit} entries (set by {MAX_ENTRIES_ENV}); refusing it")
 
 
 def image_layers(image: Image) -> list[tuple[dict[str, Any], str | None]]:

@@ -74,3 +74,13 @@ def test_two_formats_with_the_same_output_name_are_refused(tmp_path: Path, warm_
     assert line == ("linuxkit-py: formats vhd and dynamic-vhd both write NAME.vhd "
                     "(hint: build them one at a time or into different --dir)")
     assert not (tmp_path / "out").exists()
+
+
+def test_layer_limits_are_build_options(tmp_path: Path, warm_cache: Path) -> None:
+    # the warm cache indexed every layer under the default limit: a lower one still applies
+    line = error_line(build(tmp_path, warm_cache, "-f", "tar", "--max-layer-entries", "3"))
+    assert line.startswith("linuxkit-py: layer sha256:") and "more than 3 entries" in line
+    assert not (tmp_path / "out").exists()
+    line = error_line(build(tmp_path, warm_cache, "-f", "tar", "--max-layer-entries", "many"))
+    assert line == ("linuxkit-py: LINUXKIT_PY_MAX_LAYER_ENTRIES='many' is not a positive number "
+                    "(e.g. 1000000, 512M or 16G)")
