@@ -30,6 +30,7 @@ import pycdlib
 
 from linuxkit_py.formats.disk import SECTOR, derived_disk_signature, derived_guid
 from linuxkit_py.rootfs.entry import Data, FileRegion
+from linuxkit_py.rootfs.regionfile import open_region
 
 APPLICATION_ID = "LINUXKIT-PY"
 ISO_LEVEL = 3  # ECMA-119 level 3: 30-character names, files of any size as several extents
@@ -92,39 +93,6 @@ def iso9660_component(name: str, is_dir: bool) -> str:
     ext = ext[: MAX_FILE_ID - 2]
     stem = stem[: MAX_FILE_ID - 1 - len(ext)] or "_"
     return f"{stem}.{ext};1"
-
-
-class _Region(io.RawIOBase):
-    """A read-only, seekable view of `size` bytes at `offset` of an open file."""
-
-    def __init__(self, file: BinaryIO, offset: int, size: int) -> None:
-        self._file, self._offset, self._size, self._pos = file, offset, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self._size - self._pos)
-        if want <= 0:
-            return 0
-        self._file.seek(self._offset + self._pos)
-        data = self._file.read(want)
-        if len(data) != want:
-            raise OSError(f"{self._file.name}: truncated at {self._offset + self._pos + len(data)}")
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 class IsoImage:
@@ -191,8 +159,7 @@ class IsoImage:
         if isinstance(data, bytes):
             return io.BytesIO(data), len(data)
         assert isinstance(data, FileRegion)
-        file = self._open.enter_context(open(data.path, "rb"))  # noqa: SIM115 - closed with the image
-        return _Region(file, data.offset, data.size), data.size  # type: ignore[return-value]
+        return self._open.enter_context(open_region(data)), data.size
 
     def _check_unique(self, iso_path: str, path: str) -> None:
         # Two medium names that map to one ISO 9660 name would silently shadow each other.

@@ -24,8 +24,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
 from linuxkit_py.errors import UserError
-from linuxkit_py.pkg.regionfile import open_data
 from linuxkit_py.rootfs.entry import Entry, Kind
+from linuxkit_py.rootfs.regionfile import open_data
 from linuxkit_py.rootfs.tree import parent_dirs
 
 ELF_MAGIC = b"\x7fELF"
