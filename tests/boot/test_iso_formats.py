@@ -18,7 +18,8 @@ from linuxkit_py.oci.cache import Cache
 from linuxkit_py.pkg.debs import debs_dir
 from linuxkit_py.run.image import BootImage
 from linuxkit_py.run.qemu import QemuOptions, boot_image
-from tests.boot.test_specs import DEB_STORE, LEASE, SPECS, _link_files, line_numbers, write_spec
+from tests.boot.test_specs import LEASE, SPECS, line_numbers, write_spec
+from tests.debstore import DEB_STORE, link_files
 from tests.integration.conftest import run_cli
 
 FORMATS = ("iso-bios", "iso-efi", "iso-efi-initrd", "docker")
@@ -36,13 +37,13 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield cache
     debs = debs_dir(Cache(cache))
     if debs.is_dir():
-        _link_files(debs, DEB_STORE)
+        link_files(debs, DEB_STORE)
 
 
 def _seeded_cache(cache: Path) -> Path:
     debs = debs_dir(Cache(cache))
     if DEB_STORE.is_dir():
-        _link_files(DEB_STORE, debs)
+        link_files(debs)
     return cache
 
 

@@ -21,7 +21,8 @@ from linuxkit_py.oci.cache import Cache
 from linuxkit_py.pkg.debs import debs_dir
 from linuxkit_py.run.image import BootImage, detect_image
 from linuxkit_py.run.qemu import QemuOptions, boot_image
-from tests.boot.test_specs import DEB_STORE, LEASE, REPO, _link_files, cache_dir, package, write_spec
+from tests.boot.test_specs import LEASE, REPO, cache_dir, package, write_spec
+from tests.debstore import DEB_STORE, link_files
 from tests.integration.conftest import run_cli
 
 __all__ = ["cache_dir"]  # the module-scoped cache fixture, shared with test_specs' builds
@@ -192,7 +193,7 @@ def test_two_builds_from_warm_and_empty_caches_give_the_same_bytes(small_outputs
                                                                    tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     if DEB_STORE.is_dir():  # an empty cache: images and kernel.tar built again (from the stored .debs)
-        _link_files(DEB_STORE, debs_dir(Cache(cache)))
+        link_files(debs_dir(Cache(cache)))
     again = build(cache, tmp_path / "out", "minimal", minimal_spec(tmp_path / "minimal.yml"), *MEDIA_FORMATS,
                   root="squashfs")
     names = sorted(path.name for path in small_outputs.parent.iterdir())

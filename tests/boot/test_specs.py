@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,31 +28,14 @@ from linuxkit_py.oci.cache import Cache
 from linuxkit_py.pkg.debs import debs_dir
 from linuxkit_py.run.qemu import QemuOptions, boot
 from tests.boot.test_qemu_runner import free_port
+from tests.debstore import DEB_STORE, link_files
 from tests.integration.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "specs"
-DEB_STORE = REPO / "tests" / ".cache" / "pkg-debs"
-STORED = ("*.deb", "resolved/*.json")
 SIZE_AIM = 25_000_000  # minimal.yml's kernel + initrd (docs/benchmarks.md)
 SHELL_PROMPT = re.compile(r"\(getty\) \S+:~# ")
 LEASE = "dhcpcd: eth0: 10.0.2.15/24 router 10.0.2.2 dns 10.0.2.3"
-
-
-def _link_files(source: Path, target: Path) -> None:
-    """Hard-link (or copy) the stored .debs and apt answers of `source` into `target`."""
-    for pattern in STORED:
-        for path in source.glob(pattern):
-            dest = target / path.relative_to(source)
-            if dest.exists():
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-            try:
-                os.link(path, tmp)
-            except OSError:
-                shutil.copyfile(path, tmp)
-            os.replace(tmp, dest)
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +45,10 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cache = tmp_path_factory.mktemp("specs") / "cache"
     debs = debs_dir(Cache(cache))
     if DEB_STORE.is_dir():
-        _link_files(DEB_STORE, debs)
+        link_files(DEB_STORE, debs)
     yield cache
     if debs.is_dir():
-        _link_files(debs, DEB_STORE)
+        link_files(debs, DEB_STORE)
 
 
 @pytest.fixture

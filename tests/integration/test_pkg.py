@@ -26,26 +26,10 @@ from linuxkit_py.oci.layers import layer_entries
 from linuxkit_py.pkg.build import build_package
 from linuxkit_py.pkg.debs import debs_dir, unpacked_dir
 from linuxkit_py.rootfs.entry import Entry, Kind, read_data
+from tests.debstore import DEB_STORE, link_files
 from tests.integration.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-DEB_STORE = REPO / "tests" / ".cache" / "pkg-debs"
-STORED = ("*.deb", "resolved/*.json")
-
-
-def _link_files(source: Path, target: Path) -> None:
-    for pattern in STORED:
-        for path in source.glob(pattern):
-            dest = target / path.relative_to(source)
-            if dest.exists():
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-            try:
-                os.link(path, tmp)
-            except OSError:
-                shutil.copyfile(path, tmp)
-            os.replace(tmp, dest)
 
 
 @pytest.fixture(scope="session")
@@ -55,14 +39,14 @@ def seeded_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Pat
     yield caches
     for cache in caches:
         if debs_dir(Cache(cache)).is_dir():
-            _link_files(debs_dir(Cache(cache)), DEB_STORE)
+            link_files(debs_dir(Cache(cache)), DEB_STORE)
 
 
 @pytest.fixture
 def new_cache(tmp_path: Path, seeded_caches: list[Path]) -> Iterator[Path]:
     cache = tmp_path / "cache"
     if DEB_STORE.is_dir():
-        _link_files(DEB_STORE, debs_dir(Cache(cache)))
+        link_files(DEB_STORE, debs_dir(Cache(cache)))
     seeded_caches.append(cache)
     yield cache
 
@@ -72,7 +56,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, seeded_caches: list[Path
     """One cache for the module's builds (what a user's ~/.cache/linuxkit-py is)."""
     cache = tmp_path_factory.mktemp("pkg") / "cache"
     if DEB_STORE.is_dir():
-        _link_files(DEB_STORE, debs_dir(Cache(cache)))
+        link_files(DEB_STORE, debs_dir(Cache(cache)))
     seeded_caches.append(cache)
     return cache
 

@@ -18,6 +18,7 @@ from linuxkit_py.errors import RegistryError, UserError
 from linuxkit_py.oci.cache import Cache
 from linuxkit_py.oci.push import push_image, registry_destination
 from linuxkit_py.oci.registry import RegistryOptions, pull_image
+from tests.debstore import DEB_STORE, link_files
 from tests.imagetools import F, ImageSpec, Layout, tar_layer
 from tests.integration import test_pkg
 from tests.integration.conftest import run_cli
@@ -329,8 +330,8 @@ def test_registry_destination() -> None:
 def pkg_cache(tmp_path: Path) -> Path:
     """A cache seeded with the .debs earlier test runs kept (else they are downloaded)."""
     cache = tmp_path / "pkg-cache"
-    if test_pkg.DEB_STORE.is_dir():
-        test_pkg._link_files(test_pkg.DEB_STORE, test_pkg.debs_dir(Cache(cache)))
+    if DEB_STORE.is_dir():
+        link_files(DEB_STORE, test_pkg.debs_dir(Cache(cache)))
     return cache
 
 
