@@ -23,6 +23,9 @@ from linuxkit_py.tools import require
 
 log = logging.getLogger("linuxkit_py")
 
+# Files several formats write with the same bytes (kernel+initrd, kernel+squashfs, kernel+erofs).
+SAME_IN_EVERY_FORMAT = frozenset({"-kernel", "-cmdline"})
+
 # LinuxKit's fixed modification time for generated entries (2017-04-18T16:30:00Z).
 DEFAULT_EPOCH = 1492533000
 
@@ -94,6 +97,8 @@ def _formats(opts: BuildOptions) -> list[Format]:
     owners: dict[str, str] = {}
     for fmt in formats:
         for suffix in fmt.suffixes:
+            if suffix in SAME_IN_EVERY_FORMAT:
+                continue
             other = owners.setdefault(suffix, fmt.name)
             if other != fmt.name:
                 raise UserError(f"formats {other} and {fmt.name} both write NAME{suffix}",

@@ -84,3 +84,4 @@ def test_layer_limits_are_build_options(tmp_path: Path, warm_cache: Path) -> Non
     line = error_line(build(tmp_path, warm_cache, "-f", "tar", "--max-layer-entries", "many"))
     assert line == ("linuxkit-py: LINUXKIT_PY_MAX_LAYER_ENTRIES='many' is not a positive number "
                     "(e.g. 1000000, 512M or 16G)")
+

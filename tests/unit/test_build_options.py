@@ -34,3 +34,12 @@ def test_source_date_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "soon")
     with pytest.raises(UserError, match="SOURCE_DATE_EPOCH"):
         source_date_epoch()
+
+
+def test_formats_may_share_the_kernel_and_cmdline_files() -> None:
+    from linuxkit_py.build import BuildOptions, _formats
+
+    names = [f.name for f in _formats(BuildOptions(paths=["x.yml"], formats=["kernel+initrd,kernel+squashfs"]))]
+    assert names == ["kernel+initrd", "kernel+squashfs"]
+    with pytest.raises(UserError, match="formats vhd and dynamic-vhd both write NAME.vhd"):
+        _formats(BuildOptions(paths=["x.yml"], formats=["vhd", "dynamic-vhd"]))
