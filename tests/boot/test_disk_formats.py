@@ -30,7 +30,7 @@ from linuxkit_py.oci.cache import Cache
 from linuxkit_py.pkg.debs import debs_dir
 from tests.boot.test_specs import LEASE, SPECS, line_numbers
 from tests.boot.test_specs import cache_dir as cache_dir  # the module-scoped, deb-seeded cache
-from tests.debstore import link_files
+from tests.debstore import DEB_STORE, link_files
 from tests.integration.conftest import run_cli
 
 NAME = "minimal"
@@ -108,7 +108,7 @@ def test_every_disk_format_is_the_same_from_a_warm_and_an_empty_cache(
     _build_each(cache_dir, tmp_path / "warm")
     empty = tmp_path / "empty-cache"
     debs = debs_dir(Cache(empty))
-    link_files(debs)  # only the downloaded .debs: every image is built again
+    link_files(DEB_STORE, debs)  # only the downloaded .debs: every image is built again
     _build_each(empty, tmp_path / "cold")
 
     assert _digests(tmp_path / "warm", FORMATS) == expected

@@ -43,7 +43,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _seeded_cache(cache: Path) -> Path:
     debs = debs_dir(Cache(cache))
     if DEB_STORE.is_dir():
-        link_files(debs)
+        link_files(DEB_STORE, debs)
     return cache
 
 

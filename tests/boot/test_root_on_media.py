@@ -193,7 +193,7 @@ def test_two_builds_from_warm_and_empty_caches_give_the_same_bytes(small_outputs
                                                                    tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     if DEB_STORE.is_dir():  # an empty cache: images and kernel.tar built again (from the stored .debs)
-        link_files(debs_dir(Cache(cache)))
+        link_files(DEB_STORE, debs_dir(Cache(cache)))
     again = build(cache, tmp_path / "out", "minimal", minimal_spec(tmp_path / "minimal.yml"), *MEDIA_FORMATS,
                   root="squashfs")
     names = sorted(path.name for path in small_outputs.parent.iterdir())
