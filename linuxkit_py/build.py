@@ -8,14 +8,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from linuxkit_py.arch import normalize_arch
+from linuxkit_py.cache.layers import unpack_images
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, FormatOptions, Rootfs, get_format
 from linuxkit_py.fsutil import atomic_outputs
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.layers import unpack_images
-from linuxkit_py.oci.platform import normalize_arch
-from linuxkit_py.oci.registry import RegistryOptions, pull_images
 from linuxkit_py.pkg.build import PackageRefs
+from linuxkit_py.registry.pull import RegistryOptions, pull_images
 from linuxkit_py.rootfs.assemble import Assembly, assemble, image_refs, metadata_writer
 from linuxkit_py.spec.load import load_specs, spec_to_yaml
 from linuxkit_py.spec.resolve import resolve_spec
@@ -112,7 +112,7 @@ def build(opts: BuildOptions) -> list[Path]:
     """Run a build; returns the files written (nothing for --dry-run or -o -)."""
     cache = Cache(opts.cache_dir or default_cache())
     packages = PackageRefs(cache)
-    spec = resolve_spec(load_specs(opts.paths), packages)
+    spec = resolve_spec(load_specs(opts.paths), packages.reference)
     if opts.dry_run:
         sys.stdout.write(spec_to_yaml(spec))
         return []
@@ -151,6 +151,6 @@ def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:
 
 
 def default_cache() -> Path:
-    from linuxkit_py.oci.cache import default_cache_dir
+    from linuxkit_py.cache.layout import default_cache_dir
 
     return default_cache_dir()

@@ -16,7 +16,7 @@ from linuxkit_py.pkg.cli import add_pkg_parser, run_pkg_command
 from linuxkit_py.run.cli import add_run_parser, run_command
 
 if TYPE_CHECKING:
-    from linuxkit_py.oci.registry import RegistryOptions
+    from linuxkit_py.registry.pull import RegistryOptions
 
 log = logging.getLogger("linuxkit_py")
 
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _registry_options(args: argparse.Namespace) -> RegistryOptions:
-    from linuxkit_py.oci.registry import RegistryOptions, parse_mirrors
+    from linuxkit_py.registry.pull import RegistryOptions, parse_mirrors
 
     return RegistryOptions(
         mirrors=parse_mirrors(args.mirror, os.environ.get("LINUXKIT_MIRROR")) if "mirror" in args else {},
@@ -128,8 +128,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from linuxkit_py.oci.cache import Cache, default_cache_dir
-    from linuxkit_py.oci.reference import normalize_reference
+    from linuxkit_py.cache.layout import Cache, default_cache_dir
+    from linuxkit_py.registry.reference import normalize_reference
 
     cache = Cache(args.cache or default_cache_dir())
     if args.cache_command == "ls":
@@ -146,7 +146,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     elif args.cache_command == "clean":
         cache.clean()
     elif args.cache_command == "verify":
-        from linuxkit_py.oci.cache_verify import verify_cache
+        from linuxkit_py.cache.verify import verify_cache
 
         report = verify_cache(cache, repair=args.repair)
         for line in report.problems:
@@ -159,8 +159,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
                 print(f"still: {line}")
         return 1 if report.problems else 0
     elif args.cache_command == "push":
-        from linuxkit_py.oci.push import push_image
-        from linuxkit_py.oci.reference import parse_reference
+        from linuxkit_py.registry.push import push_image
+        from linuxkit_py.registry.reference import parse_reference
 
         destination = parse_reference(args.remote_name or args.ref)
         digest = push_image(cache, args.ref, str(destination), _registry_options(args))

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from linuxkit_py.oci.cache import REF_NAME, Cache
-from linuxkit_py.oci.platform import is_index
+from linuxkit_py.cache.layout import REF_NAME, Cache
+from linuxkit_py.cache.platform import is_index
 from tests.debian import DebianKernel
 from tests.imagetools import D, F, ImageSpec, L, Layout, Member, tar_layer
 

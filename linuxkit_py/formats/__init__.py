@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from linuxkit_py.archive.entry import Entry
 from linuxkit_py.errors import UserError
-from linuxkit_py.rootfs.entry import Entry
 
 ROOT_MODES = ("ram", "squashfs", "erofs")
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from linuxkit_py.archive.entry import Entry
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs
 from linuxkit_py.formats.initrd import _block_cache, split_boot, write_initrd
 from linuxkit_py.formats.rootimage import IMAGE_NAMES, ROOT_FILESYSTEMS, root_image_id, write_root_image
 from linuxkit_py.formats.stage1 import RootLocation, write_stage1_initrd
-from linuxkit_py.rootfs.entry import Entry
 
 MEDIA = ("cdrom", "disk")
 

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from linuxkit_py.archive.blockcache import DeflateBlockCache
+from linuxkit_py.archive.compress import compressed_writer
+from linuxkit_py.archive.entry import Kind
+from linuxkit_py.archive.tar import BLOCK, END_OF_ARCHIVE, TYPEFLAGS, ustar_header
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, Writer, register
-from linuxkit_py.formats.blockcache import DeflateBlockCache
-from linuxkit_py.formats.compress import compressed_writer
-from linuxkit_py.formats.disk import MIB, derived_guid
 from linuxkit_py.formats.raw import BIOS_TOOLS, EFI_TOOLS, GIB, RawDisk, work_directory, write_raw_disk
-from linuxkit_py.formats.tar import BLOCK, END_OF_ARCHIVE, TYPEFLAGS, ustar_header
-from linuxkit_py.rootfs.entry import Kind
+from linuxkit_py.media.partitions import MIB, derived_guid
 from linuxkit_py.tools import run
 
 QEMU_IMG = "qemu-img"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from linuxkit_py.archive.entry import Entry, Kind
+from linuxkit_py.archive.tar import TarWriter
 from linuxkit_py.formats import Format, Rootfs, register
-from linuxkit_py.formats.tar import TarWriter
-from linuxkit_py.rootfs.entry import Entry, Kind
 
 DOCKERFILE_NAME = "Dockerfile"
 DOCKERFILE_MODE = 0o644

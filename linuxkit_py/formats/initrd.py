@@ -3,7 +3,7 @@
 Like LinuxKit's `initrd.CopySplitTar`: `boot/kernel` is the kernel, the contents of
 `boot/cmdline` the command line and `boot/ucode.cpio` (optional) an early microcode cpio;
 every other `boot/` entry is dropped, and the rest of the root filesystem becomes a
-compressed newc cpio (see formats/cpio.py). For `kernel+initrd` the uncompressed ucode
+compressed newc cpio (see archive/cpio.py). For `kernel+initrd` the uncompressed ucode
 cpio is prepended to the initrd, where the kernel's early microcode loader looks for it.
 """
 
@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import BinaryIO, cast
 
+from linuxkit_py.archive.blockcache import DeflateBlockCache
+from linuxkit_py.archive.compress import compressed_writer
+from linuxkit_py.archive.cpio import check_cpio_sizes, write_cpio
+from linuxkit_py.archive.entry import ContentReader, Entry, FileRegion, Kind, read_data
+from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
-from linuxkit_py.formats.blockcache import DeflateBlockCache
-from linuxkit_py.formats.compress import compressed_writer
-from linuxkit_py.formats.cpio import check_cpio_sizes, write_cpio
-from linuxkit_py.formats.tar import write_tar
-from linuxkit_py.rootfs.entry import ContentReader, Entry, FileRegion, Kind, read_data
 
 BOOT_DIR = "boot"
 KERNEL_PATH = "boot/kernel"

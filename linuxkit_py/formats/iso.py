@@ -22,12 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from linuxkit_py.archive.entry import ContentReader
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.bootfiles import BootFiles, boot_files
 from linuxkit_py.formats.iso_grub import GRUB_TOOLS, GrubBoot, grub_config, write_efi_boot_image
-from linuxkit_py.formats.iso_image import IsoImage
-from linuxkit_py.rootfs.entry import ContentReader
+from linuxkit_py.media.iso9660 import IsoImage
 from linuxkit_py.tools import require_file
 
 VOLUME_ID = "LINUXKIT"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import fat
+from linuxkit_py.media import fat
 from linuxkit_py.tools import require_file, run
 
 GRUB_MKIMAGE = "grub-mkimage"

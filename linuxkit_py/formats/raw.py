@@ -20,7 +20,20 @@ from typing import BinaryIO
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, Writer, register
 from linuxkit_py.formats.bootfiles import BootFiles, boot_files
-from linuxkit_py.formats.disk import (
+from linuxkit_py.formats.uki import OBJCOPY, write_uki
+from linuxkit_py.media.fat import (
+    HEADROOM,
+    Source,
+    content_digest,
+    fat_bits,
+    fat_directories,
+    fat_min_size,
+    source_size,
+    tool_env,
+    write_fat,
+)
+from linuxkit_py.media.fat import TOOLS as FAT_TOOLS
+from linuxkit_py.media.partitions import (
     ESP_TYPE_GUID,
     MBR_BOOT_CODE_SIZE,
     MBR_TYPE_FAT12,
@@ -37,19 +50,6 @@ from linuxkit_py.formats.disk import (
     gpt_tables,
     mbr,
 )
-from linuxkit_py.formats.fat import (
-    HEADROOM,
-    Source,
-    content_digest,
-    fat_bits,
-    fat_directories,
-    fat_min_size,
-    source_size,
-    tool_env,
-    write_fat,
-)
-from linuxkit_py.formats.fat import TOOLS as FAT_TOOLS
-from linuxkit_py.formats.uki import OBJCOPY, write_uki
 from linuxkit_py.tools import require_file, run
 
 GIB = 1 << 30

@@ -34,12 +34,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from linuxkit_py.archive.entry import ContentReader, Entry, Kind
+from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.initrd import split_boot
 from linuxkit_py.formats.stage1 import RootLocation, write_stage1_initrd
-from linuxkit_py.formats.tar import write_tar
-from linuxkit_py.rootfs.entry import ContentReader, Entry, Kind
 from linuxkit_py.tools import require, run, start, stop
 
 ROOT_FILESYSTEMS = ("squashfs", "erofs")

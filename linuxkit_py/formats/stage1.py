@@ -24,12 +24,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from linuxkit_py.archive.entry import ContentReader, Data, Entry, Kind, read_data
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs
 from linuxkit_py.formats.initrd import split_boot, write_initrd
-from linuxkit_py.pkg.elf import read_elf
-from linuxkit_py.pkg.kmod import module_name
-from linuxkit_py.rootfs.entry import ContentReader, Data, Entry, Kind, read_data
+from linuxkit_py.kernel.elf import read_elf
+from linuxkit_py.kernel.modules import module_name
 
 MEDIA = ("cdrom", "disk", "virtio")  # virtio: the image is a whole disk (kernel+squashfs/erofs)
 BUSYBOX_PATH = "bin/busybox"

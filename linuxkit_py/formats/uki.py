@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from linuxkit_py.archive.entry import ContentReader, Data
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.bootfiles import boot_files
-from linuxkit_py.rootfs.entry import ContentReader, Data
 from linuxkit_py.tools import require_file, run
 
 OBJCOPY = "objcopy"

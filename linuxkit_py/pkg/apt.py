@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from linuxkit_py.arch import normalize_arch
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output
-from linuxkit_py.oci.platform import normalize_arch
 from linuxkit_py.tools import run
 
 log = logging.getLogger(__name__)

@@ -16,19 +16,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.archive.tree import Tree, parent_dirs
+from linuxkit_py.cache.image import Image, load_cached_image
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.cache.write import write_image, write_index
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.image import Image, load_cached_image
-from linuxkit_py.oci.reference import normalize_reference
-from linuxkit_py.oci.write import write_image, write_index
-from linuxkit_py.pkg import apt, kmod
+from linuxkit_py.kernel import modules as kmod
+from linuxkit_py.kernel.elf import check_elf_files
+from linuxkit_py.pkg import apt
 from linuxkit_py.pkg.apt import Deb, Resolution, UnknownPackages
 from linuxkit_py.pkg.debs import deb_entries, download_debs, resolution_dir
 from linuxkit_py.pkg.definition import LABEL_CONFIG, Definition, load_definition
-from linuxkit_py.pkg.elf import check_elf_files
 from linuxkit_py.pkg.selection import select_entries
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
-from linuxkit_py.rootfs.tree import Tree, parent_dirs
+from linuxkit_py.registry.reference import normalize_reference
 from linuxkit_py.spec.fields import quoted
 from linuxkit_py.spec.model import child
 

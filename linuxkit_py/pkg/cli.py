@@ -33,10 +33,10 @@ def add_pkg_parser(subparsers: Any) -> None:
 
 def run_pkg_command(args: argparse.Namespace) -> int:
     """Run a parsed `pkg` command; UserErrors propagate to the caller (one line, exit 1)."""
-    from linuxkit_py.oci.cache import Cache, default_cache_dir
-    from linuxkit_py.oci.client import RegistryOptions
-    from linuxkit_py.oci.push import push_image, registry_destination
+    from linuxkit_py.cache.layout import Cache, default_cache_dir
     from linuxkit_py.pkg.build import build_package, plan_package
+    from linuxkit_py.registry.client import RegistryOptions
+    from linuxkit_py.registry.push import push_image, registry_destination
 
     cache = Cache(args.cache or default_cache_dir())
     if args.pkg_command == "show-tag":

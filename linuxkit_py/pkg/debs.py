@@ -26,14 +26,14 @@ from typing import BinaryIO
 
 import zstandard
 
+from linuxkit_py.archive.entry import Entry, FileRegion
+from linuxkit_py.archive.regionfile import open_region
+from linuxkit_py.archive.tarindex import read_tar_entries
+from linuxkit_py.cache.layers import load_entry_index, save_entry_index
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.layers import load_entry_index, save_entry_index
 from linuxkit_py.pkg.apt import APT_TIMEOUT, Deb
-from linuxkit_py.rootfs.entry import Entry, FileRegion
-from linuxkit_py.rootfs.regionfile import open_region
-from linuxkit_py.rootfs.tarindex import read_tar_entries
 from linuxkit_py.tools import run
 
 log = logging.getLogger(__name__)

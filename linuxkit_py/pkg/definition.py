@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from linuxkit_py.archive.tree import normalize_path
 from linuxkit_py.errors import SpecError, UserError
-from linuxkit_py.oci.reference import parse_reference
-from linuxkit_py.rootfs.tree import normalize_path
+from linuxkit_py.registry.reference import parse_reference
 from linuxkit_py.spec.fields import quoted
 from linuxkit_py.spec.load import Document, parse_document
 from linuxkit_py.spec.model import child, display_path, pointer

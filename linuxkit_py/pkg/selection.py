@@ -11,9 +11,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from linuxkit_py.pkg.kmod import compile_module_glob
-from linuxkit_py.rootfs.entry import Entry, Kind
-from linuxkit_py.rootfs.tree import parent_dirs
+from linuxkit_py.archive.entry import Entry, Kind
+from linuxkit_py.archive.tree import parent_dirs
+from linuxkit_py.kernel.modules import compile_module_glob
 
 # Documentation, manual pages and translations: nothing in an image reads them.
 DROPPED_TREES = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian")

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.archive.tarindex import read_tar_region
+from linuxkit_py.archive.tree import Tree, normalize_path
+from linuxkit_py.bundle import config as oci_runtime
+from linuxkit_py.bundle.shell import render_runtime_shell
+from linuxkit_py.cache.image import Image
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import SpecError, UserError
-from linuxkit_py.oci import runtime as oci_runtime
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.image import Image
-from linuxkit_py.oci.runtime_shell import render_runtime_shell
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
 from linuxkit_py.rootfs.filters import RESOLV_SYMLINK, filter_image
 from linuxkit_py.rootfs.flatten import flatten_image
-from linuxkit_py.rootfs.tarindex import read_tar_region
-from linuxkit_py.rootfs.tree import Tree, normalize_path
 from linuxkit_py.spec.model import SECTIONS, Spec
 
 log = logging.getLogger("linuxkit_py")
@@ -132,7 +132,7 @@ def _add_init(tree: Tree, a: Assembly) -> None:
 
 
 def _read_small(entry: Entry) -> bytes:
-    from linuxkit_py.rootfs.entry import read_data
+    from linuxkit_py.archive.entry import read_data
 
     return read_data(entry.data)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from linuxkit_py.rootfs.entry import Entry, Kind
+from linuxkit_py.archive.entry import Entry, Kind
 
 EXCLUDED = frozenset({".dockerenv", "Dockerfile", "dev/console", "dev/pts", "dev/shm", "etc/hostname"})
 

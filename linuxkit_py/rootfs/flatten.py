@@ -25,11 +25,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import replace
 
+from linuxkit_py.archive.entry import Entry, Kind
+from linuxkit_py.cache.image import Image
+from linuxkit_py.cache.layers import image_layers, unpack_layers
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.image import Image
-from linuxkit_py.oci.layers import image_layers, unpack_layers
-from linuxkit_py.rootfs.entry import Entry, Kind
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from linuxkit_py.oci.runtime_mounts import options_read_only
+from linuxkit_py.bundle.mounts import options_read_only
 from linuxkit_py.spec.fields import quoted, suggest
 from linuxkit_py.spec.model import SECTIONS, STDIN, STDIN_NAME, Spec, pointer
 

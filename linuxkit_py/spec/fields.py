@@ -13,9 +13,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from linuxkit_py.bundle.capabilities import ALL_CAPABILITIES, normalize_capability
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci.capabilities import ALL_CAPABILITIES, normalize_capability
-from linuxkit_py.oci.reference import parse_reference
+from linuxkit_py.registry.reference import parse_reference
 
 PKG_PREFIX = "@pkg:"  # resolved to an image reference later (pkg layer); accepted as is here
 MAX_ID = 2**32 - 1

@@ -4,36 +4,35 @@ every `@pkg:DIR` replaced by the reference of that package's image (DIR relative
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from linuxkit_py.errors import SpecError, UserError
-from linuxkit_py.oci.reference import normalize_reference
+from linuxkit_py.registry.reference import normalize_reference
 from linuxkit_py.spec.fields import PKG_PREFIX
 from linuxkit_py.spec.model import SECTIONS, STDIN_NAME, Spec
 
-if TYPE_CHECKING:
-    from linuxkit_py.pkg.build import PackageRefs
+# DIR of an `@pkg:DIR` reference (made absolute against the spec file) -> the reference of its image.
+# The build supplies it (it builds packages); the spec layer only locates the directory.
+PackageResolver = Callable[[Path], str]
 
 
-def _package_ref(spec: Spec, value: str, path: str, packages: PackageRefs | None) -> str:
+def _package_ref(spec: Spec, value: str, path: str, packages: PackageResolver | None) -> str:
     if packages is None:
-        from linuxkit_py.pkg.build import PackageRefs
-
-        packages = PackageRefs()
+        raise spec.error(path, f"{value}: @pkg: references are resolved only by a build")
     directory = Path(value[len(PKG_PREFIX) :])
     pos = spec.position(path)
     if not directory.is_absolute() and pos is not None and pos.file != STDIN_NAME:
         directory = Path(pos.file).parent / directory
     try:
-        return packages.reference(directory)
+        return packages(directory)
     except SpecError:
         raise  # located in the package's build.yml
     except UserError as exc:
         raise spec.error(path, exc.message, exc.hint) from None
 
 
-def _normalize(spec: Spec, value: str, path: str, packages: PackageRefs | None = None) -> str:
+def _normalize(spec: Spec, value: str, path: str, packages: PackageResolver | None = None) -> str:
     if value.startswith(PKG_PREFIX):
         return _package_ref(spec, value, path, packages)
     try:
@@ -45,11 +44,11 @@ def _normalize(spec: Spec, value: str, path: str, packages: PackageRefs | None =
         raise SpecError(pos.file, pos.line, pos.column, exc.message, exc.hint) from exc
 
 
-def resolve_spec(spec: Spec, packages: PackageRefs | None = None) -> Spec:
+def resolve_spec(spec: Spec, packages: PackageResolver | None = None) -> Spec:
     """A copy of `spec` with normalised image references (what LinuxKit's metadata file shows).
 
-    `packages` records which package directory each `@pkg:` reference came from (so the build
-    can make missing package images) and keeps apt's answers in its cache."""
+    `packages` gives the reference of each `@pkg:` directory's image (the build's PackageRefs.reference,
+    which also records the directory so the build can make missing package images)."""
     out = copy.deepcopy(spec)
     if out.kernel.get("image"):
         out.kernel["image"] = _normalize(spec, out.kernel["image"], "kernel/image", packages)

@@ -9,8 +9,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.image import load_cached_image
+from linuxkit_py.cache.image import load_cached_image
+from linuxkit_py.cache.layout import Cache
 from tests.bootimages import INIT_SCRIPT, KERNEL_MODULES, LayoutImage
 from tests.debian import DebianKernel
 

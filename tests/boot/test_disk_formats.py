@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.formats import get_format
-from linuxkit_py.oci.cache import Cache
 from linuxkit_py.pkg.debs import debs_dir
 from tests.boot.test_specs import LEASE, SPECS, line_numbers
 from tests.boot.test_specs import cache_dir as cache_dir  # the module-scoped, deb-seeded cache

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from linuxkit_py.oci.cache import Cache
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.pkg.debs import debs_dir
 from linuxkit_py.run.image import BootImage
 from linuxkit_py.run.qemu import QemuOptions, boot_image

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from linuxkit_py.oci.cache import Cache
+from linuxkit_py.cache.layout import Cache
 from tests.boot.test_qemu_runner import (
     MakeInitrd,
     free_port,

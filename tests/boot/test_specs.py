@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from linuxkit_py.oci.cache import Cache
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.pkg.debs import debs_dir
 from linuxkit_py.run.qemu import QemuOptions, boot
 from tests.boot.test_qemu_runner import free_port

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from linuxkit_py.oci.cache import Cache
+from linuxkit_py.cache.layout import Cache
 from tests.bootimages import LayoutImage, load_layout_into_cache
 from tests.imagetools import D, F, ImageSpec, L, Layout, tar_layer
 

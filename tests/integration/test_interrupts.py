@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.cache_verify import verify_cache
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.cache.verify import verify_cache
 from tests.integration.registry_builds import (  # noqa: F401 - fixtures
     build_proxy_fixture,
     build_registry,

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind, iter_data
+from linuxkit_py.archive.tarindex import read_tar_entries
 from linuxkit_py.formats.initrd import write_initrd
 from linuxkit_py.fsutil import atomic_output
-from linuxkit_py.pkg.kmod import compile_module_glob, kernel_package_entries, kernel_version
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind, iter_data
-from linuxkit_py.rootfs.tarindex import read_tar_entries
+from linuxkit_py.kernel.modules import compile_module_glob, kernel_package_entries, kernel_version
 from linuxkit_py.run.qemu import QemuOptions, boot
 from linuxkit_py.tools import run
 from tests import debian

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.image import Image, load_cached_image
-from linuxkit_py.oci.layers import layer_entries
+from linuxkit_py.archive.entry import Entry, Kind, read_data
+from linuxkit_py.cache.image import Image, load_cached_image
+from linuxkit_py.cache.layers import layer_entries
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.pkg.build import build_package
 from linuxkit_py.pkg.debs import debs_dir, unpacked_dir
-from linuxkit_py.rootfs.entry import Entry, Kind, read_data
 from tests.debstore import DEB_STORE, link_files
 from tests.integration.conftest import run_cli
 

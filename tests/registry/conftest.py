@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.registry import RegistryOptions
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.registry.pull import RegistryOptions
 from tests.imagetools import F, ImageSpec, Layout, skopeo_push, tar_layer
 from tests.registry.servers import (
     HTPASSWD,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import RegistryError, UserError
-from linuxkit_py.oci.auth import Credential, CredentialStore, parse_challenge
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.client import RegistryClient, resolve_remote
-from linuxkit_py.oci.reference import parse_reference
-from linuxkit_py.oci.registry import RegistryOptions, pull_image, pull_images
+from linuxkit_py.registry.auth import Credential, CredentialStore, parse_challenge
+from linuxkit_py.registry.client import RegistryClient, resolve_remote
+from linuxkit_py.registry.pull import RegistryOptions, pull_image, pull_images
+from linuxkit_py.registry.reference import parse_reference
 from tests.registry.conftest import PushedImages, image_files, write_docker_config
 from tests.registry.servers import BASIC_PASSWORD, BASIC_USER, RegistryProcess, TokenServer
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from linuxkit_py.cache.image import load_cached_image
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.cache.verify import verify_cache
 from linuxkit_py.errors import RegistryError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.cache_verify import verify_cache
-from linuxkit_py.oci.image import load_cached_image
-from linuxkit_py.oci.registry import RegistryOptions, pull_image
+from linuxkit_py.registry.pull import RegistryOptions, pull_image
 from tests.imagetools import F, compress, tar_layer
 from tests.registry.conftest import cache_listing, image_files
 from tests.registry.servers import FakeRegistry, digest, send, stall

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.cache.verify import verify_cache
 from linuxkit_py.errors import RegistryError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.cache_verify import verify_cache
-from linuxkit_py.oci.registry import RegistryOptions, pull_image
+from linuxkit_py.registry.pull import RegistryOptions, pull_image
 from tests.imagetools import F, ImageSpec, Layout, skopeo_push, tar_layer
 from tests.registry.conftest import image_files
 from tests.registry.faultproxy import CORRUPT, RESET, STALL, TRUNCATE, Fault, FaultProxy, status

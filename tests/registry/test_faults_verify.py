@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.registry import RegistryOptions, pull_image
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.registry.pull import RegistryOptions, pull_image
 from tests.registry.conftest import PushedImages
 from tests.registry.servers import RegistryProcess
 

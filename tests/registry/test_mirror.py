@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import RegistryError, UserError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.client import Remote, resolve_remote
-from linuxkit_py.oci.reference import parse_reference
-from linuxkit_py.oci.registry import RegistryOptions, parse_mirrors, pull_image
+from linuxkit_py.registry.client import Remote, resolve_remote
+from linuxkit_py.registry.pull import RegistryOptions, parse_mirrors, pull_image
+from linuxkit_py.registry.reference import parse_reference
 from tests.registry.conftest import PushedImages, TlsRegistry, image_files
 from tests.registry.servers import RegistryProcess
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.cache.image import load_cached_image
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import RegistryError, UserError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.image import load_cached_image
-from linuxkit_py.oci.registry import RegistryOptions, pull_image, pull_images
+from linuxkit_py.registry.pull import RegistryOptions, pull_image, pull_images
 from tests.registry.conftest import LABEL, PushedImages, cache_listing, image_files
 from tests.registry.servers import RegistryProcess
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import RegistryError, UserError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.push import push_image, registry_destination
-from linuxkit_py.oci.registry import RegistryOptions, pull_image
+from linuxkit_py.registry.pull import RegistryOptions, pull_image
+from linuxkit_py.registry.push import push_image, registry_destination
 from tests.debstore import DEB_STORE, link_files
 from tests.imagetools import F, ImageSpec, Layout, tar_layer
 from tests.integration import test_pkg

@@ -8,8 +8,8 @@ import os
 import random
 from pathlib import Path
 
-from linuxkit_py.formats.blockcache import DeflateBlockCache
-from linuxkit_py.formats.compress import ParallelGzipWriter
+from linuxkit_py.archive.blockcache import DeflateBlockCache
+from linuxkit_py.archive.compress import ParallelGzipWriter
 
 BLOCK = 64 * 1024
 

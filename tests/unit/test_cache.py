@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from linuxkit_py.errors import UserError
-from linuxkit_py.oci.cache import (
+from linuxkit_py.arch import normalize_arch, uname_arch
+from linuxkit_py.cache.image import Image, load_cached_image
+from linuxkit_py.cache.layout import (
     REF_NAME,
     BlobMismatch,
     Cache,
@@ -19,8 +20,8 @@ from linuxkit_py.oci.cache import (
     default_cache_dir,
     sha256_digest,
 )
-from linuxkit_py.oci.image import Image, load_cached_image
-from linuxkit_py.oci.platform import is_index, normalize_arch, select_platform, uname_arch
+from linuxkit_py.cache.platform import is_index, select_platform
+from linuxkit_py.errors import UserError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

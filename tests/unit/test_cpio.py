@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.cpio import newc_header, newc_trailer, write_cpio
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats.cpio import newc_header, newc_trailer, write_cpio
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
 
 EPOCH = 1_700_000_000
 

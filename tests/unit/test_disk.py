@@ -1,4 +1,4 @@
-"""Partition tables (formats/disk.py) read back by sfdisk and sgdisk, and the raw disk writers' sizes and errors."""
+"""Partition tables (media/partitions.py) read back by sfdisk and sgdisk, and the raw disk writers' sizes and errors."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from typing import Any
 
 import pytest
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import FormatOptions, Rootfs, get_format
 from linuxkit_py.formats.convert import fixed_vhd_footer, patch_vhd, patch_vmdk, write_disk_tar
-from linuxkit_py.formats.disk import (
+from linuxkit_py.formats.raw import RawDisk
+from linuxkit_py.media.partitions import (
     ESP_TYPE_GUID,
     MBR_TYPE_FAT16_LBA,
     SECTOR,
@@ -31,9 +34,6 @@ from linuxkit_py.formats.disk import (
     mbr,
     protective_mbr,
 )
-from linuxkit_py.formats.raw import RawDisk
-from linuxkit_py.formats.tar import write_tar
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
 
 MIB = 1 << 20
 

@@ -11,9 +11,9 @@ import sys
 import tarfile
 from pathlib import Path
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.formats import Rootfs, get_format
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
 from tests.bootimages import LayoutImage
 
 EPOCH = 1_700_000_000

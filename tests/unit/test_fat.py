@@ -1,4 +1,4 @@
-"""FAT filesystems written by formats/fat.py, read back by fsck.vfat and mtools."""
+"""FAT filesystems written by media/fat.py, read back by fsck.vfat and mtools."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.entry import FileRegion
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats.fat import fat_bits, fat_directories, fat_min_size, write_fat
-from linuxkit_py.rootfs.entry import FileRegion
+from linuxkit_py.media.fat import fat_bits, fat_directories, fat_min_size, write_fat
 
 MIB = 1 << 20
 EPOCH = 1_492_533_000  # 2017-04-18 16:30:00 UTC

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.entry import Entry, Kind, read_data
+from linuxkit_py.archive.tarindex import read_tar_entries
+from linuxkit_py.cache.image import load_cached_image
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.image import load_cached_image
-from linuxkit_py.rootfs.entry import Entry, Kind, read_data
 from linuxkit_py.rootfs.flatten import flatten_image, flatten_layers
-from linuxkit_py.rootfs.tarindex import read_tar_entries
 from tests.imagetools import OPQ, WH, D, F, H, ImageSpec, L, Layout, Member, tar_layer
 
 # name -> layers (bottom first). Each is unpacked by umoci and by us, and the trees compared.

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from linuxkit_py.archive.cpio import write_cpio
+from linuxkit_py.archive.entry import Entry, Kind, read_data
+from linuxkit_py.archive.tar import write_tar
+from linuxkit_py.cache.layers import layer_entries, layers_dir
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats.cpio import write_cpio
-from linuxkit_py.formats.tar import write_tar
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.layers import layer_entries, layers_dir
-from linuxkit_py.rootfs.entry import Entry, Kind, read_data
 from linuxkit_py.rootfs.flatten import flatten_layers
 from tests.bootimages import load_layout_into_cache
 from tests.imagetools import ImageSpec, Layout

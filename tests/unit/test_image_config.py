@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from linuxkit_py.cache.image import Image
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci.client import parse_mirrors
-from linuxkit_py.oci.image import Image
+from linuxkit_py.registry.client import parse_mirrors
 
 REF = "docker.io/evil/image:1"
 

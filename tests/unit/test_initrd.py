@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from linuxkit_py.archive.compress import ParallelGzipWriter
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs, get_format
-from linuxkit_py.formats.compress import ParallelGzipWriter
 from linuxkit_py.formats.initrd import split_boot, write_initrd
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
 
 EPOCH = 1_700_000_000
 UCODE = b"070701" + b"0" * 104 + b"kernel/x86/microcode/GenuineIntel.bin\0" + b"\0" * 350

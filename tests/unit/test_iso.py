@@ -18,11 +18,11 @@ from typing import Any
 import pycdlib
 import pytest
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import FormatOptions, Rootfs, get_format, iso
 from linuxkit_py.formats.bootfiles import BootFiles
 from linuxkit_py.formats.iso_grub import GrubBoot, grub_config, kernel_arguments
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
 
 EPOCH = 1_700_000_000  # 2023-11-14 22:13:20 UTC
 CMDLINE = "console=ttyS0 quiet"

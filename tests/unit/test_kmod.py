@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind, read_data
 from linuxkit_py.errors import UserError
-from linuxkit_py.pkg.kmod import (
+from linuxkit_py.kernel.modules import (
     ModuleInfo,
     compile_module_glob,
     kernel_package_entries,
@@ -28,7 +29,6 @@ from linuxkit_py.pkg.kmod import (
     modules_dep,
     modules_softdep,
 )
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind, read_data
 from tests.debian import DebianKernel
 
 LABEL = "linux-image-test"

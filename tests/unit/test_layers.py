@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import zstandard
 
+from linuxkit_py.archive.entry import Entry, Kind, read_data
+from linuxkit_py.cache.layers import layer_entries, layers_dir, unpack_layers, unpacked_layer
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.layers import layer_entries, layers_dir, unpack_layers, unpacked_layer
-from linuxkit_py.rootfs.entry import Entry, Kind, read_data
 from tests.imagetools import D, F, H, L, digest_of, tar_layer
 
 LAYER = tar_layer(D("etc"), F("etc/hostname", "box\n"), F("etc/big", b"x" * 300_000, mode=0o600),

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.entry import Kind, read_data
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci.cache import Cache
 from linuxkit_py.pkg.apt import Deb, _library_closure, parse_depends, parse_records
 from linuxkit_py.pkg.debs import deb_entries, unpacked_dir
-from linuxkit_py.rootfs.entry import Kind, read_data
 
 
 def build_deb(tmp_path: Path, compression: str) -> Path:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
-from linuxkit_py.pkg.elf import ElfInfo, check_elf_files, read_elf
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
+from linuxkit_py.kernel.elf import ElfInfo, check_elf_files, read_elf
 
 EM_386, EM_X86_64, EM_AARCH64 = 3, 62, 183
 PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3

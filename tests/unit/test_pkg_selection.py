@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.pkg.selection import select_entries
-from linuxkit_py.rootfs.entry import Entry, Kind
 
 
 def D(path: str) -> Entry:

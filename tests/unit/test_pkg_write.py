@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind, read_data
+from linuxkit_py.archive.tar import write_tar
+from linuxkit_py.cache.image import load_cached_image
+from linuxkit_py.cache.layers import layer_entries, layers_dir
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.cache.write import write_image, write_index
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats.tar import write_tar
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.image import load_cached_image
-from linuxkit_py.oci.layers import layer_entries, layers_dir
-from linuxkit_py.oci.write import write_image, write_index
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind, read_data
 
 EPOCH = 1492533000
 REF = "docker.io/linuxkit-py/test:0123"

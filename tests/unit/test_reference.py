@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci.reference import Reference, normalize_reference, parse_reference
+from linuxkit_py.registry.reference import Reference, normalize_reference, parse_reference
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs
 from linuxkit_py.formats.rootimage import erofs_uuid, root_entries, root_image_id, write_root_image
-from linuxkit_py.formats.tar import write_tar
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
 from linuxkit_py.tools import require, run
 
 EPOCH = 1492533000  # 2017-04-18 16:30:00 UTC

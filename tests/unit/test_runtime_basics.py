@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from linuxkit_py.bundle import config as runtime
+from linuxkit_py.bundle.capabilities import ALL_CAPABILITIES
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci import runtime
-from linuxkit_py.oci.capabilities import ALL_CAPABILITIES
 from linuxkit_py.spec.model import Spec
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from linuxkit_py.bundle import config as runtime
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci import runtime
 
 IDS = {"getty": 100, "sshd": 101}
 VOLUMES: dict[str, dict[str, Any]] = {"data": {"name": "data"}, "certs": {"name": "certs", "readonly": True}}

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from linuxkit_py.oci import runtime
+from linuxkit_py.bundle import config as runtime
 from linuxkit_py.spec.model import Spec
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "runtime"

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import RegistryError
-from linuxkit_py.oci.cache import Cache
-from linuxkit_py.oci.client import RegistryOptions, resolve_remote
-from linuxkit_py.oci.reference import parse_reference
-from linuxkit_py.oci.registry import pull_image
+from linuxkit_py.registry.client import RegistryOptions, resolve_remote
+from linuxkit_py.registry.pull import pull_image
+from linuxkit_py.registry.reference import parse_reference
 from tests.imagetools import F, ImageSpec, Layout, skopeo_push, tar_layer
 from tests.integration.conftest import run_cli
 from tests.registry.servers import ISSUER, SERVICE, KeyPair, RegistryProcess, TokenServer, make_cert

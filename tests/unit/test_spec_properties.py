@@ -16,9 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from linuxkit_py.bundle import config as oci_runtime
+from linuxkit_py.bundle.shell import render_runtime_shell
 from linuxkit_py.errors import UserError
-from linuxkit_py.oci import runtime as oci_runtime
-from linuxkit_py.oci.runtime_shell import render_runtime_shell
 from linuxkit_py.spec.consistency import check_spec
 from linuxkit_py.spec.dump import spec_to_json, spec_to_yaml
 from linuxkit_py.spec.load import parse_document

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import FormatOptions, Rootfs
 from linuxkit_py.formats.bootfiles import boot_files
 from linuxkit_py.formats.rootimage import root_image_id
 from linuxkit_py.formats.stage1 import INIT_SCRIPT, RootLocation, bzimage_version, write_stage1_initrd
-from linuxkit_py.pkg.kmod import ModuleInfo, module_info, module_name, modules_alias, modules_dep
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind
+from linuxkit_py.kernel.modules import ModuleInfo, module_info, module_name, modules_alias, modules_dep
 from linuxkit_py.tools import run
 from tests.debian import DebianKernel
 

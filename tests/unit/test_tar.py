@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind, read_data
+from linuxkit_py.archive.tar import write_tar
+from linuxkit_py.archive.tarindex import read_tar_entries
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs, get_format
-from linuxkit_py.formats.tar import write_tar
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind, read_data
-from linuxkit_py.rootfs.tarindex import read_tar_entries
 
 EPOCH = 1_700_000_000
 LONG = "usr/share/" + "/".join(["deeply-nested-directory"] * 8) + "/file"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind, read_data
+from linuxkit_py.archive.tarindex import read_tar_entries, read_tar_region
 from linuxkit_py.errors import UserError
-from linuxkit_py.rootfs.entry import Entry, FileRegion, Kind, read_data
-from linuxkit_py.rootfs.tarindex import read_tar_entries, read_tar_region
 from tests.imagetools import FIXED_MTIME, D, F, H, L, Member, tar_layer
 
 LONG_DIR = "usr/lib/" + "/".join(["a-rather-long-directory-name"] * 6)

@@ -10,6 +10,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+from linuxkit_py.archive.entry import FileRegion
 from linuxkit_py.formats.uki import (
     OS_RELEASE,
     SECTION_ALIGNMENT,
@@ -20,7 +21,6 @@ from linuxkit_py.formats.uki import (
     stub_path,
     write_uki,
 )
-from linuxkit_py.rootfs.entry import FileRegion
 
 EPOCH = 1_492_533_000
 

@@ -1,0 +1,159 @@
+"""newc cpio archives, as the Linux kernel unpacks an initramfs.
+
+Format: the "new ASCII" cpio format, in the kernel's
+Documentation/driver-api/early-userspace/buffer-format.rst. Each member is a 110-byte
+header (the magic "070701" and 13 fields of 8 hex digits), the NUL-terminated name padded
+so that header + name is a multiple of 4 bytes, then the data padded to 4 bytes. The
+archive ends with a member named "TRAILER!!!".
+
+Hard links: every name of a file has the same c_ino and c_maj/c_min and the file's
+c_nlink; the data is stored once, with the first name, and the later names have
+c_filesize 0. The kernel (init/initramfs.c: maybe_link) hard-links each later name to the
+first one it saw with that (c_maj, c_min, c_ino); GNU `cpio -i` links names without data to
+the file it already extracted with the same numbers.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+from linuxkit_py.archive.entry import ContentReader, Entry, Kind
+from linuxkit_py.errors import UserError
+
+NEWC_MAGIC = b"070701"
+HEADER_SIZE = 110
+ALIGNMENT = 4
+TRAILER_NAME = "TRAILER!!!"
+MAX_FIELD = 0xFFFFFFFF  # every numeric field is 8 hex digits, so a file is < 4 GiB
+ARCHIVE_BLOCK = 512  # cpio(1) pads the whole archive to its block size; we do the same
+FIRST_INO = 1
+# c_maj/c_min: the device the file lived on. One fixed value for every member, so that
+# (c_maj, c_min, c_ino) identifies a file inside the archive.
+ARCHIVE_DEV_MAJOR = 0
+ARCHIVE_DEV_MINOR = 0
+NO_CHECKSUM = 0  # c_chksum is only used by the "070702" (crc) variant
+
+FILE_TYPE_BITS = {
+    Kind.FILE: stat.S_IFREG,
+    Kind.HARDLINK: stat.S_IFREG,
+    Kind.DIR: stat.S_IFDIR,
+    Kind.SYMLINK: stat.S_IFLNK,
+    Kind.CHAR: stat.S_IFCHR,
+    Kind.BLOCK: stat.S_IFBLK,
+    Kind.FIFO: stat.S_IFIFO,
+}
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+def _pad(size: int) -> bytes:
+    return bytes(-size % ALIGNMENT)
+
+
+def newc_header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, filesize: int,
+                rdevmajor: int = 0, rdevminor: int = 0, namesize: int) -> bytes:
+    """The 110-byte member header (buffer-format.rst, "cpio_file" header fields, in order)."""
+    fields = (ino, mode, uid, gid, nlink, mtime, filesize, ARCHIVE_DEV_MAJOR, ARCHIVE_DEV_MINOR,
+              rdevmajor, rdevminor, namesize, NO_CHECKSUM)
+    for value in fields:
+        if not 0 <= value <= MAX_FIELD:
+            raise ValueError(f"cpio header field out of range: {value}")
+    return NEWC_MAGIC + b"%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X" % fields
+
+
+def newc_member_head(name: str, **fields: int) -> bytes:
+    """Header + NUL-terminated name + padding: everything of a member before its data."""
+    raw = name.encode("utf-8", "surrogateescape") + b"\0"
+    return newc_header(namesize=len(raw), **fields) + raw + _pad(HEADER_SIZE + len(raw))
+
+
+def newc_trailer(mtime: int = 0) -> bytes:
+    """The end-of-archive member."""
+    return newc_member_head(TRAILER_NAME, ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=mtime, filesize=0)
+
+
+def check_cpio_sizes(entries: Sequence[Entry]) -> None:
+    """UserError for a file newc cannot hold (4 GiB and over), before anything is written."""
+    for entry in entries:
+        if entry.kind is Kind.FILE and entry.size > MAX_FIELD:
+            raise UserError(f"{entry.path}: {entry.size} bytes is too big for an initramfs "
+                            f"(a newc cpio member holds at most {MAX_FIELD} bytes)",
+                            hint="ship it on a disk image instead of in the initrd")
+
+
+class _Links:
+    """Hard-link groups and directory link counts, from a pass over the whole list."""
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
+        self.target: dict[int, int] = {}  # index of a HARDLINK -> index of its FILE
+        self.names: Counter[int] = Counter()  # index of a FILE -> number of names
+        current: dict[str, int] = {}  # path -> index of the FILE it names so far
+        for i, entry in enumerate(entries):
+            if entry.kind is Kind.FILE:
+                current[entry.path] = i
+                self.names[i] += 1
+            elif entry.kind is Kind.HARDLINK:
+                t = current.get(entry.linkname)
+                if t is None:
+                    raise ValueError(f"hard link {entry.path} -> {entry.linkname}: no regular file before it")
+                self.target[i] = t
+                self.names[t] += 1
+                current[entry.path] = t
+            else:
+                current.pop(entry.path, None)
+        dirs = {e.path for e in entries if e.kind is Kind.DIR}
+        self.subdirs = Counter(path.rpartition("/")[0] for path in dirs)
+
+
+def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
+    """Write `entries` (parents before children, hard links after their file) as a newc archive.
+
+    Every member gets `mtime`; inode numbers count up from FIRST_INO in entry order.
+    """
+    check_cpio_sizes(entries)
+    links = _Links(entries)
+    inos: dict[int, int] = {}
+    written = 0
+    with ContentReader() as reader:
+        for i, entry in enumerate(entries):
+            t = links.target.get(i, i)
+            source = entries[t]
+            ino = inos.setdefault(t, FIRST_INO + len(inos))
+            kind = entry.kind
+            if kind is Kind.DIR:
+                nlink = 2 + links.subdirs[entry.path]
+            elif kind in (Kind.FILE, Kind.HARDLINK):
+                nlink = links.names[t]
+            else:
+                nlink = 1
+            data = b""
+            if kind is Kind.SYMLINK:
+                data = entry.linkname.encode("utf-8", "surrogateescape")
+            filesize = entry.size if kind is Kind.FILE else len(data)
+            head = newc_member_head(
+                entry.path, ino=ino, mode=FILE_TYPE_BITS[kind] | (source.mode & 0o7777),
+                uid=source.uid, gid=source.gid, nlink=nlink, mtime=mtime, filesize=filesize,
+                rdevmajor=entry.devmajor, rdevminor=entry.devminor)
+            out.write(head)
+            written += len(head)
+            if kind is Kind.FILE:
+                copied = 0
+                for chunk in reader.chunks(entry.data):
+                    copied += len(chunk)
+                    out.write(chunk)
+                if copied != filesize:
+                    raise UserError(f"{entry.path}: its source has {copied} bytes, expected {filesize} "
+                                    "(did it change during the build?)")
+            elif data:
+                out.write(data)
+            out.write(_pad(filesize))
+            written += filesize + len(_pad(filesize))
+    trailer = newc_trailer()
+    out.write(trailer)
+    written += len(trailer)
+    out.write(bytes(-written % ARCHIVE_BLOCK))

@@ -1,0 +1,1 @@
+"""Container bundles: LinuxKit's ConfigToOCI (config.json, runtime.json), capabilities, mounts, the shell form."""

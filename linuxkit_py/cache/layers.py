@@ -1,0 +1,340 @@
+"""Uncompressed layer tars in the cache, and their persisted entry indexes.
+
+`<cache>/linuxkit-py/layers/<hex>.tar` is the layer blob `sha256:<hex>` decompressed;
+`<hex>.json` lists its members (offsets into that tar), so a warm build neither
+decompresses nor re-parses a layer. Both are written atomically under a per-layer lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zstandard
+
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.archive.tarindex import DEFAULT_MAX_ENTRIES, MAX_ENTRIES_ENV, env_limit, read_tar_entries
+from linuxkit_py.cache.image import Image
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.errors import UserError
+
+CHUNK = 1 << 20
+INDEX_VERSION = 1
+# Layers unpacked at once: gunzip, zstd, sha256 and file writes release the GIL, so a cold
+# cache unpacks about twice as fast on 2 cores; more threads than cores only add contention.
+UNPACK_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+# A layer's uncompressed size is capped so that a decompression bomb (a small gzip or zstd
+# blob inflating to terabytes) stops with an error instead of filling the cache's disk.
+MAX_LAYER_SIZE_ENV = "LINUXKIT_PY_MAX_LAYER_SIZE"
+DEFAULT_MAX_LAYER_SIZE = 16 << 30  # the largest real layers (CUDA, ML stacks) are a few GiB
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_SKIPPABLE_MAGIC = 0x184D2A50  # low 4 bits vary
+
+# OCI image-spec layer media types (incl. the deprecated non-distributable ones) and Docker's.
+_MEDIA_COMPRESSION = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": "none",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
+}
+
+
+def layers_dir(cache: Cache) -> Path:
+    return cache.derived_dir / "layers"
+
+
+def _hex(layer: dict[str, Any]) -> str:
+    digest = layer["digest"]
+    if not isinstance(digest, str) or not digest.startswith("sha256:"):
+        raise UserError(f"unsupported layer digest {digest!r}")
+    return digest.split(":", 1)[1]
+
+
+def layer_compression(media_type: str | None, head: bytes) -> str:
+    """"gzip", "zstd" or "none": the magic bytes decide; the media type only names what was promised."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    declared = _MEDIA_COMPRESSION.get(media_type or "", "none")
+    if declared != "none":
+        raise ValueError(f"its media type {media_type} says {declared}, but the data is not {declared}")
+    return "none"
+
+
+def check_zstd_frames(blob: BinaryIO) -> None:
+    """Raise ValueError unless `blob` is a sequence of complete zstd frames (RFC 8878 section 3.1).
+
+    The zstd stream decoder reports a stream cut at a block boundary as a clean end, so a
+    truncated layer would otherwise pass as a shorter tar. Only headers are read.
+    """
+    size = os.fstat(blob.fileno()).st_size
+    pos = 0
+
+    def read(n: int) -> bytes:
+        blob.seek(pos)
+        data = blob.read(n)
+        if len(data) != n:
+            raise ValueError(f"zstd stream truncated at byte {pos + len(data)}")
+        return data
+
+    while pos < size:
+        magic = int.from_bytes(read(4), "little")
+        if magic & 0xFFFFFFF0 == ZSTD_SKIPPABLE_MAGIC:
+            pos += 4
+            pos += 4 + int.from_bytes(read(4), "little")
+            continue
+        if magic != int.from_bytes(ZSTD_MAGIC, "little"):
+            raise ValueError(f"not a zstd frame at byte {pos}")
+        pos += 4
+        descriptor = read(1)[0]
+        single_segment = descriptor >> 5 & 1
+        fcs_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+        did_size = (0, 1, 2, 4)[descriptor & 3]
+        has_checksum = descriptor >> 2 & 1
+        pos += 1 + (0 if single_segment else 1) + did_size + fcs_size
+        last = False
+        while not last:
+            block_header = int.from_bytes(read(3), "little")
+            last = bool(block_header & 1)
+            block_type = block_header >> 1 & 3
+            block_size = block_header >> 3
+            if block_type == 3:
+                raise ValueError(f"reserved zstd block type at byte {pos}")
+            pos += 3 + (1 if block_type == 1 else block_size)
+        pos += 4 * has_checksum
+        if pos > size:
+            raise ValueError(f"zstd stream truncated at byte {size}")
+
+
+def _decompressed_chunks(blob: BinaryIO, compression: str) -> Iterator[bytes]:
+    if compression == "gzip":
+        # GzipFile handles multi-member streams (pigz, some registries).
+        with gzip.GzipFile(fileobj=blob, mode="rb") as gz:
+            while chunk := gz.read(CHUNK):
+                yield chunk
+    elif compression == "zstd":
+        check_zstd_frames(blob)
+        blob.seek(0)
+        reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
+        while chunk := reader.read(CHUNK):
+            yield chunk
+    else:
+        while chunk := blob.read(CHUNK):
+            yield chunk
+
+
+@contextlib.contextmanager
+def _layer_lock(directory: Path, hexdigest: str) -> Iterator[None]:
+    """Exclusive per-layer lock, so that concurrent builds unpack and index a layer once."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        f = open(directory / f"{hexdigest}.lock", "a+b")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UserError(f"cannot write to the cache directory {directory}: {exc.strerror}") from exc
+    with f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _atomic_write(target: Path, chunks: Iterator[bytes], check: Callable[[], None] | None = None) -> None:
+    """Write `chunks` to a temp file next to `target`; `check()` may veto before the rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        if check is not None:
+            check()
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _decompress(cache: Cache, layer: dict[str, Any], target: Path, diff_id: str | None) -> None:
+    digest = layer["digest"]
+    blob_path = cache.blob_path(digest)
+    try:
+        blob = open(blob_path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise UserError(f"layer {digest} is missing from the cache {cache.root}") from None
+    sha = hashlib.sha256()
+    limit = env_limit(MAX_LAYER_SIZE_ENV, DEFAULT_MAX_LAYER_SIZE)
+
+    def hashed(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        total = 0
+        for chunk in chunks:
+            total += len(chunk)
+            if total > limit:
+                raise UserError(f"layer {digest}: uncompressed size exceeds the limit of {limit} bytes "
+                                f"(set by {MAX_LAYER_SIZE_ENV}); refusing it")
+            sha.update(chunk)
+            yield chunk
+
+    def check_diff_id() -> None:
+        got = "sha256:" + sha.hexdigest()
+        if diff_id is not None and got != diff_id:
+            raise ValueError(f"its uncompressed content has digest {got}, the image config says {diff_id}")
+
+    with blob:
+        try:
+            compression = layer_compression(layer.get("mediaType"), blob.read(4))
+            blob.seek(0)
+            _atomic_write(target, hashed(_decompressed_chunks(blob, compression)), check_diff_id)
+        except (OSError, EOFError, zlib.error, zstandard.ZstdError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise UserError(f"cannot unpack layer {digest} into {target.parent}: {exc.strerror}") from exc
+            raise UserError(f"layer {digest} is corrupt: {exc}",
+                            hint="remove it from the cache and pull again") from exc
+
+
+def unpacked_layer(cache: Cache, layer: dict[str, Any], diff_id: str | None = None) -> Path:
+    """The uncompressed tar of the cached layer `layer` (a manifest descriptor), decompressing it once.
+
+    `diff_id` (from the image config's rootfs.diff_ids) is checked when the tar is made.
+    """
+    hexdigest = _hex(layer)
+    directory = layers_dir(cache)
+    target = directory / f"{hexdigest}.tar"
+    if target.is_file():
+        return target
+    with _layer_lock(directory, hexdigest):
+        if not target.is_file():  # another build may have finished it while we waited
+            _decompress(cache, layer, target, diff_id)
+    return target
+
+
+# -- the persisted index ----------------------------------------------------------------------
+
+_KIND_CODES = {kind: kind.value for kind in Kind}
+_KINDS_BY_CODE = {kind.value: kind for kind in Kind}
+
+
+def _encode(entry: Entry) -> list[Any]:
+    offset = entry.data.offset if isinstance(entry.data, FileRegion) else -1
+    xattrs = [[name, base64.b64encode(value).decode()] for name, value in entry.xattrs]
+    return [entry.path, _KIND_CODES[entry.kind], entry.mode, entry.uid, entry.gid, entry.size, entry.linkname,
+            entry.devmajor, entry.devminor, offset, entry.mtime, xattrs, entry.uname, entry.gname,
+            entry.source, entry.location]
+
+
+def _decode(row: list[Any], tar_path: str) -> Entry:
+    (path, kind, mode, uid, gid, size, linkname, devmajor, devminor, offset, mtime, xattrs, uname, gname,
+     source, location) = row
+    return Entry(path=path, kind=_KINDS_BY_CODE[kind], mode=mode, uid=uid, gid=gid, size=size,
+                 linkname=linkname, devmajor=devmajor, devminor=devminor,
+                 data=FileRegion(tar_path, offset, size) if offset >= 0 else None, mtime=mtime,
+                 xattrs=tuple((name, base64.b64decode(value)) for name, value in xattrs),
+                 uname=uname, gname=gname, source=source, location=location)
+
+
+def load_entry_index(index_path: Path, tar_path: Path) -> list[Entry] | None:
+    """The persisted entries, or None when missing, stale or unreadable (then it is rebuilt)."""
+    try:
+        doc = json.loads(index_path.read_bytes())
+        if doc.get("version") != INDEX_VERSION or doc.get("tar_size") != tar_path.stat().st_size:
+            return None
+        tar = str(tar_path)
+        return [_decode(row, tar) for row in doc["entries"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_entry_index(index_path: Path, tar_path: Path, entries: list[Entry]) -> None:
+    doc = {"version": INDEX_VERSION, "tar_size": tar_path.stat().st_size,
+           "entries": [_encode(e) for e in entries]}
+    _atomic_write(index_path, iter([json.dumps(doc, separators=(",", ":")).encode()]))
+
+
+def layer_entries(cache: Cache, layer: dict[str, Any], diff_id: str | None = None) -> list[Entry]:
+    """The members of a cached layer as Entries (in tar order) with FileRegion data into its unpacked tar."""
+    hexdigest = _hex(layer)
+    directory = layers_dir(cache)
+    tar_path = directory / f"{hexdigest}.tar"
+    index_path = directory / f"{hexdigest}.json"
+    entries = load_entry_index(index_path, tar_path)
+    if entries is not None:
+        _check_entry_limit(entries, layer)  # indexed by an earlier build, maybe under a higher limit
+        return entries
+    tar_path = unpacked_layer(cache, layer, diff_id)
+    with _layer_lock(directory, hexdigest):
+        entries = load_entry_index(index_path, tar_path)
+        if entries is None:
+            entries = read_tar_entries(tar_path, f"layer {layer['digest']}")
+            try:
+                save_entry_index(index_path, tar_path, entries)
+            except OSError as exc:
+                raise UserError(f"cannot write {index_path}: {exc.strerror}") from exc
+    return entries
+
+
+def _check_entry_limit(entries: list[Entry], layer: dict[str, Any]) -> None:
+    limit = env_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES)
+    if len(entries) > limit:
+        raise UserError(f"layer {layer['digest']}: more than {limit} entries (set by {MAX_ENTRIES_ENV}); refusing it")
+
+
+def image_layers(image: Image) -> list[tuple[dict[str, Any], str | None]]:
+    """(layer descriptor, diff_id or None) for each layer of `image`, bottom first."""
+    layers = image.layers
+    diff_ids: list[str | None] = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
+    if len(diff_ids) != len(layers):
+        diff_ids = [None] * len(layers)
+    return list(zip(layers, diff_ids, strict=True))
+
+
+def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | None]],
+                  workers: int | None = None) -> dict[str, list[Entry]]:
+    """layer_entries() of every (layer, diff_id), several layers at a time; keyed by layer digest.
+
+    Cold layers are decompressed, checked and indexed in parallel (largest first, so the
+    longest job starts first); warm ones only load their index.
+    """
+    unique: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for layer, diff_id in layers:
+        unique.setdefault(layer["digest"], (layer, diff_id))
+    jobs = sorted(unique.values(), key=lambda job: -int(job[0].get("size") or 0))
+    workers = UNPACK_WORKERS if workers is None else workers
+    if workers <= 1 or len(jobs) <= 1:
+        return {layer["digest"]: layer_entries(cache, layer, diff_id) for layer, diff_id in jobs}
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="unpack") as pool:
+        futures = {layer["digest"]: pool.submit(layer_entries, cache, layer, diff_id) for layer, diff_id in jobs}
+        try:
+            return {digest: future.result() for digest, future in futures.items()}
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise
+
+
+def unpack_images(cache: Cache, images: Iterable[Image], workers: int | None = None) -> None:
+    """Unpack and index the layers of all `images` in parallel, before they are flattened one by one."""
+    unpack_layers(cache, [pair for image in images for pair in image_layers(image)], workers)

@@ -1,0 +1,1 @@
+"""ELF reading and kernel modules (.modinfo, dependency closure, modules.dep/alias)."""

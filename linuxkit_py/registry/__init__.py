@@ -1,0 +1,1 @@
+"""The OCI distribution client: references, transport, auth, pull, push."""

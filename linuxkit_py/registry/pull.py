@@ -1,0 +1,215 @@
+"""Pull images into the cache: root manifest, one platform's manifest, config and layers.
+
+A cached image is used without any network access unless `pull` is set. A pull stores every
+blob verified (size and sha256) and names the image in index.json only once all of its blobs
+are in place, so the cache never shows a half image. A failed pull deletes nothing: a verified
+blob may already be used by another build sharing the cache, and an unreferenced one is
+harmless (`cache verify` does not count it as a problem). Blobs are downloaded in parallel,
+each one once even when several images, or several builds, share it (a per-blob lock).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from linuxkit_py.arch import normalize_arch, uname_arch
+from linuxkit_py.cache.image import Image, load_cached_image
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.cache.platform import INDEX_MEDIA_TYPES, select_platform
+from linuxkit_py.errors import RegistryError, UserError
+from linuxkit_py.registry.client import (
+    DIGEST_RE,
+    Document,
+    RegistryClient,
+    RegistryOptions,
+    Remote,
+    parse_mirrors,
+    resolve_remote,
+)
+from linuxkit_py.registry.reference import normalize_reference, parse_reference
+from linuxkit_py.registry.transport import RegistryFault
+
+__all__ = ["RegistryOptions", "parse_mirrors", "pull_image", "pull_images"]
+
+
+@dataclass
+class _Plan:
+    """What one image needs, known once its manifests are fetched."""
+
+    given: str  # the reference as the user wrote it (for messages)
+    name: str  # the normalised reference (the cache's ref name)
+    remote: Remote
+    root: Document  # what the tag or digest names: an index or a manifest
+    manifest: Document  # the manifest for the requested platform
+    blobs: list[dict[str, Any]]  # config and layer descriptors
+
+    @property
+    def digests(self) -> set[str]:
+        return {self.root.digest, self.manifest.digest, *(b["digest"] for b in self.blobs)}
+
+
+def pull_image(cache: Cache, ref: str, arch: str, options: RegistryOptions, pull: bool = False) -> Image:
+    """The image `ref` for linux/`arch`, from the cache or else pulled into it."""
+    return pull_images(cache, [ref], arch, options, pull)[ref]
+
+
+def pull_images(cache: Cache, refs: list[str], arch: str, options: RegistryOptions,
+                pull: bool = False) -> dict[str, Image]:
+    """Like pull_image for several refs at once (identical refs and shared blobs fetched once)."""
+    arch = normalize_arch(arch)
+    names = {given: normalize_reference(given) for given in refs}
+    given_for: dict[str, str] = {}
+    for given, name in names.items():
+        given_for.setdefault(name, given)
+    images: dict[str, Image] = {}
+    missing: list[tuple[str, str]] = []
+    for name, given in given_for.items():
+        cached = None if pull else _cached(cache, name, arch)
+        if cached is not None:
+            images[name] = cached
+        else:
+            missing.append((given, name))
+    if missing:
+        images.update(_pull(cache, missing, arch, options))
+    return {given: images[names[given]] for given in refs}
+
+
+def _cached(cache: Cache, name: str, arch: str) -> Image | None:
+    try:
+        return load_cached_image(cache, name, arch)
+    except UserError:
+        return None  # e.g. a cached index without this arch: the registry may have a newer one
+
+
+def _user_error(given: str, exc: BaseException) -> BaseException:
+    if isinstance(exc, RegistryFault):
+        return RegistryError(f"{given}: {exc.cause}", exc.hint)
+    return exc
+
+
+def _pull(cache: Cache, wanted: list[tuple[str, str]], arch: str,
+          options: RegistryOptions) -> dict[str, Image]:
+    cache.ensure()
+    cancelled = threading.Event()
+    futures: list[concurrent.futures.Future[Any]] = []
+    with RegistryClient(options) as client, \
+            concurrent.futures.ThreadPoolExecutor(max(1, options.workers)) as pool:
+        try:
+            plan_futures = [pool.submit(_plan, client, options, given, name, arch) for given, name in wanted]
+            futures.extend(plan_futures)
+            plans = []
+            for (given, _), future in zip(wanted, plan_futures, strict=True):
+                try:
+                    plans.append(future.result())
+                except BaseException as exc:
+                    raise _user_error(given, exc) from None
+            _download(cache, client, pool, plans, options, cancelled, futures)
+            return {plan.name: _commit(cache, plan, arch) for plan in plans}
+        except BaseException:
+            cancelled.set()
+            for future in futures:
+                future.cancel()
+            concurrent.futures.wait(futures)
+            raise
+
+
+def _plan(client: RegistryClient, options: RegistryOptions, given: str, name: str, arch: str) -> _Plan:
+    """Fetch the root document and the platform manifest (small, kept in memory)."""
+    ref = parse_reference(name)
+    remote = resolve_remote(ref, options)
+    root = client.fetch_manifest(remote, ref.reference)
+    if ref.digest and root.digest != ref.digest:
+        raise RegistryFault(f"{remote.peer}: manifest {ref.digest} does not match its digest "
+                            f"(got {root.digest})")
+    manifest = root
+    if root.media_type in INDEX_MEDIA_TYPES:
+        desc = select_platform(root.json(), arch, given)
+        digest = desc.get("digest")
+        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+            raise RegistryFault(f"{remote.peer}: index entry for linux/{arch} has a bad digest")
+        manifest = client.fetch_manifest(remote, digest)
+        if manifest.digest != digest or len(manifest.data) != desc.get("size", len(manifest.data)):
+            raise RegistryFault(f"{remote.peer}: manifest {digest} does not match its digest "
+                                f"(got {manifest.digest}, {len(manifest.data)} bytes)")
+        if manifest.media_type in INDEX_MEDIA_TYPES:
+            raise RegistryFault(f"{remote.peer}: nested index for linux/{arch} is not supported")
+    doc = manifest.json()
+    try:
+        blobs = [doc["config"], *doc.get("layers", [])]
+        for blob in blobs:
+            if not DIGEST_RE.match(blob["digest"]) or not isinstance(blob["size"], int) or blob["size"] < 0:
+                raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise RegistryFault(f"{remote.peer}: manifest {manifest.digest} has a bad config or layer entry") \
+            from None
+    return _Plan(given, name, remote, root, manifest, blobs)
+
+
+def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.ThreadPoolExecutor,
+              plans: list[_Plan], options: RegistryOptions, cancelled: threading.Event,
+              futures: list[concurrent.futures.Future[Any]]) -> None:
+    """Fetch every blob the plans need and the cache lacks, each once, in parallel."""
+    needed: dict[str, tuple[_Plan, int]] = {}
+    for plan in plans:
+        for blob in plan.blobs:
+            if blob["digest"] not in needed and not cache.has_blob(blob["digest"]):
+                needed[blob["digest"]] = (plan, blob["size"])
+    if not needed:
+        return
+    total = sum(size for _, size in needed.values())
+    images = len(plans)
+    with progress_bar(options, total, f"pulling {images} image{'s' if images != 1 else ''}") as update:
+
+        def fetch(digest: str, plan: _Plan, size: int) -> None:
+            client.fetch_blob(plan.remote, digest, size, cache, update, cancelled)
+
+        owner = {}
+        for digest, (plan, size) in needed.items():
+            future = pool.submit(fetch, digest, plan, size)
+            owner[future] = plan
+            futures.append(future)
+        for future in concurrent.futures.as_completed(owner):
+            exc = future.exception()
+            if exc is not None:
+                raise _user_error(owner[future].given, exc) from None
+
+
+@contextlib.contextmanager
+def progress_bar(options: RegistryOptions, total: int, description: str) -> Iterator[Any]:
+    """A byte-count progress bar (on a TTY unless options say) and a thread-safe update(n) for it."""
+    disable = None if options.progress is None else not options.progress
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=disable,
+              desc=description, leave=False) as bar:
+        lock = threading.Lock()
+
+        def update(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        yield update
+
+
+def _commit(cache: Cache, plan: _Plan, arch: str) -> Image:
+    """Check the platform, store the manifests and name the image in index.json (last)."""
+    config = cache.read_json(plan.blobs[0]["digest"])
+    if not isinstance(config, dict):
+        raise RegistryError(f"{plan.given}: {plan.remote.peer}: image config is not a JSON object")
+    image_arch = config.get("architecture")
+    if image_arch and image_arch not in (arch, uname_arch(arch)):
+        raise RegistryError(f"{plan.given}: image is for {config.get('os', 'linux')}/{image_arch}, "
+                            f"not linux/{arch}", hint="choose another --arch")
+    for document in (plan.manifest, plan.root):
+        if not cache.has_blob(document.digest):
+            try:
+                cache.write_blob([document.data], document.digest, len(document.data))
+            except OSError as exc:
+                raise UserError(f"cannot write to cache {cache.root}: {exc.strerror or exc}") from exc
+    cache.set_ref(plan.name, plan.root.descriptor)
+    return Image(ref=plan.name, digest=plan.manifest.digest, manifest=plan.manifest.json(), config=config)
