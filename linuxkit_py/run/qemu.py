@@ -53,6 +53,8 @@ class QemuOptions:
     firmware: Path | None = None  # UEFI firmware instead of Debian's OVMF (see firmware.py)
     networking: str = "user"  # user (qemu's user-mode network) or none
     reboot: bool = False  # let the guest reboot; otherwise a reboot or a panic ends qemu
+    arch: str = "amd64"  # the guest's architecture (arch.py names); arm64 boots on -M virt
+    qemu: str | None = None  # the qemu binary; default: qemu-system-x86_64 / -aarch64 for `arch`
 
 
 @dataclass
