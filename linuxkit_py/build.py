@@ -8,15 +8,18 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from linuxkit_py.arch import normalize_arch
+from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.cache.layers import unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, FormatOptions, Rootfs, get_format
 from linuxkit_py.fsutil import atomic_outputs
+from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
 from linuxkit_py.registry.pull import RegistryOptions, pull_images
-from linuxkit_py.rootfs.assemble import Assembly, assemble, image_refs, metadata_writer
+from linuxkit_py.rootfs.assemble import Assembly, assemble, metadata_writer
+from linuxkit_py.rootfs.kernelfile import decompressed_kernel
+from linuxkit_py.rootfs.reuse import needed_refs, reusable_sections
 from linuxkit_py.spec.load import load_specs, spec_to_yaml
 from linuxkit_py.spec.resolve import resolve_spec
 from linuxkit_py.tools import require
@@ -44,6 +47,8 @@ class BuildOptions:
     dry_run: bool = False
     size: int | None = None  # --size, bytes
     root: str = "ram"  # --root
+    input_tar: Path | None = None  # --input-tar: reuse the unchanged sections of this earlier tar output
+    decompress_kernel: bool = False  # --decompress-kernel
 
 
 def source_date_epoch() -> int:
@@ -111,21 +116,28 @@ def _formats(opts: BuildOptions) -> list[Format]:
 def build(opts: BuildOptions) -> list[Path]:
     """Run a build; returns the files written (nothing for --dry-run or -o -)."""
     cache = Cache(opts.cache_dir or default_cache())
-    packages = PackageRefs(cache)
+    arch = normalize_arch(opts.arch)
+    packages = PackageRefs(cache, arch)
     spec = resolve_spec(load_specs(opts.paths), packages.reference)
     if opts.dry_run:
         sys.stdout.write(spec_to_yaml(spec))
         return []
     formats = _formats(opts)
+    for fmt in formats:
+        fmt.check_arch(arch)
     epoch = source_date_epoch()
-    arch = normalize_arch(opts.arch)
+    metadata = metadata_writer(spec)
+    reused = reusable_sections(opts.input_tar, spec, metadata) if opts.input_tar else {}
     images = packages.images(cache, arch)  # `@pkg:` images: built when missing, never pulled
-    refs = [ref for ref in image_refs(spec) if ref not in images]
+    refs = [ref for ref in needed_refs(spec, reused) if ref not in images]
     images |= pull_images(cache, refs, arch, opts.registry, opts.pull)
     unpack_images(cache, images.values())  # every image's layers decompressed and indexed in parallel
-    entries = assemble(Assembly(spec, images, cache, metadata_writer(spec)))
+    entries = assemble(Assembly(spec, images, cache, metadata, reused))
+    if opts.decompress_kernel:
+        entries = decompressed_kernel(entries, cache.derived_dir)
+    assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
-                    options=FormatOptions(size=opts.size, root=opts.root, arch=arch))
+                    options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets))
     if opts.output is not None:
         return _write_stream(formats[0], rootfs, opts.output)
     name = opts.name or default_name(opts.paths)

@@ -1,4 +1,8 @@
-"""Command line: `linuxkit-py build|cache|version`. User errors -> one line on stderr, exit 1."""
+"""Command line: `linuxkit-py [global options] build|cache|pkg|run|serve|completion|version`.
+
+User errors -> one line on stderr, exit 1. LinuxKit's global options (--cache, --mirror, --cert-file, -v N, -q)
+may come before the verb; LinuxKit's one-dash long options (`-mem 2048`) are read as `--mem 2048`.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from linuxkit_py import __version__
+from linuxkit_py.cliparse import (
+    VERBOSITY_LEVELS,
+    is_argument,
+    option_strings,
+    single_dash_long_options,
+    verbosity,
+)
+from linuxkit_py.completion import SHELLS, completion_script
 from linuxkit_py.errors import UserError
 from linuxkit_py.pkg.cli import add_pkg_parser, run_pkg_command
 from linuxkit_py.run.cli import add_run_parser, run_command
+from linuxkit_py.serve import DEFAULT_ADDRESS, serve_directory
 
 if TYPE_CHECKING:
     from linuxkit_py.registry.pull import RegistryOptions
 
 log = logging.getLogger("linuxkit_py")
+
+# Verbs whose arguments may come after their options (and between them): verb -> the list they go to.
+TRAILING_ARGUMENTS = {"build": "files", "run": "target"}
 
 
 def _add_cache_option(p: argparse.ArgumentParser) -> None:
@@ -36,10 +52,23 @@ def _add_registry_options(p: argparse.ArgumentParser, mirror: bool = True) -> No
                    help="extra CA certificate(s) to trust for registries")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="linuxkit-py", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv for debug)")
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    """LinuxKit's persistent flags, written before the verb; a verb's own --cache or --mirror also works."""
+    parser.add_argument("-v", "--verbose", type=verbosity, default=None, metavar="N",
+                        help="log level: 0 errors, 1 info, 2 debug, 3 trace (default: warnings; -vv is -v 2)")
     parser.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    parser.add_argument("--cache", dest="global_cache", type=Path, default=None, metavar="DIR",
+                        help="image cache directory, for every verb that has one")
+    parser.add_argument("--mirror", dest="global_mirror", action="append", default=[], metavar="[REGISTRY=]URL",
+                        help="pull REGISTRY's images from URL; a bare URL serves every registry without a mirror")
+    parser.add_argument("--cert-file", dest="global_cert_file", action="append", default=[], metavar="FILE",
+                        help="extra CA certificate(s) to trust for registries")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linuxkit-py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build outputs from one or more spec files")
@@ -48,9 +77,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="output format (repeatable or comma-separated; default kernel+initrd, tar with -o)")
     b.add_argument("--name", help="output base name (default: the first spec's name)")
     b.add_argument("--dir", type=Path, default=None, help="output directory (default: outputs)")
-    b.add_argument("-o", dest="output", metavar="FILE", help="write one streamable format to FILE (- for stdout)")
+    b.add_argument("-o", "--o", dest="output", metavar="FILE",
+                   help="write one streamable format to FILE (- for stdout); --o is LinuxKit's spelling")
     b.add_argument("--arch", help="target architecture: amd64/x86_64, arm64/aarch64, riscv64 (default: host)")
     b.add_argument("--pull", action="store_true", help="always pull images, even when cached")
+    b.add_argument("--input-tar", metavar="FILE", help="reuse the unchanged sections of the tar FILE an earlier "
+                   "build wrote (needs a files: entry with metadata:); their images are not pulled")
+    b.add_argument("--decompress-kernel", action="store_true",
+                   help="write the kernel decompressed (vmlinux), as LinuxKit's --decompress-kernel")
+    b.add_argument("--docker", action="store_true", help="accepted for LinuxKit; no Docker is needed or used")
     b.add_argument("--dry-run", action="store_true", help="print the merged, resolved spec and stop")
     b.add_argument("--max-layer-size", metavar="SIZE",
                    help="refuse a layer that inflates beyond SIZE, e.g. 16G (default 16G; $LINUXKIT_PY_MAX_LAYER_SIZE)")
@@ -84,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
 
     add_pkg_parser(sub)
     add_run_parser(sub)
+    serve = sub.add_parser("serve", help="serve a directory over HTTP (e.g. outputs for iPXE), as `linuxkit serve`")
+    serve.add_argument("--port", default=DEFAULT_ADDRESS, metavar="[HOST]:PORT",
+                       help=f"address to listen on (default {DEFAULT_ADDRESS}: every interface, as LinuxKit)")
+    serve.add_argument("--directory", type=Path, default=Path("."), help="directory to serve (default .)")
+    completion = sub.add_parser("completion", help="print a shell completion script: "
+                                "eval \"$(linuxkit-py completion bash)\"")
+    completion.add_argument("shell", choices=SHELLS)
+    completion.add_argument("--no-descriptions", action="store_true", help="accepted for LinuxKit (cobra); "
+                            "the scripts have no descriptions")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -98,6 +142,16 @@ def _registry_options(args: argparse.Namespace) -> RegistryOptions:
     )
 
 
+def _option_values() -> dict[str, list[str]]:
+    """Values the completion scripts offer for options whose choices argparse does not know."""
+    from linuxkit_py.arch import ARCH_ALIASES
+    from linuxkit_py.formats import all_formats
+
+    levels = ["0", "1", "2", "3"]
+    return {"--format": sorted(all_formats()), "-f": sorted(all_formats()), "--arch": sorted(ARCH_ALIASES),
+            "-v": levels, "--verbose": levels}
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from linuxkit_py.build import BuildOptions, build, parse_size
 
@@ -108,6 +162,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
         os.environ["LINUXKIT_PY_MAX_LAYER_ENTRIES"] = args.max_layer_entries
     if args.output is not None and (args.name or args.dir):
         raise UserError("-o cannot be combined with --name or --dir")
+    if args.docker:
+        print("linuxkit-py: --docker: no Docker needed; images come from the cache and registries",
+              file=sys.stderr)
+    if args.input_tar is not None:
+        _check_input_tar(Path(args.input_tar), args.output, args.pull)
     opts = BuildOptions(
         paths=args.files,
         formats=args.formats,
@@ -121,10 +180,22 @@ def _cmd_build(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         size=parse_size(args.size) if args.size else None,
         root=args.root,
+        input_tar=Path(args.input_tar) if args.input_tar else None,
+        decompress_kernel=args.decompress_kernel,
     )
     for path in build(opts):
         log.warning("wrote %s", path)
     return 0
+
+
+def _check_input_tar(input_tar: Path, output: str | None, pull: bool) -> None:
+    """LinuxKit's --input-tar rules, checked before anything is written (so the input stays intact)."""
+    if pull:
+        raise UserError("cannot use --input-tar and --pull together")
+    if output not in (None, "-") and os.path.realpath(input_tar) == os.path.realpath(output):
+        raise UserError("--input-tar and the output file cannot be the same", hint="write the new tar elsewhere")
+    if not input_tar.is_file():
+        raise UserError(f"--input-tar {input_tar}: no such file")
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
@@ -168,10 +239,38 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse as LinuxKit reads a command line: globals before the verb, arguments and options in any order."""
+    args, extra = parser.parse_known_args(argv)
+    trailing = TRAILING_ARGUMENTS.get(args.command)
+    if extra and trailing and all(map(is_argument, extra)):
+        setattr(args, trailing, [*getattr(args, trailing), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(w for w in extra if not is_argument(w)) or extra[0]}")
+    if args.quiet and args.verbose:
+        parser.error("-q and -v N (N > 0) cannot be used together")
+    # The global options, merged with the verb's own (which win for --cache, add to the lists).
+    if "cache" in args and args.cache is None:
+        args.cache = args.global_cache
+    if "mirror" in args:
+        args.mirror = [*args.global_mirror, *args.mirror]
+    if "cert_file" in args:
+        args.cert_file = [*args.global_cert_file, *args.cert_file]
+    args.argv = argv
+    return args
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    if args.quiet:
+        return logging.ERROR
+    return logging.WARNING if args.verbose is None else VERBOSITY_LEVELS[args.verbose]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    parser = _parser()
+    argv = single_dash_long_options(list(sys.argv[1:] if argv is None else argv), option_strings(parser))
+    args = _parse(parser, argv)
+    logging.basicConfig(level=_log_level(args), format="%(message)s", stream=sys.stderr)
     try:
         if args.command == "build":
             return _cmd_build(args)
@@ -181,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_pkg_command(args)
         if args.command == "run":
             return run_command(args)
+        if args.command == "serve":
+            return serve_directory(args.directory, args.port)
+        if args.command == "completion":
+            sys.stdout.write(completion_script(args.shell, parser, _option_values()))
+            return 0
         if args.command == "version":
             print(f"linuxkit-py {__version__}")
             return 0

@@ -49,6 +49,8 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "mke2fs": "e2fsprogs",
     "debugfs": "e2fsprogs",
     "objcopy": "binutils",
+    "aarch64-linux-gnu-objcopy": "binutils-aarch64-linux-gnu",
+    "x86_64-linux-gnu-objcopy": "binutils-x86-64-linux-gnu",
     "objdump": "binutils",
     "readelf": "binutils",
     "grub-mkstandalone": "grub-common grub-efi-amd64-bin",
@@ -59,6 +61,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "gzip": "gzip",
     "zstd": "zstd",
     "xz": "xz-utils",
+    "lz4": "lz4",
     "tar": "tar",
 }
 

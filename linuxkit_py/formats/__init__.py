@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from linuxkit_py.arch import Arch, get_arch
 from linuxkit_py.archive.entry import Entry
 from linuxkit_py.errors import UserError
 
@@ -25,6 +26,17 @@ class FormatOptions:
     size: int | None = None  # bytes; None: the smallest that fits plus headroom
     root: str = "ram"  # ram: kernel + initrd; squashfs/erofs: the root filesystem on the medium
     arch: str = "amd64"
+    # Boot assets by name (the Format row's `assets`: "efi-stub", "grub-efi", "raspi-firmware", ...):
+    # the build fetches them for `arch` from Debian's packages; absent names mean the host's own files.
+    assets: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def arch_info(self) -> Arch:
+        return get_arch(self.arch)
+
+    def asset(self, name: str, host_default: Path) -> Path:
+        """The asset `name` the build fetched, else the host's file `host_default`."""
+        return self.assets.get(name, host_default)
 
 
 @dataclass
@@ -49,6 +61,15 @@ class Format:
     streamable: bool = False  # may be written to `-o FILE|-`
     tools: tuple[str, ...] = ()  # external commands it needs (see linuxkit_py.tools)
     description: str = ""
+    arches: tuple[str, ...] = ("amd64", "arm64")  # the architectures it has an image for
+    assets: tuple[str, ...] = ()  # boot assets it needs (see FormatOptions.assets)
+
+    def check_arch(self, arch: str) -> None:
+        """A one-line UserError when this format has no image for `arch` (BIOS formats on arm64)."""
+        if arch not in self.arches:
+            raise UserError(f"format {self.name} has no {arch} image: it is built for {', '.join(self.arches)}",
+                            hint="BIOS boot exists on x86 only: use the -efi formats" if "bios" in self.name
+                            else None)
 
 
 FORMATS: dict[str, Format] = {}
@@ -78,6 +99,7 @@ def _load_writers() -> None:
     import linuxkit_py.formats.convert  # noqa: F401
     import linuxkit_py.formats.docker  # noqa: F401
     import linuxkit_py.formats.iso  # noqa: F401
+    import linuxkit_py.formats.kernel_iso  # noqa: F401
     import linuxkit_py.formats.raw  # noqa: F401
     import linuxkit_py.formats.rootimage  # noqa: F401
     import linuxkit_py.formats.uki  # noqa: F401

@@ -26,7 +26,17 @@ from linuxkit_py.archive.entry import Kind
 from linuxkit_py.archive.tar import BLOCK, END_OF_ARCHIVE, TYPEFLAGS, ustar_header
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, Writer, register
-from linuxkit_py.formats.raw import BIOS_TOOLS, EFI_TOOLS, GIB, RawDisk, work_directory, write_raw_disk
+from linuxkit_py.formats.raw import (
+    BIOS_ARCHES,
+    BIOS_TOOLS,
+    EFI_ARCHES,
+    EFI_ASSETS,
+    EFI_TOOLS,
+    GIB,
+    RawDisk,
+    work_directory,
+    write_raw_disk,
+)
 from linuxkit_py.media.partitions import MIB, derived_guid
 from linuxkit_py.tools import run
 
@@ -191,9 +201,10 @@ def write_gcp(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
 
 
 def _register_conversion(name: str, suffix: str, conversion: Conversion, description: str) -> None:
-    tools = BIOS_TOOLS if conversion.firmware == "bios" else EFI_TOOLS
-    register(Format(name=name, suffixes=(suffix,), write=_converter(conversion, name), tools=(*tools, QEMU_IMG),
-                    description=description))
+    bios = conversion.firmware == "bios"
+    register(Format(name=name, suffixes=(suffix,), write=_converter(conversion, name),
+                    tools=(*(BIOS_TOOLS if bios else EFI_TOOLS), QEMU_IMG), description=description,
+                    arches=BIOS_ARCHES if bios else EFI_ARCHES, assets=() if bios else EFI_ASSETS))
 
 
 _register_conversion("qcow2-bios", ".qcow2", Conversion("bios", "qcow2"), "the raw-bios disk as qcow2")
@@ -212,5 +223,6 @@ register(Format(
     suffixes=(".img.tar.gz",),
     write=write_gcp,
     tools=BIOS_TOOLS,
+    arches=BIOS_ARCHES,
     description="the raw-bios disk in whole GiB as disk.raw in a .tar.gz, for a Compute Engine image import",
 ))

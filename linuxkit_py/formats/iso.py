@@ -161,6 +161,7 @@ register(Format(
     name="iso-bios",
     suffixes=(".iso",),
     write=write_iso_bios,
+    arches=("amd64",),
     description="hybrid ISO (CD or disk) booting kernel + initrd with ISOLINUX under BIOS",
 ))
 register(Format(

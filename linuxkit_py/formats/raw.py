@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import Format, Rootfs, Writer, register
+from linuxkit_py.formats import Format, FormatOptions, Rootfs, Writer, register
 from linuxkit_py.formats.bootfiles import BootFiles, boot_files
-from linuxkit_py.formats.uki import OBJCOPY, write_uki
+from linuxkit_py.formats.uki import OBJCOPY, stub_path, write_uki
 from linuxkit_py.media.fat import (
     HEADROOM,
     Source,
@@ -62,10 +62,12 @@ SYSLINUX_DIRECTORY = "syslinux"  # ldlinux.sys and ldlinux.c32 go here
 SYSLINUX_SPACE = 256 * 1024  # ldlinux.sys + ldlinux.c32 (about 180 KiB in syslinux 6.04)
 BIOS_TOOLS = (*FAT_TOOLS, SYSLINUX, MATTRIB)
 EFI_TOOLS = (*FAT_TOOLS, OBJCOPY)
+BIOS_ARCHES = ("amd64",)  # SeaBIOS/syslinux: PC only
+EFI_ARCHES = ("amd64", "arm64")
+EFI_ASSETS = ("efi-stub",)  # the UKI's systemd stub for the target architecture
 BIOS_LABEL = "LINUXKIT"
 ESP_LABEL = "EFI"
 ESP_NAME = "EFI System"
-EFI_BOOT_PATH = "EFI/BOOT/BOOTX64.EFI"  # the removable-media path UEFI firmware boots (UEFI 2.10 3.5.1.1)
 KERNEL_NAME = "kernel"
 INITRD_NAME = "initrd.img"
 SYSLINUX_CFG = "syslinux.cfg"
@@ -159,12 +161,15 @@ def write_bios_disk(bf: BootFiles, path: Path, *, epoch: int, size: int | None =
 
 
 def write_efi_disk(bf: BootFiles, path: Path, workdir: Path, *, epoch: int, size: int | None = None,
-                   size_unit: int = MIB, fmt: str = "raw-efi", arch: str = "amd64") -> RawDisk:
-    """A GPT disk at `path`: one EFI System Partition at 1 MiB holding a UKI of the boot files as
-    EFI/BOOT/BOOTX64.EFI, and `bf.extra`."""
-    uki = workdir / "BOOTX64.EFI"
-    write_uki(uki, kernel=bf.kernel.data or b"", initrd=bf.initrd, cmdline=bf.cmdline, epoch=epoch, arch=arch)
-    files: list[tuple[str, Source]] = [(EFI_BOOT_PATH, uki), *bf.extra]
+                   size_unit: int = MIB, fmt: str = "raw-efi", options: FormatOptions | None = None) -> RawDisk:
+    """A GPT disk at `path`: one EFI System Partition at 1 MiB holding a UKI of the boot files at the
+    removable-media path of the architecture (EFI/BOOT/BOOTX64.EFI, BOOTAA64.EFI), and `bf.extra`."""
+    options = options or FormatOptions()
+    boot_path = options.arch_info.efi_boot_path  # what UEFI firmware boots from removable media (UEFI 2.10 3.5.1.1)
+    uki = workdir / options.arch_info.efi_boot_file
+    write_uki(uki, kernel=bf.kernel.data or b"", initrd=bf.initrd, cmdline=bf.cmdline, epoch=epoch,
+              stub=stub_path(options), objcopy=options.arch_info.objcopy())
+    files: list[tuple[str, Source]] = [(boot_path, uki), *bf.extra]
     disk_size, fat_size = _partition_size(files, PARTITION_ALIGNMENT + GPT_TAIL, (), 0, size, size_unit, fmt)
     disk_sectors = disk_size // SECTOR
     first_lba = PARTITION_ALIGNMENT // SECTOR
@@ -203,7 +208,7 @@ def write_raw_disk(rootfs: Rootfs, path: Path, firmware: str, workdir: Path, *, 
             return write_bios_disk(bf, path, epoch=rootfs.epoch, size=rootfs.options.size, size_unit=size_unit,
                                    fmt=fmt)
         return write_efi_disk(bf, path, workdir, epoch=rootfs.epoch, size=rootfs.options.size,
-                              size_unit=size_unit, fmt=fmt, arch=rootfs.options.arch)
+                              size_unit=size_unit, fmt=fmt, options=rootfs.options)
 
 
 def _disk_writer(firmware: str, fmt: str, size_unit: int = MIB) -> Writer:
@@ -219,6 +224,7 @@ register(Format(
     suffixes=("-bios.img",),
     write=_disk_writer("bios", "raw-bios"),
     tools=BIOS_TOOLS,
+    arches=BIOS_ARCHES,
     description="MBR disk, one active FAT partition with kernel, initrd and SYSLINUX",
 ))
 register(Format(
@@ -226,12 +232,15 @@ register(Format(
     suffixes=("-efi.img",),
     write=_disk_writer("efi", "raw-efi"),
     tools=EFI_TOOLS,
-    description="GPT disk with an EFI System Partition holding a UKI as EFI/BOOT/BOOTX64.EFI",
+    arches=EFI_ARCHES,
+    assets=EFI_ASSETS,
+    description="GPT disk with an EFI System Partition holding a UKI as EFI/BOOT/BOOTX64.EFI (BOOTAA64.EFI)",
 ))
 register(Format(
     name="aws",
     suffixes=(".raw",),
     write=_disk_writer("bios", "aws", GIB),
     tools=BIOS_TOOLS,
+    arches=BIOS_ARCHES,
     description="the raw-bios disk in whole GiB, for an EBS snapshot import",
 ))

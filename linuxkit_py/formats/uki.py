@@ -22,13 +22,13 @@ from typing import BinaryIO
 
 from linuxkit_py.archive.entry import ContentReader, Data
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import Format, Rootfs, register
+from linuxkit_py.formats import Format, FormatOptions, Rootfs, register
 from linuxkit_py.formats.bootfiles import boot_files
-from linuxkit_py.tools import require_file, run
+from linuxkit_py.tools import require, require_file, run
 
 OBJCOPY = "objcopy"
 STUB_PACKAGE = "systemd-boot-efi"
-STUBS = {"amd64": Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")}
+HOST_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")  # amd64's, when the build names none
 # What the boot menu of systemd-boot shows for the image (LinuxKit's UKIs have the same NAME).
 OS_RELEASE = b'NAME="LinuxKit"\nID=linuxkit\n'
 SECTION_ALIGNMENT = 0x1000
@@ -123,18 +123,21 @@ def section_addresses(layout: PeLayout, sizes: list[int]) -> list[int]:
     return addresses
 
 
-def stub_path(arch: str = "amd64") -> Path:
-    stub = STUBS.get(arch)
-    if stub is None:
-        raise UserError(f"no UKI stub for {arch}", hint="unified kernel images are built for amd64")
-    return require_file(stub, STUB_PACKAGE)
+def stub_path(options: FormatOptions | None = None) -> Path:
+    """The systemd stub for the build's architecture: the one the build fetched, else the host's."""
+    if options is None:
+        return require_file(HOST_STUB, STUB_PACKAGE)
+    return require_file(options.asset("efi-stub", Path("/") / options.arch_info.systemd_stub), STUB_PACKAGE)
 
 
 def write_uki(out: BinaryIO | Path, *, kernel: Data, initrd: Path, cmdline: str,
-              os_release: bytes = OS_RELEASE, epoch: int = 0, arch: str = "amd64") -> None:
+              os_release: bytes = OS_RELEASE, epoch: int = 0, stub: Path | None = None,
+              objcopy: str = OBJCOPY) -> None:
     """Write a UKI of `kernel`, `initrd`, `cmdline` and `os_release` to `out` (a file or an open file);
-    its PE time stamp is `epoch`."""
-    stub = stub_path(arch)
+    its PE time stamp is `epoch`; `stub` is systemd's EFI stub (default: the host's amd64 one), `objcopy`
+    one that knows the stub's architecture (Arch.objcopy())."""
+    stub = stub or stub_path()
+    require(objcopy)
     with tempfile.TemporaryDirectory(prefix="linuxkit-py-uki-") as tmp:
         work = Path(tmp)
         kernel_file = work / "linux"
@@ -147,7 +150,7 @@ def write_uki(out: BinaryIO | Path, *, kernel: Data, initrd: Path, cmdline: str,
         with open(stub, "rb") as f:
             layout = pe_layout(f.read(4096))
         addresses = section_addresses(layout, [files[name].stat().st_size for name in SECTIONS])
-        argv: list[str | Path] = [OBJCOPY]
+        argv: list[str | Path] = [objcopy]
         for name, address in zip(SECTIONS, addresses, strict=True):
             argv += ["--add-section", f"{name}={files[name]}", "--change-section-vma", f"{name}={address:#x}"]
         target = out if isinstance(out, Path) else work / "uki.efi"
@@ -168,7 +171,7 @@ def write_uki_format(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
             raise UserError(f"a UKI is one file and cannot carry {names}",
                             hint="use raw-efi, whose ESP holds the UKI and these files")
         write_uki(out, kernel=bf.kernel.data or b"", initrd=bf.initrd, cmdline=bf.cmdline,
-                  epoch=rootfs.epoch, arch=rootfs.options.arch)
+                  epoch=rootfs.epoch, stub=stub_path(rootfs.options), objcopy=rootfs.options.arch_info.objcopy())
 
 
 register(Format(
@@ -176,5 +179,6 @@ register(Format(
     suffixes=(".efi",),
     write=write_uki_format,
     tools=(OBJCOPY,),
+    assets=("efi-stub",),
     description="a unified kernel image: systemd's EFI stub with kernel, initrd, command line and os-release",
 ))

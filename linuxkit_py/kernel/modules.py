@@ -39,7 +39,9 @@ from linuxkit_py.fsutil import atomic_output
 
 MODULES_DIR = "lib/modules"  # where kernel.tar puts them, whatever the package used
 PACKAGE_MODULES_DIRS = ("lib/modules", "usr/lib/modules")  # usr/ from Debian 13 (merged /usr)
-BZIMAGE_PREFIX = "boot/vmlinuz-"
+BZIMAGE_PREFIX = "boot/vmlinuz-"  # x86: a bzImage; arm64: already the plain Image booti and the EFI stub take
+DTB_PACKAGE_DIR = "usr/lib/linux-image-"  # + <version>/: Debian's device trees (broadcom/bcm2837-rpi-3-b.dtb ...)
+DTB_DIR = "boot/dtb"  # where kernel.tar puts them, as LinuxKit's arm64 kernels do
 KERNEL_PATH = "kernel"
 KERNEL_TAR_PATH = "kernel.tar"
 KERNEL_TAR_EPOCH = 0  # every kernel.tar member's mtime: the bytes depend on the inputs only
@@ -369,12 +371,33 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _kernel_tar_entries(version: str, modules: list[_Chosen], indexes: dict[str, bytes]) -> list[Entry]:
+def choose_dtbs(linux_image: list[Entry], version: str, globs: Sequence[str], what: str) -> list[Entry]:
+    """The device trees the globs (paths under usr/lib/linux-image-<version>/) match, as boot/dtb/ entries.
+    A glob that matches nothing is an error: a board without its device tree does not boot."""
+    if not globs:
+        return []
+    prefix = f"{DTB_PACKAGE_DIR}{version}/"
+    files = {e.path.removeprefix(prefix): e for e in linux_image
+             if e.kind is Kind.FILE and e.path.startswith(prefix) and e.path.endswith((".dtb", ".dtbo"))}
+    chosen: dict[str, Entry] = {}
+    for glob in globs:
+        pattern = compile_module_glob(glob)
+        matched = [p for p in files if pattern.fullmatch(p)]
+        if not matched:
+            raise UserError(f"{what}: no device tree matches {glob!r} under /{prefix}",
+                            hint=f"the package has {len(files)} .dtb files" if files else "it has no device trees")
+        chosen.update((p, files[p]) for p in matched)
+    return [Entry(f"{DTB_DIR}/{p}", Kind.FILE, FILE_MODE, size=e.size, data=e.data) for p, e in sorted(chosen.items())]
+
+
+def _kernel_tar_entries(version: str, modules: list[_Chosen], indexes: dict[str, bytes],
+                        dtbs: Sequence[Entry] = ()) -> list[Entry]:
     """Every member of kernel.tar, parents first, in path order."""
     base = f"{MODULES_DIR}/{version}"
     files = [Entry(f"{base}/{m.info.path}", Kind.FILE, m.mode, size=m.size, data=m.data) for m in modules]
     files += [Entry(f"{base}/{name}", Kind.FILE, FILE_MODE, size=len(data), data=data)
               for name, data in indexes.items()]
+    files += dtbs
     dirs = {parent for e in files for parent in _parents(e.path)}
     entries = [Entry(d, Kind.DIR, DIR_MODE) for d in dirs] + files
     return sorted(entries, key=lambda e: e.path.split("/"))
@@ -412,12 +435,12 @@ def _write_kernel_tar(entries: list[Entry], workdir: Path) -> Entry:
 
 
 def kernel_package_entries(linux_image: list[Entry], version: str, module_globs: list[str], label: str,
-                           workdir: Path) -> list[Entry]:
+                           workdir: Path, dtb_globs: Sequence[str] = ()) -> list[Entry]:
     """The image-root entries `kernel` (the bzImage) and `kernel.tar` (the chosen modules and their
     index files, written to `workdir` under its content hash) of a linux-image package.
 
     `linux_image`: the package's files; `module_globs`: paths under lib/modules/<version>/;
-    `label` names the package in errors.
+    `label` names the package in errors; `dtb_globs` choose device trees for kernel.tar's boot/dtb/.
     """
     bzimage, modules_files = _package_files(linux_image, version, label)
     order = read_data(modules_files[ORDER_FILE].data) if ORDER_FILE in modules_files else b""
@@ -431,4 +454,5 @@ def kernel_package_entries(linux_image: list[Entry], version: str, module_globs:
         "modules.softdep": modules_softdep(infos),
     }
     kernel = Entry(KERNEL_PATH, Kind.FILE, FILE_MODE, size=bzimage.size, data=bzimage.data)
-    return [kernel, _write_kernel_tar(_kernel_tar_entries(version, chosen, indexes), workdir)]
+    dtbs = choose_dtbs(linux_image, version, dtb_globs, label)
+    return [kernel, _write_kernel_tar(_kernel_tar_entries(version, chosen, indexes, dtbs), workdir)]

@@ -46,6 +46,7 @@ PLATFORM_EFI = 0xEF
 ISOLINUX_LOAD_SECTORS = 4
 MAX_LOAD_SECTORS = 0xFFFF  # El Torito 1.0 §2.2: the sector count is 16 bits
 FILE_MODE = 0o100444  # Rock Ridge PX: read-only regular file
+S_IFDIR, S_IFREG, S_IFLNK = 0o040000, 0o100000, 0o120000
 # pycdlib modules that read the clock (pycdlib.utils only uses time.gmtime, which is fine).
 _CLOCK_MODULES = ("pycdlib.pycdlib", "pycdlib.headervd", "pycdlib.dates")
 _clock_lock = threading.Lock()
@@ -95,26 +96,44 @@ def iso9660_component(name: str, is_dir: bool) -> str:
     return f"{stem}.{ext};1"
 
 
+def _numbered(identifier: str, n: int) -> str:
+    """`identifier` (a directory name or `STEM.EXT;1`) with its stem's end replaced by the number `n`."""
+    number = str(n)
+    if ";" not in identifier:
+        return identifier[: MAX_DIR_ID - len(number)] + number
+    stem, _, ext = identifier[:-2].rpartition(".")
+    return f"{stem[: MAX_FILE_ID - 1 - len(ext) - len(number)]}{number}.{ext};1"
+
+
 class IsoImage:
     """An ISO being put together, as a context manager; `write()` it once before the block ends.
 
     Every date in it is `epoch` (UTC); `seed` (a digest of the contents) gives the MBR id and GUIDs.
+    `joliet`: also a Joliet tree (names up to 64 characters). `mangle`: two names that map to one ISO 9660
+    identifier get numbered identifiers (as genisoimage does; Rock Ridge keeps the real names) instead of
+    being an error.
     """
 
-    def __init__(self, *, volume_id: str, epoch: int, seed: bytes) -> None:
+    def __init__(self, *, volume_id: str, epoch: int, seed: bytes, joliet: bool = True, mangle: bool = False) -> None:
         self._seed = seed
+        self._joliet = joliet
+        self._mangle = mangle
         self._open = contextlib.ExitStack()
         self._open.enter_context(fixed_clock(epoch))
         try:
             self._iso = pycdlib.PyCdlib()
             self._iso.new(interchange_level=ISO_LEVEL, vol_ident=volume_id, app_ident_str=APPLICATION_ID,
-                          joliet=3, rock_ridge=ROCK_RIDGE_VERSION)
+                          joliet=3 if joliet else None, rock_ridge=ROCK_RIDGE_VERSION)
         except BaseException:
             self._open.close()
             raise
         self._open.callback(self._iso.close)
         self._dirs: dict[str, str] = {"": "/"}  # medium path -> ISO 9660 path
         self._files: dict[str, str] = {}
+        self._taken: dict[str, str] = {"/": ""}  # ISO 9660 path -> medium path
+        # medium path -> (uid, gid, mode bits to set or None, file type bits to set or None), applied by write():
+        # looking a record up makes pycdlib lay out the whole image again, so it is done once, at the end.
+        self._attributes: dict[str, tuple[int, int, int | None, int | None]] = {}
 
     def close(self) -> None:
         self._open.close()
@@ -129,30 +148,83 @@ class IsoImage:
         """The ISO 9660 path of a file or directory added earlier under its medium path."""
         return self._files.get(path) or self._dirs[path]
 
-    def add_directory(self, path: str) -> str:
-        """`path` (e.g. "boot/grub") and its parents; returns its ISO 9660 path."""
+    def _joliet_path(self, path: str) -> str | None:
+        return "/" + path if self._joliet else None
+
+    def add_directory(self, path: str, mode: int | None = None) -> str:
+        """`path` (e.g. "boot/grub") and its parents; returns its ISO 9660 path. `mode`: its permission
+        bits in Rock Ridge (default 0555); a parent implied here gets the default."""
         if path in self._dirs:
             return self._dirs[path]
         parent, name = posixpath.split(path)
         parent_iso = self.add_directory(parent)
-        iso_path = posixpath.join(parent_iso, iso9660_component(name, is_dir=True))
-        self._check_unique(iso_path, path)
-        self._iso.add_directory(iso_path, rr_name=name, joliet_path="/" + path)
+        iso_path = self._claim(parent_iso, iso9660_component(name, is_dir=True), path)
+        self._iso.add_directory(iso_path, rr_name=name, joliet_path=self._joliet_path(path),
+                                file_mode=None if mode is None else S_IFDIR | mode)
         self._dirs[path] = iso_path
         return iso_path
 
-    def add_file(self, path: str, data: Path | Data) -> str:
+    def add_file(self, path: str, data: Path | Data, mode: int | None = None) -> str:
         """A file at medium path `path` (parents implied) from a host file, bytes or a FileRegion;
-        file contents are read only when the image is written."""
+        file contents are read only when the image is written. `mode`: permission bits (default 0444)."""
         parent, name = posixpath.split(path)
-        iso_path = posixpath.join(self.add_directory(parent), iso9660_component(name, is_dir=False))
-        self._check_unique(iso_path, path)
+        iso_path = self._claim(self.add_directory(parent), iso9660_component(name, is_dir=False), path)
+        file_mode = FILE_MODE if mode is None else S_IFREG | mode
         if isinstance(data, Path):
-            self._iso.add_file(str(data), iso_path, rr_name=name, joliet_path="/" + path, file_mode=FILE_MODE)
+            self._iso.add_file(str(data), iso_path, rr_name=name, joliet_path=self._joliet_path(path),
+                               file_mode=file_mode)
         else:
             source, length = self._source(data)
-            self._iso.add_fp(source, length, iso_path, rr_name=name, joliet_path="/" + path, file_mode=FILE_MODE)
+            self._iso.add_fp(source, length, iso_path, rr_name=name, joliet_path=self._joliet_path(path),
+                             file_mode=file_mode)
         self._files[path] = iso_path
+        return iso_path
+
+    def add_symlink(self, path: str, target: str) -> str:
+        """A Rock Ridge symbolic link at medium path `path` to `target` (written as given)."""
+        parent, name = posixpath.split(path)
+        iso_path = self._claim(self.add_directory(parent), iso9660_component(name, is_dir=False), path)
+        self._iso.add_symlink(iso_path, rr_symlink_name=name, rr_path=target,
+                              joliet_path=self._joliet_path(path))
+        self._files[path] = iso_path
+        self._attributes[path] = (0, 0, 0o777, S_IFLNK)
+        return iso_path
+
+    def set_owner(self, path: str, uid: int, gid: int, mode: int | None = None) -> None:
+        """Rock Ridge owner (and permission bits) of an entry added earlier ("" is the root directory)."""
+        _, _, old_mode, file_type = self._attributes.get(path, (0, 0, None, None))
+        self._attributes[path] = (uid, gid, old_mode if mode is None else mode, file_type)
+
+    def _apply_attributes(self) -> None:
+        for path, (uid, gid, mode, file_type) in self._attributes.items():
+            for px in self._px_records(path):
+                px.posix_user_id, px.posix_group_id = uid, gid
+                if file_type is not None:
+                    px.posix_file_mode = file_type | (px.posix_file_mode & 0o7777)
+                if mode is not None:
+                    px.posix_file_mode = (px.posix_file_mode & ~0o7777) | mode
+
+    def _px_records(self, path: str) -> list[Any]:
+        """The PX records of `path`: its directory record, and a directory's "." record too."""
+        record: Any = self._iso.get_record(iso_path=self.iso_path(path))
+        records = [record, record.children[0]] if record.is_dir() else [record]
+        out = []
+        for rec in records:
+            rock_ridge = rec.rock_ridge
+            if rock_ridge is not None:
+                out.append(rock_ridge.dr_entries.px_record or rock_ridge.ce_entries.px_record)
+        return out
+
+    def _claim(self, parent_iso: str, identifier: str, path: str) -> str:
+        """The ISO 9660 path for medium path `path`: its identifier, numbered on a clash when mangling."""
+        iso_path = posixpath.join(parent_iso, identifier)
+        n = 0
+        while iso_path in self._taken:
+            if not self._mangle:
+                raise ValueError(f"{path} and {self._taken[iso_path]} have the same ISO 9660 name {iso_path}")
+            n += 1
+            iso_path = posixpath.join(parent_iso, _numbered(identifier, n))
+        self._taken[iso_path] = path
         return iso_path
 
     def _source(self, data: Data) -> tuple[BinaryIO, int]:
@@ -160,12 +232,6 @@ class IsoImage:
             return io.BytesIO(data), len(data)
         assert isinstance(data, FileRegion)
         return self._open.enter_context(open_region(data)), data.size
-
-    def _check_unique(self, iso_path: str, path: str) -> None:
-        # Two medium names that map to one ISO 9660 name would silently shadow each other.
-        taken = {**{v: k for k, v in self._dirs.items()}, **{v: k for k, v in self._files.items()}}
-        if iso_path in taken:
-            raise ValueError(f"{path} and {taken[iso_path]} have the same ISO 9660 name {iso_path}")
 
     def add_bios_boot(self, isolinux: str, catalog: str) -> None:
         """El Torito BIOS no-emulation entry for ISOLINUX at medium path `isolinux` (added before)."""
@@ -203,6 +269,7 @@ class IsoImage:
                     part.part_guid = derived_guid(self._seed, f"isohybrid-gpt-partition-{index}")
 
     def write(self, out: BinaryIO) -> None:
+        self._apply_attributes()
         self._iso.write_fp(out)
         hybrid: Any = self._iso.isohybrid_mbr
         if hybrid is not None and hybrid.efi:

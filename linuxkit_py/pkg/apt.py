@@ -7,7 +7,8 @@ resolved to the versioned linux-image-* package it depends on.
 
 apt-cache reads all of apt's package lists on every call (most of a second), so an answer is
 kept in the cache keyed by the state of those lists: it is asked again only after they change.
-`apt-get update` runs only when a package has no known version at all.
+`apt-get update` runs only when a package has no known version at all (or, for a private state of
+another architecture, on its first use). Which apt answers is an AptState (aptstate.py).
 """
 
 from __future__ import annotations
@@ -15,27 +16,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from linuxkit_py.arch import normalize_arch
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output
+from linuxkit_py.pkg.aptstate import AptState, state_fingerprint
 from linuxkit_py.tools import run
 
 log = logging.getLogger(__name__)
 
-RESOLUTION_FORMAT = 1  # bump when what a resolution holds or means changes
+RESOLUTION_FORMAT = 2  # bump when what a resolution holds or means changes
 MAX_LIBRARY_PACKAGES = 256  # a dependency closure larger than this is a mistake, not a package
 LIBRARY_SECTIONS = ("libs", "oldlibs")
 KERNEL_IMAGE_PREFIX = "linux-image-"
 APT_TIMEOUT = 900.0
-# What apt's answers depend on: its configuration, sources, pins, lists and the installed packages.
-APT_STATE_PATHS = ("/etc/apt", "/var/lib/apt/lists", "/var/lib/dpkg/status")
 _NAME_RE = re.compile(r"\s*([a-z0-9][a-z0-9+.-]*)")
 
 
@@ -86,9 +84,7 @@ class UnknownPackages(UserError):
     def __init__(self, names: list[str], arch: str) -> None:
         self.names = names
         self.arch = arch
-        foreign = arch != normalize_arch(None)
-        super().__init__(f"no Debian package {', '.join(names)} for {arch} in apt's package lists",
-                         hint=f"dpkg --add-architecture {arch} && apt-get update" if foreign else None)
+        super().__init__(f"no Debian package {', '.join(names)} for {arch} in apt's package lists")
 
 
 # -- apt-cache ---------------------------------------------------------------------------------
@@ -122,11 +118,11 @@ def parse_records(text: str) -> list[Deb]:
     return debs
 
 
-def show_candidates(names: Sequence[str], arch: str) -> dict[str, Deb]:
+def show_candidates(names: Sequence[str], state: AptState) -> dict[str, Deb]:
     """apt's candidate version of each name that has one (virtual and unknown names are left out)."""
     if not names:
         return {}
-    proc = run(["apt-cache", "show", "--no-all-versions", *(f"{n}:{arch}" for n in names)],
+    proc = run(state.command("apt-cache", "show", "--no-all-versions", *(f"{n}:{state.arch}" for n in names)),
                capture=True, check=False, timeout=APT_TIMEOUT)
     found = {deb.name: deb for deb in parse_records(proc.stdout.decode(errors="replace"))}
     if proc.returncode != 0 and not found and b"No packages found" not in proc.stderr:
@@ -135,13 +131,13 @@ def show_candidates(names: Sequence[str], arch: str) -> dict[str, Deb]:
     return found
 
 
-def dependency_names(names: Sequence[str], arch: str) -> list[str]:
+def dependency_names(names: Sequence[str], state: AptState) -> list[str]:
     """Every package name the dependencies of `names` reach (apt-cache depends --recurse), sorted."""
     if not names:
         return []
     skipped = ["--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces",
                "--no-enhances"]
-    proc = run(["apt-cache", "depends", "--recurse", *skipped, *(f"{n}:{arch}" for n in names)],
+    proc = run(state.command("apt-cache", "depends", "--recurse", *skipped, *(f"{n}:{state.arch}" for n in names)),
                capture=True, check=False, timeout=APT_TIMEOUT)
     found = set()
     for line in proc.stdout.decode(errors="replace").splitlines():
@@ -150,12 +146,15 @@ def dependency_names(names: Sequence[str], arch: str) -> list[str]:
     return sorted(found)
 
 
-def apt_get_update(reason: str) -> None:
-    log.warning("apt-get update (%s)", reason)
+def apt_get_update(reason: str, state: AptState) -> None:
+    where = f" of apt's {state.arch} state in {state.root}" if state.root else ""
+    log.warning("apt-get update%s (%s)", where, reason)
     try:
-        run(["apt-get", "update", "-q"], capture=True, timeout=APT_TIMEOUT)
+        run(state.command("apt-get", "update", "-q"), capture=True, timeout=APT_TIMEOUT)
     except UserError as exc:
-        raise UserError(exc.message, hint="apt-get update needs root: run it, then try again") from exc
+        hint = "check the network and the Debian archive" if state.private else \
+            "apt-get update needs root: run it, then try again"
+        raise UserError(exc.message, hint=hint) from exc
 
 
 # -- resolution ----------------------------------------------------------------------------------
@@ -191,45 +190,27 @@ def _kernel_image(meta: Deb, records: dict[str, Deb]) -> Deb:
     return meta
 
 
-def _resolve_once(packages: Sequence[str], arch: str, libraries: bool, kernel: str | None) -> Resolution:
+def _resolve_once(packages: Sequence[str], state: AptState, libraries: bool, kernel: str | None) -> Resolution:
     roots = list(dict.fromkeys([*packages, *([kernel] if kernel else [])]))
     names = roots
     if (libraries and packages) or kernel:
-        names = sorted({*roots, *dependency_names(roots, arch)})
-    records = show_candidates(names, arch)
+        names = sorted({*roots, *dependency_names(roots, state)})
+    records = show_candidates(names, state)
     missing = [name for name in roots if name not in records]
     if missing:
-        raise UnknownPackages(missing, arch)
+        raise UnknownPackages(missing, state.arch)
     chosen = [records[name] for name in packages]
     return Resolution(
-        arch=arch,
+        arch=state.arch,
         packages=tuple(chosen),
         libraries=tuple(_library_closure(chosen, records)) if libraries else (),
         kernel=_kernel_image(records[kernel], records) if kernel else None,
     )
 
 
-def apt_state() -> str:
-    """A fingerprint of everything apt's answers depend on (file names, sizes and mtimes)."""
-    items = [os.environ.get("APT_CONFIG", "")]
-    for top in APT_STATE_PATHS:
-        for root, dirs, files in os.walk(top):
-            dirs[:] = sorted(d for d in dirs if d != "partial")
-            for name in sorted([*files, *dirs]):
-                path = os.path.join(root, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                items.append(f"{path}\0{st.st_size}\0{st.st_mtime_ns}")
-        if os.path.isfile(top):
-            st = os.stat(top)
-            items.append(f"{top}\0{st.st_size}\0{st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(items).encode()).hexdigest()
-
-
-def _memo_path(memo_dir: Path, packages: Sequence[str], arch: str, libraries: bool, kernel: str | None) -> Path:
-    key = json.dumps([RESOLUTION_FORMAT, apt_state(), list(packages), arch, libraries, kernel])
+def _memo_path(memo_dir: Path, packages: Sequence[str], state: AptState, libraries: bool,
+               kernel: str | None) -> Path:
+    key = json.dumps([RESOLUTION_FORMAT, state_fingerprint(state), list(packages), state.arch, libraries, kernel])
     return memo_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
@@ -258,31 +239,34 @@ def _save_memo(path: Path, resolution: Resolution) -> None:
         log.debug("not keeping the resolution: %s", exc)
 
 
-def resolve(packages: Sequence[str], arch: str, *, libraries: bool, kernel: str | None = None,
+def resolve(packages: Sequence[str], state: AptState, *, libraries: bool, kernel: str | None = None,
             memo_dir: Path | None = None, refresh: bool = False) -> Resolution:
-    """The Debian packages of a definition for `arch` (Debian's name: amd64, arm64, riscv64).
+    """The Debian packages of a definition for `state.arch` (Debian's name: amd64, arm64, riscv64).
 
     Raises UnknownPackages when apt knows no version of a name even after `apt-get update`.
     `refresh` runs `apt-get update` first (after a download failed: the lists are stale).
     """
     if refresh:
-        apt_get_update("a package could not be downloaded")
-    memo = _memo_path(memo_dir, packages, arch, libraries, kernel) if memo_dir else None
+        apt_get_update("a package could not be downloaded", state)
+    memo = _memo_path(memo_dir, packages, state, libraries, kernel) if memo_dir else None
     if memo is not None and (known := _load_memo(memo)) is not None:
         return known
+    if not state.has_lists():
+        apt_get_update("its first use", state)
+        memo = _memo_path(memo_dir, packages, state, libraries, kernel) if memo_dir else None
     try:
-        resolution = _resolve_once(packages, arch, libraries, kernel)
+        resolution = _resolve_once(packages, state, libraries, kernel)
     except UnknownPackages as exc:
         if refresh:
             raise
         try:
-            apt_get_update(f"apt knows no version of {', '.join(exc.names)}")
+            apt_get_update(f"apt knows no version of {', '.join(exc.names)}", state)
         except UserError as failed:
             log.warning("%s", failed)
             raise exc from None  # the unknown name is the news; the failed update only a detail
-        resolution = _resolve_once(packages, arch, libraries, kernel)
+        resolution = _resolve_once(packages, state, libraries, kernel)
         if memo_dir:
-            memo = _memo_path(memo_dir, packages, arch, libraries, kernel)  # the lists changed
+            memo = _memo_path(memo_dir, packages, state, libraries, kernel)  # the lists changed
     if memo is not None:
         _save_memo(memo, resolution)
     return resolution

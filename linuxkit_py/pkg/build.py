@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from linuxkit_py.arch import host_arch, normalize_arch
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.archive.tree import Tree, parent_dirs
 from linuxkit_py.cache.image import Image, load_cached_image
@@ -24,8 +25,10 @@ from linuxkit_py.cache.write import write_image, write_index
 from linuxkit_py.errors import UserError
 from linuxkit_py.kernel import modules as kmod
 from linuxkit_py.kernel.elf import check_elf_files
-from linuxkit_py.pkg import apt
+from linuxkit_py.pkg import apt, linuxkit_pkg
 from linuxkit_py.pkg.apt import Deb, Resolution, UnknownPackages
+from linuxkit_py.pkg.aptstate import AptState, apt_state_for
+from linuxkit_py.pkg.archdirs import package_directory_for
 from linuxkit_py.pkg.debs import deb_entries, download_debs, resolution_dir
 from linuxkit_py.pkg.definition import LABEL_CONFIG, Definition, load_definition
 from linuxkit_py.pkg.selection import select_entries
@@ -98,10 +101,14 @@ def package_tag(definition: Definition, resolutions: Iterable[Resolution]) -> st
     return sha.hexdigest()[:TAG_LENGTH]
 
 
+def _apt_state(arch: str, cache: Cache | None) -> AptState:
+    return apt_state_for(arch, cache.derived_dir if cache else None)
+
+
 def _resolve(definition: Definition, arch: str, cache: Cache | None, refresh: bool) -> Resolution:
     kernel = definition.kernel.package if definition.kernel else None
     try:
-        return apt.resolve(definition.packages, arch, libraries=definition.libraries, kernel=kernel,
+        return apt.resolve(definition.packages, _apt_state(arch, cache), libraries=definition.libraries, kernel=kernel,
                            memo_dir=resolution_dir(cache) if cache else None, refresh=refresh)
     except UnknownPackages as exc:
         name = exc.names[0]
@@ -110,10 +117,28 @@ def _resolve(definition: Definition, arch: str, cache: Cache | None, refresh: bo
         raise definition.error(where, f"apt knows no Debian package {quoted(name)} for {arch}", exc.hint) from None
 
 
-def plan_package(directory: str | Path, cache: Cache | None = None, refresh: bool = False) -> PackagePlan:
-    """Load DIR/build.yml and resolve its packages (no download); `cache` keeps apt's answers."""
+def chosen_arches(definition: Definition, arches: Sequence[str] | None) -> tuple[str, ...]:
+    """The architectures to build: `arches` (any spelling), or the host's; each must be in build.yml's."""
+    wanted = tuple(dict.fromkeys(normalize_arch(a) for a in arches)) if arches else (host_arch(),)
+    for arch in wanted:
+        if arch not in definition.arches:
+            raise UserError(f"package {definition.file.parent} has no image for {arch}",
+                            hint=f"its build.yml lists arches: {', '.join(definition.arches)}")
+    return wanted
+
+
+def plan_package(directory: str | Path, cache: Cache | None = None, refresh: bool = False,
+                 arches: Sequence[str] | None = None) -> PackagePlan:
+    """Load DIR/build.yml and resolve its packages for `arches` (default: the host's; no download).
+
+    `cache` keeps apt's answers (and the private apt state of a foreign architecture). The tag hashes
+    the chosen architectures' packages, so each architecture (and each set of them) has its own tag.
+    """
+    if (linuxkit_package := linuxkit_pkg.find_linuxkit_package(directory)) is not None:
+        raise linuxkit_pkg.cannot_build(linuxkit_package)  # pulled by @pkg:, never built here
+    directory = package_directory_for(directory, [normalize_arch(a) for a in arches or [host_arch()]])
     definition = load_definition(directory)
-    resolutions = tuple(_resolve(definition, arch, cache, refresh) for arch in definition.arches)
+    resolutions = tuple(_resolve(definition, arch, cache, refresh) for arch in chosen_arches(definition, arches))
     return PackagePlan(definition, resolutions, package_tag(definition, resolutions))
 
 
@@ -150,7 +175,8 @@ def _add_kernel(a: _Assembly) -> None:
     linux_image = deb_entries(a.cache, a.debs[deb])
     a.kernel_version = kmod.kernel_version(linux_image)
     entries = kmod.kernel_package_entries(linux_image, a.kernel_version, list(a.definition.kernel.modules),
-                                          deb.file_name, workdir=a.cache.derived_dir / "kernels")
+                                          deb.file_name, workdir=a.cache.derived_dir / "kernels",
+                                          dtb_globs=list(a.definition.kernel.dtbs))
     for entry in entries:
         a.tree.add(entry)
     a.used_debs.append(deb)
@@ -230,14 +256,14 @@ def _build_image(cache: Cache, plan: PackagePlan, resolution: Resolution, debs: 
 
 
 def _download(cache: Cache, plan: PackagePlan) -> dict[str, dict[Deb, Path]]:
-    return {r.arch: download_debs(cache, r.all_debs, r.arch) for r in plan.resolutions}
+    return {r.arch: download_debs(cache, r.all_debs, _apt_state(r.arch, cache)) for r in plan.resolutions}
 
 
 def _cached_digest(cache: Cache, plan: PackagePlan) -> str | None:
     descriptor = cache.get_ref(plan.ref)
     if descriptor is None:
         return None
-    for arch in plan.definition.arches:
+    for arch in (r.arch for r in plan.resolutions):
         try:
             if load_cached_image(cache, plan.ref, arch) is None:
                 return None
@@ -246,9 +272,11 @@ def _cached_digest(cache: Cache, plan: PackagePlan) -> str | None:
     return str(descriptor["digest"])
 
 
-def build_package(cache: Cache, directory: str | Path, *, force: bool = False) -> BuiltPackage:
-    """Build DIR's image into the cache (unless it is already there under its tag, or `force`)."""
-    plan = plan_package(directory, cache)
+def build_package(cache: Cache, directory: str | Path, *, force: bool = False,
+                  arches: Sequence[str] | None = None) -> BuiltPackage:
+    """Build DIR's image for `arches` (default: the host's) into the cache (unless it is already there
+    under its tag, or `force`); several architectures make one OCI index."""
+    plan = plan_package(directory, cache, arches=arches)
     if not force and (digest := _cached_digest(cache, plan)) is not None:
         log.info("%s is already in the cache", plan.ref)
         return BuiltPackage(plan, digest, built=False)
@@ -257,7 +285,7 @@ def build_package(cache: Cache, directory: str | Path, *, force: bool = False) -
     except UserError as failed:
         # The versions apt's lists name may have left the archive: refresh the lists and try again.
         try:
-            plan = plan_package(directory, cache, refresh=True)
+            plan = plan_package(directory, cache, refresh=True, arches=arches)
         except UserError:
             raise failed from None
         debs = _download(cache, plan)
@@ -267,18 +295,33 @@ def build_package(cache: Cache, directory: str | Path, *, force: bool = False) -
     return BuiltPackage(plan, digest, built=True)
 
 
-# -- `@pkg:` references in specs -----------------------------------------------------------------
+# -- `@pkg:` references in specs, `pkg show-tag` ----------------------------------------------------
+
+def package_name(directory: str | Path, cache: Cache | None = None, arches: Sequence[str] | None = None,
+                 options: linuxkit_pkg.TagOptions | None = None) -> str:
+    """What `pkg show-tag DIR` prints: `linuxkit-py/runc:<tag>` for ours, LinuxKit's `ORG/IMAGE:TAG` (computed
+    with `options`, pkg show-tag's flags) for a LinuxKit package."""
+    package = linuxkit_pkg.find_linuxkit_package(directory)
+    if package is not None:
+        return linuxkit_pkg.package_tag(package, options)
+    return plan_package(directory, cache, arches=arches).name
+
 
 class PackageRefs:
     """The `@pkg:DIR` references of a spec: each DIR's image reference, and which DIR each came from."""
 
-    def __init__(self, cache: Cache | None = None) -> None:
+    def __init__(self, cache: Cache | None = None, arch: str | None = None) -> None:
         self.cache = cache
+        self.arch = normalize_arch(arch)
         self.directories: dict[str, Path] = {}  # normalised ref -> package directory
 
     def reference(self, directory: Path) -> str:
-        """The normalised reference of DIR's image (its build.yml read, its packages resolved)."""
-        ref = plan_package(directory, self.cache).ref
+        """The normalised reference of DIR's image for the build's arch (build.yml read, packages resolved,
+        the directory recorded to be built); a LinuxKit package's ORG/IMAGE:<git tree hash>, pulled like any image."""
+        package = linuxkit_pkg.find_linuxkit_package(directory)
+        if package is not None:
+            return normalize_reference(linuxkit_pkg.expand_reference(linuxkit_pkg.package_tag(package)))
+        ref = plan_package(directory, self.cache, arches=[self.arch]).ref
         self.directories.setdefault(ref, directory)
         return ref
 
@@ -289,10 +332,7 @@ class PackageRefs:
             image = load_cached_image(cache, ref, arch)
             if image is None:
                 log.warning("building package %s", directory)
-                built = build_package(cache, directory)
-                if arch not in built.plan.definition.arches:
-                    raise UserError(f"package {directory} has no image for {arch}",
-                                    hint=f"its build.yml lists arches: {', '.join(built.plan.definition.arches)}")
+                built = build_package(cache, directory, arches=[arch])
                 image = load_cached_image(cache, built.plan.ref, arch)
                 if image is None:
                     raise UserError(f"package {directory}: {built.plan.ref} is not in the cache after its build")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from linuxkit_py.pkg.linuxkit_pkg import TagOptions
 
 log = logging.getLogger("linuxkit_py")
 
@@ -25,29 +29,63 @@ def add_pkg_parser(subparsers: Any) -> None:
                        help="extra CA certificate(s) to trust for registries")
     show = sub.add_parser("show-tag", help="print each package's image name and tag (downloads nothing)")
     show.add_argument("dirs", nargs="+", metavar="DIR", help="package directory holding build.yml")
+    _add_show_tag_options(show)
     for parser in (build, show):
+        parser.add_argument("--arch", action="append", default=[], metavar="ARCH[,ARCH]",
+                            help="architecture(s) to build for: amd64, arm64 (repeatable or comma-separated; "
+                                 "default: the host's); several make one multi-platform image (an OCI index). "
+                                 "Another architecture's Debian packages come through a private apt state in "
+                                 "the cache: no setup on the host")
+        parser.add_argument("--platforms", dest="arch", action="append", metavar="linux/ARCH[,linux/ARCH]",
+                            help="LinuxKit's spelling of --arch")
         parser.add_argument("--cache", type=Path, default=None,
                             help="cache directory (default: $LINUXKIT_CACHE or ~/.cache/linuxkit-py); "
                                  "Debian packages are kept in its linuxkit-py/debs/")
 
 
+def _add_show_tag_options(show: argparse.ArgumentParser) -> None:
+    """LinuxKit's `pkg show-tag` flags; all but --canonical apply to LinuxKit packages only (docs/packages.md)."""
+    show.add_argument("--canonical", action="store_true", help="print the canonical name, e.g. "
+                      "docker.io/linuxkit/foo:1234 rather than linuxkit/foo:1234")
+    show.add_argument("--org", help="LinuxKit packages: override build.yml's org (default: $LINUXKIT_PKG_ORG)")
+    show.add_argument("--hash", default="", help="LinuxKit packages: use this hash instead of git's")
+    show.add_argument("--tag", default="", help="LinuxKit packages: tag template (default: build.yml's tag, "
+                      "else {{.Hash}})")
+    show.add_argument("--hash-commit", default="HEAD", help="LinuxKit packages: the commit to hash")
+    show.add_argument("--hash-path", help="LinuxKit packages: hash this directory (a prefix of DIR) instead")
+    show.add_argument("--force-dirty", action="store_true", help="LinuxKit packages: as if the tree were modified")
+    show.add_argument("--dev", action="store_true", help="LinuxKit packages: org $USER, hash dev")
+
+
+def _tag_options(args: argparse.Namespace) -> TagOptions:
+    from linuxkit_py.pkg.linuxkit_pkg import ORG_ENV, TagOptions
+
+    return TagOptions(org=args.org or os.environ.get(ORG_ENV) or None, hash=args.hash, tag=args.tag,
+                      hash_commit=args.hash_commit, hash_path=args.hash_path, force_dirty=args.force_dirty,
+                      dev=args.dev)
+
+
 def run_pkg_command(args: argparse.Namespace) -> int:
     """Run a parsed `pkg` command; UserErrors propagate to the caller (one line, exit 1)."""
     from linuxkit_py.cache.layout import Cache, default_cache_dir
-    from linuxkit_py.pkg.build import build_package, plan_package
+    from linuxkit_py.pkg.build import build_package, package_name
     from linuxkit_py.registry.client import RegistryOptions
     from linuxkit_py.registry.push import push_image, registry_destination
 
     cache = Cache(args.cache or default_cache_dir())
+    arches = [a.strip().removeprefix("linux/") for text in args.arch for a in text.split(",") if a.strip()] or None
     if args.pkg_command == "show-tag":
-        for directory in args.dirs:
-            print(plan_package(directory, cache).name, flush=True)
+        from linuxkit_py.pkg.linuxkit_pkg import expand_reference
+
+        names = [package_name(directory, cache, arches, _tag_options(args)) for directory in args.dirs]
+        for name in names:  # any error stops the run before anything is printed, as LinuxKit
+            print(expand_reference(name) if args.canonical else name, flush=True)
         return 0
     if args.push:  # a bad REGISTRY fails before anything is built
         registry_destination(args.push, "linuxkit-py/check")
         options = RegistryOptions(insecure=frozenset(args.insecure_registry), ca_files=tuple(args.cert_file))
     for directory in args.dirs:
-        built = build_package(cache, directory, force=args.force)
+        built = build_package(cache, directory, force=args.force, arches=arches)
         if built.built:
             log.warning("built %s %s", built.plan.ref, built.digest)
         else:

@@ -34,6 +34,7 @@ from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output
 from linuxkit_py.pkg.apt import APT_TIMEOUT, Deb
+from linuxkit_py.pkg.aptstate import AptState
 from linuxkit_py.tools import run
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _verify(path: Path, deb: Deb) -> None:
             raise UserError(f"{path.name}: its sha256 is not the one apt's index gives")
 
 
-def download_debs(cache: Cache, debs: Sequence[Deb], arch: str) -> dict[Deb, Path]:
+def download_debs(cache: Cache, debs: Sequence[Deb], state: AptState) -> dict[Deb, Path]:
     """The .deb file of each package, downloading (in one apt-get call) those the cache lacks."""
     directory = debs_dir(cache)
     paths = {deb: directory / deb.file_name for deb in debs}
@@ -88,7 +89,7 @@ def download_debs(cache: Cache, debs: Sequence[Deb], arch: str) -> dict[Deb, Pat
         raise UserError(f"cannot write to the cache directory {directory}: {exc.strerror}") from exc
     try:
         log.warning("downloading %d Debian package(s): %s", len(missing), " ".join(d.pin for d in missing))
-        run(["apt-get", "download", "-q", *(f"{d.name}:{arch}={d.version}" for d in missing)],
+        run(state.command("apt-get", "download", "-q", *(f"{d.name}:{state.arch}={d.version}" for d in missing)),
             capture=True, cwd=work, timeout=APT_TIMEOUT)
         for deb in missing:
             got = work / deb.file_name

@@ -52,6 +52,7 @@ class FileSpec:
 class KernelSpec:
     package: str
     modules: tuple[str, ...]
+    dtbs: tuple[str, ...] = ()  # globs under usr/lib/linux-image-<version>/ (device trees, into boot/dtb/)
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ def _label_problem(detail: str) -> tuple[tuple[str | int, ...], str]:
     return (), detail
 
 
-def _config(doc: Document, image: str) -> dict[str, Any] | None:
+def check_config(doc: Document, image: str) -> dict[str, Any] | None:
+    """build.yml's `config:` (the org.mobyproject.config label), its problems located in build.yml."""
     config = doc.data.get("config")
     if config is None:
         return None
@@ -200,8 +202,8 @@ def _strings(doc: Document, key: str) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
 
-def load_definition(directory: str | Path) -> Definition:
-    """Read and check DIR/build.yml; a mistake is a SpecError at its line and column."""
+def read_build_file(directory: str | Path) -> tuple[bytes, Document]:
+    """DIR/build.yml's bytes and its YAML with positions (of either format: ours or LinuxKit's)."""
     directory = Path(directory)
     file = directory / BUILD_FILE
     try:
@@ -224,6 +226,14 @@ def load_definition(directory: str | Path) -> Definition:
             raise SpecError(exc.file, exc.line, exc.column,
                             f"build.yml must be a mapping (image:, packages:, ...), got {got}") from None
         raise
+    return raw, doc
+
+
+def load_definition(directory: str | Path) -> Definition:
+    """Read and check DIR/build.yml; a mistake is a SpecError at its line and column."""
+    directory = Path(directory)
+    file = directory / BUILD_FILE
+    raw, doc = read_build_file(directory)
     validate_document(doc, load_schema())
     data = doc.data
     image = _image_name(doc, data["image"])
@@ -243,11 +253,11 @@ def load_definition(directory: str | Path) -> Definition:
         files=tuple(_file_spec(doc, directory, i, item) for i, item in enumerate(data.get("files") or [])),
         directories=_directories(doc),
         symlinks=_symlinks(doc),
-        config=_config(doc, image),
+        config=check_config(doc, image),
         entrypoint=_strings(doc, "entrypoint"),
         cmd=_strings(doc, "cmd"),
         env=_strings(doc, "env"),
         workdir=data.get("workdir"),
         kernel=KernelSpec(_package_name(doc, "kernel/package", kernel["package"]),
-                          tuple(kernel.get("modules") or [])) if kernel else None,
+                          tuple(kernel.get("modules") or []), tuple(kernel.get("dtbs") or [])) if kernel else None,
     )

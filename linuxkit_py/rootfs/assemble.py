@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
@@ -40,6 +40,8 @@ class Assembly:
     images: dict[str, Image]
     cache: Cache
     metadata: Callable[[str], bytes]  # `files: metadata: yaml|json` -> document bytes
+    # location ("kernel", "init[0]", ...) -> entries copied as they are instead of built (rootfs/reuse.py)
+    reused: dict[str, list[Entry]] = field(default_factory=dict)
 
 
 def assemble(a: Assembly) -> list[Entry]:
@@ -80,7 +82,18 @@ def _add_prefix_dirs(tree: Tree, prefix: str, source: str, location: str) -> Non
 
 
 # -- kernel -----------------------------------------------------------------------------------------
+def _add_reused(tree: Tree, a: Assembly, location: str) -> bool:
+    """Add the entries `--input-tar` supplies for `location`; False when it supplies none."""
+    if location not in a.reused:
+        return False
+    for e in a.reused[location]:
+        tree.add(e)
+    return True
+
+
 def _add_kernel(tree: Tree, a: Assembly) -> None:
+    if _add_reused(tree, a, "kernel"):
+        return
     k = a.spec.kernel
     ref = k["image"]
     binary = k.get("binary") or "kernel"
@@ -120,11 +133,15 @@ def _add_init(tree: Tree, a: Assembly) -> None:
     apk_dbs: list[bytes] = []
     for i, ref in enumerate(a.spec.init):
         location = f"init[{i}]"
+        if _add_reused(tree, a, location):
+            continue
         entries = filter_image(_flat(a, ref), ref, location, RESOLV_SYMLINK)
         for e in entries:
             if e.path == APK_DB and e.kind == Kind.FILE:
                 apk_dbs.append(_read_small(e))
             tree.add(e)
+    if _add_reused(tree, a, "init"):
+        return
     if len(apk_dbs) > 1:
         # The union of the init images' apk databases, as LinuxKit writes it (each followed by a blank line).
         data = b"".join(db + b"\n\n" for db in apk_dbs)
@@ -141,6 +158,8 @@ def _read_small(entry: Entry) -> bytes:
 def _add_volumes(tree: Tree, a: Assembly) -> None:
     for i, vol in enumerate(a.spec.volumes):
         location = f"volume[{i}]"
+        if _add_reused(tree, a, location):
+            continue
         base = f"containers/volumes/{vol['name']}"
         ref = vol.get("image")
         _add_prefix_dirs(tree, f"{base}/lower", ref or "empty", location)
@@ -198,6 +217,8 @@ def _add_containers(tree: Tree, a: Assembly) -> None:
         for i, entry in enumerate(getattr(a.spec, section)):
             ref = entry["image"]
             location = f"{section}[{i}]"
+            if _add_reused(tree, a, location):
+                continue
             image = a.images[ref]
             raw_label = image.moby_config_label()
             label = validate_label(raw_label, ref) if raw_label is not None else None

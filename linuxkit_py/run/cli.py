@@ -1,8 +1,9 @@
-"""`linuxkit-py run [qemu] PATH`: boot a build output in qemu, like `linuxkit run qemu`.
+"""`linuxkit-py run [qemu] [options] PATH`: boot a build output in qemu, like `linuxkit run qemu`.
 
 Interactive when stdin is a terminal (the serial console on it, Ctrl-A X quits); otherwise, or with
 --timeout/--until, the console is copied to stdout and the exit status says how the guest ended:
 0 when qemu exited 0 (or --until matched), 124 when --timeout stopped it, 1 otherwise.
+With --detached, the same run goes on in the background (console to a log file) and its pid is printed.
 """
 
 from __future__ import annotations
@@ -12,23 +13,38 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from linuxkit_py.arch import normalize_arch
 from linuxkit_py.errors import UserError
 from linuxkit_py.run.disks import DISK_SYNTAX, name_unnamed_disks, parse_disk
-from linuxkit_py.run.image import BootImage, detect_image
+from linuxkit_py.run.image import BootImage, detect_image, forced_image
 from linuxkit_py.run.kvm import ACCELERATORS
 from linuxkit_py.run.qemu import NETWORKING, BootResult, QemuOptions, boot_image, run_interactive
+from linuxkit_py.tools import start
 
 log = logging.getLogger(__name__)
 
 BACKEND = "qemu"
 TIMEOUT_STATUS = 124  # as timeout(1)
 STATE_SUFFIX = "-state"
+DETACHED_CONSOLE = "console.log"  # in the state directory, unless --console-log names a file
+DETACHED_STDERR = "run.log"
+DETACHED_PID = "run.pid"
+
+# LinuxKit `run qemu` flags linuxkit-py declines, each with the reason given when one is used (docs/run.md).
+NOT_SUPPORTED = {
+    "gui": ("--gui", "guests run headless; their console is the serial console on this terminal"),
+    "virtiofs": ("--virtiofs", "no virtiofsd shares; attach a --disk or put the files in the image with files:"),
+    "virtiofsd": ("--virtiofsd", "no virtiofsd shares; attach a --disk or put the files in the image with files:"),
+    "usb": ("--usb", "no USB controller; disks and the network are virtio"),
+    "device": ("--device", "qemu -device options are not passed through"),
+}
 
 
 def _seconds(text: str) -> float:
@@ -44,10 +60,11 @@ def _seconds(text: str) -> float:
 def add_run_parser(subparsers: Any) -> None:
     """Add the `run` verb to the top-level subparsers."""
     p = subparsers.add_parser(
-        "run", help="boot a build output in qemu", usage="%(prog)s [options] [qemu] PATH",
+        "run", help="boot a build output in qemu", usage="%(prog)s [qemu] [options] PATH",
         description="Boot PATH in qemu: a kernel output prefix (PATH-kernel with PATH-initrd.img, "
                     "-squashfs.img or -erofs.img), an .iso, a disk image (.img .raw .qcow2 .vhd .vhdx .vmdk) "
-                    "or a UKI (.efi). -efi in the name implies --uefi.")
+                    "or a UKI (.efi). -efi in the name implies --uefi. Options may come before or after "
+                    "qemu and PATH.")
     p.add_argument("target", nargs="+", metavar="[qemu] PATH", help="the output to boot (qemu is the only backend)")
     p.add_argument("--mem", type=int, default=1024, metavar="MIB", help="memory in MiB (default 1024)")
     p.add_argument("--cpus", type=int, default=1, help="number of CPUs (default 1)")
@@ -56,7 +73,7 @@ def add_run_parser(subparsers: Any) -> None:
     p.add_argument("--disk", action="append", default=[], metavar=DISK_SYNTAX,
                    help="attach a disk, created when missing and a size is given (repeatable)")
     p.add_argument("--state", type=Path, metavar="DIR",
-                   help="directory for disks given only a size (default: PATH-state)")
+                   help="directory for disks given only a size and --detached's files (default: PATH-state)")
     p.add_argument("--publish", action="append", default=[], metavar="HOST:GUEST[/tcp|udp]",
                    help="forward 127.0.0.1:HOST to the guest's port GUEST (repeatable)")
     p.add_argument("--accel", choices=ACCELERATORS, help="default: kvm if it provably works here, else tcg")
@@ -71,6 +88,22 @@ def add_run_parser(subparsers: Any) -> None:
     p.add_argument("--poweroff-on", metavar="TEXT",
                    help="press the guest's ACPI power button as soon as TEXT appears on the console (a clean "
                         "shutdown: onshutdown containers run), then wait for qemu to exit; implies non-interactive")
+    kinds = p.add_mutually_exclusive_group()
+    for kind, help_text in (("kernel", "PATH is a kernel output: PATH-kernel with PATH-initrd.img"),
+                            ("squashfs", "PATH is a kernel output: PATH-kernel with PATH-squashfs.img"),
+                            ("iso", "PATH is an ISO image, whatever its name")):
+        kinds.add_argument(f"--{kind}", dest="forced_kind", action="store_const", const=kind, help=help_text)
+    p.add_argument("--arch", help="the guest's architecture: x86_64/amd64, aarch64/arm64 (default amd64)")
+    p.add_argument("--qemu", metavar="PATH", help="the qemu-system-* binary to run (default: from PATH)")
+    p.add_argument("--detached", action="store_true",
+                   help="run in the background: print the pid (SIGTERM stops the guest); the console goes to "
+                        f"--console-log, else PATH-state/{DETACHED_CONSOLE}")
+    p.add_argument("--gui", action="store_true", help="not supported (LinuxKit: a graphical console)")
+    p.add_argument("--usb", action="store_true", help="not supported (LinuxKit: a USB controller)")
+    p.add_argument("--device", action="append", default=[], help="not supported (LinuxKit: qemu -device VALUE)")
+    p.add_argument("--virtiofs", action="append", default=[], metavar="DIR",
+                   help="not supported (LinuxKit: share DIR through virtiofsd)")
+    p.add_argument("--virtiofsd", metavar="PATH", help="not supported (LinuxKit: the virtiofsd binary)")
 
 
 def _image_path(target: list[str]) -> Path:
@@ -83,8 +116,18 @@ def _image_path(target: list[str]) -> Path:
     raise UserError("run takes one PATH", hint="linuxkit-py run [qemu] PATH")
 
 
+def _refuse_unsupported(args: argparse.Namespace) -> None:
+    for dest, (flag, reason) in NOT_SUPPORTED.items():
+        if getattr(args, dest):
+            raise UserError(f"not supported: {flag}: {reason}")
+
+
+def _state_dir(args: argparse.Namespace, image: BootImage) -> Path:
+    return Path(args.state or image.prefix.with_name(image.prefix.name + STATE_SUFFIX))
+
+
 def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
-    state_dir = args.state or image.prefix.with_name(image.prefix.name + STATE_SUFFIX)
+    state_dir = _state_dir(args, image)
     if args.accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         raise UserError("--accel kvm: /dev/kvm is not usable here", hint="use --accel tcg")
     if image.uefi and not args.uefi:
@@ -99,6 +142,8 @@ def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
         uefi=args.uefi,
         firmware=args.fw,
         networking=args.networking,
+        arch=normalize_arch(args.arch) if args.arch else "amd64",
+        qemu=args.qemu,
     )
 
 
@@ -132,10 +177,31 @@ def _exit_on_termination() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _detach(args: argparse.Namespace, image: BootImage) -> int:
+    """Start this same run in the background (stdin not a terminal: non-interactive) and print its pid."""
+    state = _state_dir(args, image)
+    state.mkdir(parents=True, exist_ok=True)
+    argv = [word for word in args.argv if word != "--detached"]
+    if args.console_log is None:
+        argv += ["--console-log", str(state / DETACHED_CONSOLE)]
+    with open(state / DETACHED_STDERR, "wb") as stderr:
+        proc = start([sys.executable, "-m", "linuxkit_py", *argv], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    (state / DETACHED_PID).write_text(f"{proc.pid}\n")
+    print(proc.pid)
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     """`linuxkit-py run`; returns the exit status."""
-    image = detect_image(_image_path(args.target))
+    _refuse_unsupported(args)
+    path = _image_path(args.target)
+    image = forced_image(path, args.forced_kind) if args.forced_kind else detect_image(path)
     options = _options(args, image)
+    if args.qemu is not None and not (Path(args.qemu).is_file() and os.access(args.qemu, os.X_OK)):
+        raise UserError(f"--qemu {args.qemu}: not an executable file")
+    if args.detached:
+        return _detach(args, image)
     interactive = args.timeout is None and args.until is None and args.poweroff_on is None and sys.stdin.isatty()
     with _exit_on_termination():
         if interactive:

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from linuxkit_py.arch import Arch
 from linuxkit_py.errors import UserError
 from linuxkit_py.tools import install_hint
 
@@ -30,12 +31,19 @@ def _vars_beside(code: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def find_firmware(fw: Path | None = None) -> Firmware:
-    """`fw` (with its VARS file when it is a CODE file), else Debian's OVMF_CODE_4M/OVMF_VARS_4M, else OVMF.fd."""
+def find_firmware(fw: Path | None = None, arch: Arch | None = None) -> Firmware:
+    """`fw` (with its VARS file when it is a CODE file), else Debian's firmware for `arch`: on amd64
+    OVMF_CODE_4M/OVMF_VARS_4M, else OVMF.fd; on arm64 AAVMF_CODE/AAVMF_VARS (qemu-efi-aarch64)."""
     if fw is not None:
         if not fw.is_file():
             raise UserError(f"firmware {fw} not found")
         return Firmware(fw, _vars_beside(fw))
+    if arch is not None and arch.name != "amd64":
+        code, vars_ = Path(arch.uefi_code), Path(arch.uefi_vars)
+        if arch.uefi_code and code.is_file() and vars_.is_file():
+            return Firmware(code, vars_)
+        raise UserError(f"no UEFI firmware for {arch.name}: {code} not found",
+                        hint=install_hint(arch.uefi_package) if arch.uefi_package else None)
     if OVMF_CODE.is_file() and OVMF_VARS.is_file():
         return Firmware(OVMF_CODE, OVMF_VARS)
     if OVMF_BIOS.is_file():

@@ -99,6 +99,27 @@ def _disk_suffixes() -> str:
     return ", ".join(DISK_FORMATS)
 
 
+# LinuxKit's `run qemu --kernel/--squashfs/--iso`: how PATH is read, whatever its name says.
+FORCED_KINDS = {"kernel": "-initrd.img", "squashfs": "-squashfs.img", "iso": ISO_SUFFIX}
+
+
+def forced_image(path: Path, kind: str) -> BootImage:
+    """`path` read as `kind` (a FORCED_KINDS key): a kernel output with that root, or an ISO."""
+    path = Path(path)
+    if kind == "iso":
+        if not path.is_file():
+            raise UserError(f"--iso: {path} is not a file")
+        prefix = path.with_name(path.name.removesuffix(ISO_SUFFIX))
+        return BootImage("iso", prefix, image=path, uefi=UEFI_MARK in path.name.lower())
+    root = FORCED_KINDS[kind]
+    prefix = next((path.with_name(path.name.removesuffix(suffix)) for suffix in KERNEL_OUTPUT_SUFFIXES
+                   if path.is_file() and path.name.endswith(suffix)), path)
+    for needed in (KERNEL_SUFFIX, root):
+        if not _with_suffix(prefix, needed).is_file():
+            raise UserError(f"--{kind}: {_with_suffix(prefix, needed)} not found")
+    return _kernel_output(prefix, named_root=root)
+
+
 def detect_image(path: Path) -> BootImage:
     """The output at `path` (a file or a kernel output prefix), or a UserError saying what was looked for."""
     path = Path(path)

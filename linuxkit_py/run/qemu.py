@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
+from linuxkit_py.arch import Arch, get_arch
 from linuxkit_py.errors import UserError
 from linuxkit_py.run.disks import Disk, as_disk, create_missing_disks
 from linuxkit_py.run.firmware import Firmware, copy_vars, find_firmware
@@ -30,14 +31,12 @@ from linuxkit_py.run.image import BootImage, kernel_image
 from linuxkit_py.run.kvm import choose_accel
 from linuxkit_py.tools import require, start, stop
 
-QEMU = "qemu-system-x86_64"
-SERIAL_CONSOLE = "console=ttyS0"
+QEMU = "qemu-system-x86_64"  # amd64's; QemuOptions.arch chooses (arch.py), QemuOptions.qemu overrides
 PANIC_EXITS = "panic=-1"  # panic -> immediate reboot, which -no-reboot turns into qemu exiting
 ROOT_DEVICE = "/dev/vda"  # kernel+squashfs/erofs: the root image is the first virtio disk
 NETWORKING = ("user", "none")
 NET_ID = "net0"
 CONSOLE_ID = "console"
-UKI_BOOT_PATH = ("EFI", "BOOT", "BOOTX64.EFI")  # where UEFI firmware looks on a removable ESP
 _PUBLISH = re.compile(r"(\d+):(\d+)(?:/(tcp|udp))?")
 
 
@@ -83,12 +82,16 @@ def _has_param(cmdline: str, name: str) -> bool:
     return re.search(rf"(?:^|\s){re.escape(name)}=", cmdline) is not None
 
 
-def kernel_cmdline(cmdline: str, extra_append: str = "", panic_exits: bool = True) -> str:
+def qemu_binary(options: QemuOptions) -> str:
+    return options.qemu or get_arch(options.arch).qemu
+
+
+def kernel_cmdline(cmdline: str, extra_append: str = "", panic_exits: bool = True, console: str = "ttyS0") -> str:
     """The command line qemu passes: `cmdline`, `extra_append`, then a serial console and (with
     `panic_exits`) `panic=-1`, unless the line already chooses a console or a panic timeout."""
     line = " ".join(part for part in (cmdline.strip(), extra_append.strip()) if part)
     if not _has_param(line, "console"):
-        line = f"{line} {SERIAL_CONSOLE}".strip()
+        line = f"{line} console={console}".strip()
     if panic_exits and not _has_param(line, "panic"):
         line = f"{line} {PANIC_EXITS}"
     return line
@@ -120,8 +123,12 @@ def check_options(image: BootImage, options: QemuOptions) -> None:
 
 def _machine_args(options: QemuOptions, accel: str) -> list[str]:
     args = ["-accel", accel]
+    machine = list(get_arch(options.arch).qemu_machine)
     if accel == "kvm":
-        args += ["-cpu", "host"]
+        if "-cpu" in machine:
+            del machine[machine.index("-cpu"):machine.index("-cpu") + 2]
+        machine += ["-cpu", "host"]
+    args += machine
     args += ["-m", str(options.mem), "-smp", str(options.cpus)]
     if not options.reboot:
         args.append("-no-reboot")
@@ -164,7 +171,8 @@ def _kernel_args(image: BootImage, options: QemuOptions) -> list[str]:
         args += ["-initrd", str(image.initrd)]
     elif not _has_param(f"{cmdline} {options.extra_append}", "root"):
         cmdline = f"{cmdline} root={ROOT_DEVICE}"
-    return [*args, "-append", kernel_cmdline(cmdline, options.extra_append, panic_exits=not options.reboot)]
+    return [*args, "-append", kernel_cmdline(cmdline, options.extra_append, panic_exits=not options.reboot,
+                                             console=get_arch(options.arch).console)]
 
 
 def _boot_args(image: BootImage, options: QemuOptions, esp: Path | None) -> list[str]:
@@ -174,8 +182,10 @@ def _boot_args(image: BootImage, options: QemuOptions, esp: Path | None) -> list
         return args
     file = qemu_file_arg(image.image)
     if image.kind == "iso":
-        return ["-drive", f"if=none,id=cd,file={file},format=raw,media=cdrom,readonly=on",
-                "-device", "ide-cd,drive=cd,bootindex=0"]
+        cd = ["-drive", f"if=none,id=cd,file={file},format=raw,media=cdrom,readonly=on"]
+        if get_arch(options.arch).bios:  # a PC has an IDE/AHCI controller; arm's virt has none: virtio-scsi
+            return [*cd, "-device", "ide-cd,drive=cd,bootindex=0"]
+        return [*cd, "-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-cd,bus=scsi0.0,drive=cd,bootindex=0"]
     if image.kind == "uki":
         if esp is None:
             raise ValueError("a UKI boot needs the ESP directory (see prepare_esp)")
@@ -212,7 +222,7 @@ def boot_command(image: BootImage, options: QemuOptions, console: Sequence[str],
     serial_console_args/terminal_console_args, `firmware` from firmware_args (UEFI), `esp` is the
     directory holding a UKI at EFI/BOOT/BOOTX64.EFI (see prepare_esp)."""
     check_options(image, options)
-    return [QEMU, *_machine_args(options, options.accel or "tcg"), *firmware, *console,
+    return [qemu_binary(options), *_machine_args(options, options.accel or "tcg"), *firmware, *console,
             *_boot_args(image, options, esp), *_disk_args(options), *_network_args(options), *RNG_ARGS]
 
 
@@ -229,10 +239,10 @@ def _check_inputs(image: BootImage) -> None:
             raise UserError(f"{what} {path} not found")
 
 
-def prepare_esp(uki: Path, directory: Path) -> Path:
-    """A directory laid out as an EFI system partition that boots `uki`."""
+def prepare_esp(uki: Path, directory: Path, arch: Arch | None = None) -> Path:
+    """A directory laid out as an EFI system partition that boots `uki` (at EFI/BOOT/BOOT<arch>.EFI)."""
     esp = directory / "esp"
-    target = esp.joinpath(*UKI_BOOT_PATH)
+    target = esp / (arch or get_arch("amd64")).efi_boot_path
     target.parent.mkdir(parents=True)
     target.symlink_to(uki.resolve())
     return esp
@@ -244,15 +254,17 @@ def _prepared_command(image: BootImage, options: QemuOptions, console: Sequence[
     variables, the ESP of a UKI) that live until the block ends; yields the qemu argv."""
     check_options(image, options)
     _check_inputs(image)
-    require(QEMU)
+    qemu = qemu_binary(options)
+    require(qemu)
+    arch = get_arch(options.arch)
     uefi = uses_uefi(image, options)
-    firmware = find_firmware(options.firmware) if uefi else None
+    firmware = find_firmware(options.firmware, arch) if uefi else None
     create_missing_disks([as_disk(disk) for disk in options.disks])
-    options = replace(options, accel=choose_accel(options.accel, QEMU))
+    options = replace(options, accel=choose_accel(options.accel, qemu))
     with tempfile.TemporaryDirectory(prefix="linuxkit-py-run-") as tmp:
         run_dir = Path(tmp)
         fw_args = firmware_args(firmware, copy_vars(firmware, run_dir)) if firmware else []
-        esp = prepare_esp(image.image, run_dir) if image.kind == "uki" and image.image else None
+        esp = prepare_esp(image.image, run_dir, arch) if image.kind == "uki" and image.image else None
         yield boot_command(image, options, console, fw_args, esp)
 
 

@@ -35,7 +35,7 @@ from tests.integration.conftest import run_cli
 
 NAME = "minimal"
 SPEC = SPECS / "minimal.yml"
-CMDLINE = "console=ttyS0"  # minimal.yml's
+CMDLINE = "console=ttyS0 console=ttyAMA0"  # minimal.yml's
 MIB = 1 << 20
 GIB = 1 << 30
 FORMATS = ["raw-bios", "raw-efi", "uki", "qcow2-bios", "qcow2-efi", "vhd", "dynamic-vhd", "vmdk", "gcp", "aws"]

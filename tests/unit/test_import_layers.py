@@ -20,14 +20,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli",),
     ("build",),
-    ("pkg", "formats", "run"),
+    ("pkg", "formats", "run", "serve", "completion"),
     ("rootfs",),
     ("spec",),
     ("bundle", "registry"),
     ("cache",),
     ("kernel", "media"),
     ("archive",),
-    ("arch", "fsutil", "tools"),
+    ("arch", "fsutil", "tools", "cliparse"),
     ("errors", "__init__"),
 )
 RANK = {name: depth for depth, layer in enumerate(LAYERS) for name in layer}
