@@ -13,10 +13,11 @@ Two layouts, as LinuxKit recognises them:
 from __future__ import annotations
 
 import bz2
-import io
+import contextlib
 import lzma
 import struct
 import subprocess
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -99,23 +100,35 @@ def _decompressor(compression: str) -> Callable[[bytes], bytes]:
     return zstandard.ZstdDecompressor().decompressobj().decompress
 
 
+def _lz4(source: BinaryIO, payload: Payload, out: BinaryIO, what: str) -> int:
+    proc = start(["lz4", "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    def feed(stdin: BinaryIO) -> None:
+        with contextlib.suppress(BrokenPipeError), stdin:
+            for chunk in _chunks(source, payload):
+                stdin.write(chunk)
+
+    feeder = threading.Thread(target=feed, args=(proc.stdin,), daemon=True)
+    feeder.start()
+    written = 0
+    while chunk := proc.stdout.read(CHUNK):
+        out.write(chunk)
+        written += len(chunk)
+    feeder.join()
+    error = proc.stderr.read().decode(errors="replace").strip().splitlines()
+    if proc.wait() != 0:
+        raise UserError(f"{what}: lz4 could not decompress the kernel: {error[-1] if error else 'failed'}")
+    return written
+
+
 def decompress_kernel(source: BinaryIO, size: int, out: BinaryIO, what: str) -> int:
     """Write the uncompressed kernel of the seekable `source` (`size` bytes) to `out`; returns its size."""
     payload = find_payload(source, size, what)
     written = 0
     try:
         if payload.compression == LZ4:  # no lz4 in Python's standard library: the lz4 tool streams it
-            out.flush()
-            start_at = out.seek(0, io.SEEK_END)
-            proc = start(["lz4", "-dc"], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
-            assert proc.stdin is not None and proc.stderr is not None
-            for chunk in _chunks(source, payload):
-                proc.stdin.write(chunk)
-            proc.stdin.close()
-            error = proc.stderr.read().decode(errors="replace").strip()
-            if proc.wait() != 0:
-                raise UserError(f"{what}: lz4 could not decompress the kernel: {error}")
-            written = out.seek(0, io.SEEK_END) - start_at
+            written = _lz4(source, payload, out, what)
         else:
             decompress = _decompressor(payload.compression)
             for chunk in _chunks(source, payload):

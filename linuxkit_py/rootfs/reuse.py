@@ -5,10 +5,11 @@ from it instead of being built again, so their images need not be pulled or even
 As in LinuxKit, the earlier spec is read from the tar itself, at the path of the new spec's last `files:` entry
 with `metadata:`; without such an entry, or when the tar has no such file, nothing is reused. Sections are
 matched by position, and a section's entries are those whose PAX `LINUXKIT.location` names it (`kernel`,
-`init[0]`, `volume[1]`, `services[2]`, ...). Stricter than LinuxKit, so that the result is what a fresh build
-writes: the kernel is compared as a whole (LinuxKit compares its image only and keeps a stale cmdline), every
-other section as its whole entry; init images whose apk databases were merged are reused all together or not at
-all; and a container image used twice (whose bundles share one copy) is always built again.
+`init[0]`, `volume[1]`, `services[2]`, ...). Stricter than LinuxKit, so that the tar is byte for byte what a
+fresh build writes: the kernel is compared as a whole (LinuxKit compares its image only and keeps a stale
+cmdline), every other section as its whole entry; init images whose apk databases were merged are reused
+together or not at all; a container whose image another container also uses (their bundles share one copy) is
+built again; and so is a section whose own version of a path was overwritten by a later section that changed.
 """
 
 from __future__ import annotations
@@ -51,12 +52,16 @@ def metadata_file(spec: Spec) -> tuple[str, str] | None:
 
 
 def _sections(document: Any) -> dict[str, Any]:
-    """location -> the spec's entry for it, from a metadata document (ours or LinuxKit's)."""
+    """location -> the spec's entry for it, in assembly order, from a metadata document (ours or LinuxKit's)."""
     doc = document if isinstance(document, dict) else {}
     out: dict[str, Any] = {}
     if doc.get("kernel"):
         out["kernel"] = doc["kernel"]
-    for name, key in (("init", "init"), ("volume", "volumes"), *((s, s) for s in SECTIONS)):
+    inits = doc.get("init") or []
+    for i, ref in enumerate(inits):
+        out[f"init[{i}]"] = ref
+    out[APK_LOCATION] = inits
+    for name, key in (("volume", "volumes"), *((s, s) for s in SECTIONS), ("files", "files")):
         for i, entry in enumerate(doc.get(key) or []):
             out[f"{name}[{i}]"] = entry
     return out
@@ -70,8 +75,23 @@ def _unshared(sections: dict[str, Any]) -> set[str]:
     return {loc for loc, ref in containers.items() if counts[ref] == 1}
 
 
+def _runs(entries: list[Entry], order: dict[str, int]) -> list[int]:
+    """For each entry, the section that first added it (as an `order` index), estimated from the tar.
+
+    The tar holds each path once, where the first section that added it put it, with the metadata of the last
+    one: so sections' runs of new paths follow one another in order, and an entry belongs at the latest to the
+    earliest section named by it or by any entry after it.
+    """
+    runs = [0] * len(entries)
+    lowest = len(order)
+    for i in range(len(entries) - 1, -1, -1):
+        lowest = min(lowest, order.get(entries[i].location, len(order)))
+        runs[i] = lowest
+    return runs
+
+
 def reusable_sections(input_tar: Path, spec: Spec, render: Callable[[str], bytes]) -> dict[str, list[Entry]]:
-    """location -> the entries of `input_tar` to copy for it, for each section `spec` leaves unchanged."""
+    """location -> the entries of `input_tar` to add for it, for each section `spec` leaves unchanged."""
     meta = metadata_file(spec)
     if meta is None:
         log.info("--input-tar: the spec has no files: entry with metadata:, so nothing is reused")
@@ -87,22 +107,28 @@ def reusable_sections(input_tar: Path, spec: Spec, render: Callable[[str], bytes
     except yaml.YAMLError as exc:
         raise UserError(f"--input-tar {input_tar}: invalid config in {path}: {exc}") from None
     new = _sections(yaml.safe_load(render(kind)))
-    by_location: dict[str, list[Entry]] = {}
-    for e in entries:
-        by_location.setdefault(e.location, []).append(e)
-    unshared = _unshared(old) & _unshared(new)
-    same = {loc for loc, entry in new.items() if old.get(loc) == entry and loc in by_location
-            and (loc.split("[")[0] not in SECTIONS or loc in unshared)}
-    inits = {loc for loc in new if loc.startswith("init[")}
-    if APK_LOCATION in by_location:
-        if inits <= same and old.keys() >= inits and len([k for k in old if k.startswith("init[")]) == len(inits):
-            same.add(APK_LOCATION)
-        else:
-            same -= inits
+    unchanged = {loc for loc, entry in new.items() if loc in old and old[loc] == entry}
+    candidates = unchanged - {loc for loc in unchanged if loc.startswith("files[")}
+    candidates -= {loc for loc in candidates if loc.split("[")[0] in SECTIONS} - (_unshared(old) & _unshared(new))
+    if APK_LOCATION not in unchanged:
+        candidates -= {loc for loc in candidates if loc.startswith("init")}
+    order = {loc: i for i, loc in enumerate(old)}
+    names = list(old)
+    runs = _runs(entries, order)
+    chosen: dict[str, list[Entry]] = {loc: [] for loc in candidates}
+    for entry, run in zip(entries, runs, strict=True):
+        first = names[run] if run < len(names) else ""
+        for loc in {entry.location, first} & chosen.keys():
+            chosen[loc].append(entry)
+        # An entry a section added first but a later, changed section has since overwritten: the first
+        # section's own version is lost, so that section is built again.
+        if first in chosen and entry.location not in unchanged:
+            del chosen[first]
+    chosen = {loc: found for loc, found in chosen.items() if found}
     refs = dict(section_refs(spec))
-    for loc in sorted(same - {APK_LOCATION}):
+    for loc in sorted(chosen.keys() - {APK_LOCATION}):
         log.info("Copy %s files from input tar: %s", loc, refs.get(loc, ""))
-    return {loc: by_location[loc] for loc in same}
+    return chosen
 
 
 def needed_refs(spec: Spec, reused: dict[str, list[Entry]]) -> list[str]:
