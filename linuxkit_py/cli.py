@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from linuxkit_py import __version__
 from linuxkit_py.cliparse import (
@@ -29,6 +29,9 @@ from linuxkit_py.run.cli import add_run_parser, run_command
 from linuxkit_py.serve import DEFAULT_ADDRESS, serve_directory
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from linuxkit_py.cache.layout import Cache
     from linuxkit_py.registry.pull import RegistryOptions
 
 log = logging.getLogger("linuxkit_py")
@@ -116,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
                       "repository or tag)")
     _add_cache_option(push)
     _add_registry_options(push, mirror=False)
+    _add_cache_archive_parsers(csub)
 
     add_pkg_parser(sub)
     add_run_parser(sub)
@@ -198,11 +202,128 @@ def _check_input_tar(input_tar: Path, output: str | None, pull: bool) -> None:
         raise UserError(f"--input-tar {input_tar}: no such file")
 
 
+def _add_cache_archive_parsers(csub: Any) -> None:
+    """`cache export`, `cache import`, `cache pull`: LinuxKit's verbs and flags (docs/compatibility.md)."""
+    platform_help = "linux/ARCH: which image of a multi-platform reference (default: the host's)"
+    export = csub.add_parser("export", help="write a cached image as an OCI or docker-archive tar")
+    export.add_argument("ref", metavar="REF")
+    export.add_argument("--outfile", "-o", dest="outfile", metavar="FILE", help="where to write it (- for stdout)")
+    export.add_argument("--format", dest="archive_format", choices=("oci", "docker", "filesystem"), default="oci",
+                        help="oci (an OCI layout tar, skopeo's oci-archive:), docker (docker-archive:, "
+                             "`docker load`) or filesystem (the flattened root filesystem tar); default oci")
+    export.add_argument("--platform", metavar="linux/ARCH", help=platform_help)
+    export.add_argument("--name", help="the name the archive gives the image (default: REF, normalised)")
+    _add_cache_option(export)
+    imp = csub.add_parser("import", help="add an OCI-archive or docker-archive tar's images to the cache")
+    imp.add_argument("file", metavar="FILE", help="the tar (- for stdin)")
+    imp.add_argument("--name", metavar="REF", help="name its (only) image REF instead of the names it carries")
+    _add_cache_option(imp)
+    pull = csub.add_parser("pull", help="pull image(s) into the cache, replacing what it had under the name")
+    pull.add_argument("refs", nargs="+", metavar="REF")
+    pull.add_argument("--platform", metavar="linux/ARCH", help=platform_help)
+    _add_cache_option(pull)
+    _add_registry_options(pull)
+
+
+def _platform_arch(text: str | None) -> str:
+    """`linux/arm64` (or `arm64`, `linux/arm64/v8`) -> arm64; default the host's."""
+    from linuxkit_py.arch import normalize_arch
+
+    if not text:
+        return normalize_arch(None)
+    parts = text.split("/")
+    if len(parts) > 1 and parts[0] != "linux":
+        raise UserError(f"--platform {text}: only linux images exist here", hint="e.g. linux/amd64")
+    return normalize_arch(parts[1] if len(parts) > 1 else parts[0])
+
+
+def _archive_name(text: str) -> str | None:
+    """A name found in an imported archive as a cache reference, or None for a bare tag such as `latest`."""
+    from linuxkit_py.registry.reference import normalize_reference
+
+    if "/" not in text and ":" not in text:
+        return None
+    try:
+        return normalize_reference(text)
+    except UserError:
+        return None
+
+
+def _cmd_cache_archive(cache: Cache, args: argparse.Namespace) -> int:
+    from linuxkit_py.registry.reference import normalize_reference
+
+    if args.cache_command == "pull":
+        from linuxkit_py.registry.pull import pull_image
+
+        arch = _platform_arch(args.platform)
+        for ref in args.refs:
+            image = pull_image(cache, ref, arch, _registry_options(args), pull=True)
+            root = cache.get_ref(image.ref) or {}
+            print(f"{image.ref}\t{root.get('digest', image.digest)}", flush=True)  # as `cache ls` shows it
+    elif args.cache_command == "import":
+        from linuxkit_py.cache.archive_import import import_archive
+
+        name = normalize_reference(args.name) if args.name else None
+        if args.file == "-":
+            imported = import_archive(cache, sys.stdin.buffer, "stdin", _archive_name, name)
+        else:
+            try:
+                f = open(args.file, "rb")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                raise UserError(f"cannot read {args.file}: {exc.strerror}") from None
+            with f:
+                imported = import_archive(cache, f, args.file, _archive_name, name)
+        for named in imported:
+            print(f"{named.name}\t{named.digest}")
+    elif args.cache_command == "export":
+        _cache_export(cache, args, normalize_reference(args.ref))
+    return 0
+
+
+def _cache_export(cache: Cache, args: argparse.Namespace, ref: str) -> None:
+    from linuxkit_py.cache.export import export_image
+    from linuxkit_py.fsutil import atomic_output
+
+    if not args.outfile:
+        raise UserError("cache export needs --outfile FILE (or -o FILE; - for stdout)")
+    arch = _platform_arch(args.platform)
+    if args.archive_format == "filesystem":
+        write = _filesystem_export(cache, ref, arch)
+    else:
+        def write(out: BinaryIO) -> None:
+            export_image(cache, ref, out, arch=arch, fmt=args.archive_format, name=args.name)
+    if args.outfile == "-":
+        write(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        with atomic_output(Path(args.outfile)) as out:
+            write(out)
+
+
+def _filesystem_export(cache: Cache, ref: str, arch: str) -> Callable[[BinaryIO], None]:
+    """`--format filesystem`: the image's layers flattened (whiteouts applied) as one tar."""
+    from linuxkit_py.archive.tar import write_tar
+    from linuxkit_py.cache.image import load_cached_image
+    from linuxkit_py.cache.layers import unpack_images
+    from linuxkit_py.rootfs.flatten import flatten_image
+
+    image = load_cached_image(cache, ref, arch)
+    if image is None:
+        raise UserError(f"{ref} is not in the cache for linux/{arch}", hint=f"linuxkit-py cache pull {ref}")
+    unpack_images(cache, [image])
+
+    def write(out: BinaryIO) -> None:
+        write_tar(flatten_image(cache, image), out, 0)
+    return write
+
+
 def _cmd_cache(args: argparse.Namespace) -> int:
     from linuxkit_py.cache.layout import Cache, default_cache_dir
     from linuxkit_py.registry.reference import normalize_reference
 
     cache = Cache(args.cache or default_cache_dir())
+    if args.cache_command in ("export", "import", "pull"):
+        return _cmd_cache_archive(cache, args)
     if args.cache_command == "ls":
         for name, desc in cache.refs():
             print(f"{name}\t{desc.get('digest', '')}")

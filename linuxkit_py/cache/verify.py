@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def _check_blobs(cache: Cache, report: VerifyReport) -> tuple[dict[str, int], li
     return good, remove
 
 
-def _descriptor_problem(desc: Any, good: dict[str, int], what: str) -> str | None:
+def _descriptor_problem(desc: Any, good: Mapping[str, int], what: str) -> str | None:
     """Why a descriptor does not resolve to a good blob, or None."""
     if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
         return f"{what} has no digest"
@@ -103,7 +104,7 @@ def _load(cache: Cache, digest: str) -> Any:
         return None
 
 
-def _ref_problems(cache: Cache, desc: dict[str, Any], good: dict[str, int], depth: int = 0) -> list[str]:
+def _ref_problems(cache: Cache, desc: dict[str, Any], good: Mapping[str, int], depth: int = 0) -> list[str]:
     """What is wrong with the image a root descriptor names (empty when it resolves)."""
     kind = "index" if desc.get("mediaType") in INDEX_MEDIA_TYPES else "manifest"
     problem = _descriptor_problem(desc, good, kind)
@@ -122,6 +123,11 @@ def _ref_problems(cache: Cache, desc: dict[str, Any], good: dict[str, int], dept
         return [p for child in present for p in _ref_problems(cache, child, good, depth + 1)]
     blobs = [("config", doc.get("config"))] + [("layer", layer) for layer in doc.get("layers") or []]
     return [p for what, blob in blobs if (p := _descriptor_problem(blob, good, what))]
+
+
+def image_problems(cache: Cache, desc: dict[str, Any], good: Mapping[str, int]) -> list[str]:
+    """What is wrong with the image `desc` names, given the good blobs (digest -> size); empty when it resolves."""
+    return _ref_problems(cache, desc, good)
 
 
 def _read_index(cache: Cache, report: VerifyReport) -> list[Any] | None:
