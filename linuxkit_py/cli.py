@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("linuxkit_py")
 
 # Verbs whose arguments may come after their options (and between them): verb -> the list they go to.
-TRAILING_ARGUMENTS = {"build": "files", "run": "target"}
+TRAILING_ARGUMENTS = {"build": "files", "run": "target", "pkg": "dirs"}
 
 
 def _add_cache_option(p: argparse.ArgumentParser) -> None:
@@ -196,7 +196,8 @@ def _check_input_tar(input_tar: Path, output: str | None, pull: bool) -> None:
     """LinuxKit's --input-tar rules, checked before anything is written (so the input stays intact)."""
     if pull:
         raise UserError("cannot use --input-tar and --pull together")
-    if output not in (None, "-") and os.path.realpath(input_tar) == os.path.realpath(output):
+    if output not in (None, "-") and (os.path.realpath(input_tar) == os.path.realpath(output) or (
+            input_tar.exists() and Path(output).exists() and input_tar.samefile(output))):
         raise UserError("--input-tar and the output file cannot be the same", hint="write the new tar elsewhere")
     if not input_tar.is_file():
         raise UserError(f"--input-tar {input_tar}: no such file")
