@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--decompress-kernel", action="store_true",
                    help="write the kernel decompressed (vmlinux), as LinuxKit's --decompress-kernel")
     b.add_argument("--docker", action="store_true", help="accepted for LinuxKit; no Docker is needed or used")
+    b.add_argument("--no-sbom", action="store_true", help="accepted for LinuxKit; no SBOM is written anyway")
     b.add_argument("--dry-run", action="store_true", help="print the merged, resolved spec and stop")
     b.add_argument("--max-layer-size", metavar="SIZE",
                    help="refuse a layer that inflates beyond SIZE, e.g. 16G (default 16G; $LINUXKIT_PY_MAX_LAYER_SIZE)")

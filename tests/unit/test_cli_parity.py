@@ -168,6 +168,7 @@ def test_docker_is_accepted_with_a_note(tmp_path: Path, capsys: pytest.CaptureFi
     spec.write_text("init: []\n")
     assert cli(capsys, "build", "--docker", "--dry-run", spec) == (
         0, "linuxkit-py: --docker: no Docker needed; images come from the cache and registries\n")
+    assert cli(capsys, "build", "--no-sbom", "--dry-run", spec) == (0, "")
 
 
 # -- --decompress-kernel: the decompressor ------------------------------------------------------------------
