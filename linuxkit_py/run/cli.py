@@ -93,7 +93,7 @@ def add_run_parser(subparsers: Any) -> None:
                             ("squashfs", "PATH is a kernel output: PATH-kernel with PATH-squashfs.img"),
                             ("iso", "PATH is an ISO image, whatever its name")):
         kinds.add_argument(f"--{kind}", dest="forced_kind", action="store_const", const=kind, help=help_text)
-    p.add_argument("--arch", help="the guest's architecture: x86_64/amd64, aarch64/arm64 (default amd64)")
+    p.add_argument("--arch", help="the guest's architecture: x86_64/amd64, aarch64/arm64 (default: the host's)")
     p.add_argument("--qemu", metavar="PATH", help="the qemu-system-* binary to run (default: from PATH)")
     p.add_argument("--detached", action="store_true",
                    help="run in the background: print the pid (SIGTERM stops the guest); the console goes to "
@@ -142,7 +142,7 @@ def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
         uefi=args.uefi,
         firmware=args.fw,
         networking=args.networking,
-        arch=normalize_arch(args.arch) if args.arch else "amd64",
+        arch=normalize_arch(args.arch),  # None: the host's, as LinuxKit and as `build --arch`
         qemu=args.qemu,
     )
 

@@ -67,6 +67,19 @@ def test_run_options_after_qemu_reach_qemu(kernel_output: Path, tmp_path: Path,
         1, "linuxkit-py: qemu-system-x86_64 not found (hint: apt-get install qemu-system-x86)\n")
 
 
+def test_arch_and_qemu_choose_the_binary(kernel_output: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "bin" / "my-qemu"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"fake qemu ran: $1 $2\" >&2\nexit 3\n")
+    fake.chmod(0o755)
+    assert cli(capsys, "run", "qemu", "--accel", "tcg", "--timeout", "5", "--qemu", fake, kernel_output) == (
+        1, "linuxkit-py: qemu exited with status 3: fake qemu ran: -accel tcg\n")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert cli(capsys, "run", "qemu", "--arch", "aarch64", "--timeout", "5", kernel_output) == (
+        1, "linuxkit-py: qemu-system-aarch64 not found (hint: apt-get install qemu-system-arm)\n")
+
+
 def test_an_unknown_option_is_still_refused(kernel_output: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, err = cli(capsys, "run", "qemu", "--bogus", kernel_output)
     assert status == 2
