@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return serve_directory(args.directory, args.port)
         if args.command == "completion":
-            sys.stdout.write(completion_script(args.shell, parser, _option_values()))
+            sys.stdout.write(completion_script(args.shell, parser, _option_values(), {"run": ["qemu"]}))
             return 0
         if args.command == "version":
             print(f"linuxkit-py {__version__}")

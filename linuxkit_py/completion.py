@@ -27,11 +27,13 @@ class Command:
     arguments: list[str] = field(default_factory=list)  # fixed values of positional arguments (choices)
 
 
-def commands(parser: argparse.ArgumentParser, option_values: dict[str, list[str]]) -> list[Command]:
-    """The command tree of `parser`; `option_values` adds the values of flags that have no argparse choices."""
+def commands(parser: argparse.ArgumentParser, option_values: dict[str, list[str]],
+             arguments: dict[str, list[str]] | None = None) -> list[Command]:
+    """The command tree of `parser`; `option_values` adds the values of flags that have no argparse choices,
+    `arguments` words a command's positional arguments may be (`run` -> `qemu`)."""
     out = []
     for path, p in parsers(parser):
-        command = Command(path)
+        command = Command(path, arguments=list((arguments or {}).get(path, [])))
         for action in p._actions:
             if isinstance(action, argparse._SubParsersAction):
                 command.subcommands += list(action.choices)
@@ -133,7 +135,8 @@ def fish_script(tree: list[Command]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def completion_script(shell: str, parser: argparse.ArgumentParser, option_values: dict[str, list[str]]) -> str:
+def completion_script(shell: str, parser: argparse.ArgumentParser, option_values: dict[str, list[str]],
+                      arguments: dict[str, list[str]] | None = None) -> str:
     """The completion script for `shell` (one of SHELLS)."""
-    tree = commands(parser, option_values)
+    tree = commands(parser, option_values, arguments)
     return {"bash": bash_script, "zsh": zsh_script, "fish": fish_script}[shell](tree)

@@ -285,6 +285,8 @@ def test_bash_completion_from_the_parser(capsys: pytest.CaptureFixture[str]) -> 
     assert {"ls", "clean", "verify", "rm", "push"} <= set(bash_complete(script, ["linuxkit-py", "cache", ""]))
     assert bash_complete(script, ["linuxkit-py", "completion", "f"]) == ["fish"]
     assert bash_complete(script, ["linuxkit-py", "build", "--arch", "aa"]) == ["aarch64"]
+    assert bash_complete(script, ["linuxkit-py", "run", "q"]) == ["qemu"]
+    assert bash_complete(script, ["linuxkit-py", "-v", ""]) == ["0", "1", "2", "3"]
 
 
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
