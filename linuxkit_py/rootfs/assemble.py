@@ -133,18 +133,15 @@ def _add_init(tree: Tree, a: Assembly) -> None:
     apk_dbs: list[bytes] = []
     for i, ref in enumerate(a.spec.init):
         location = f"init[{i}]"
-        if _add_reused(tree, a, location):
-            continue
-        entries = filter_image(_flat(a, ref), ref, location, RESOLV_SYMLINK)
+        entries = a.reused.get(location) or filter_image(_flat(a, ref), ref, location, RESOLV_SYMLINK)
         for e in entries:
-            if e.path == APK_DB and e.kind == Kind.FILE:
+            if e.path == APK_DB and e.kind == Kind.FILE and e.location == location:
                 apk_dbs.append(_read_small(e))
             tree.add(e)
-    if _add_reused(tree, a, "init"):
-        return
-    if len(apk_dbs) > 1:
+    earlier = a.reused.get("init")  # the earlier tar's union for the first init images (rootfs/reuse.py)
+    if earlier or len(apk_dbs) > 1:
         # The union of the init images' apk databases, as LinuxKit writes it (each followed by a blank line).
-        data = b"".join(db + b"\n\n" for db in apk_dbs)
+        data = (_read_small(earlier[0]) if earlier else b"") + b"".join(db + b"\n\n" for db in apk_dbs)
         tree.add(_file(APK_DB, data, "LINUXKIT.apkinit", "init"))
 
 

@@ -108,10 +108,10 @@ def reusable_sections(input_tar: Path, spec: Spec, render: Callable[[str], bytes
         raise UserError(f"--input-tar {input_tar}: invalid config in {path}: {exc}") from None
     new = _sections(yaml.safe_load(render(kind)))
     unchanged = {loc for loc, entry in new.items() if loc in old and old[loc] == entry}
+    if new[APK_LOCATION][:len(old[APK_LOCATION])] == old[APK_LOCATION]:
+        unchanged.add(APK_LOCATION)  # init images only added at the end: the earlier union is extended
     candidates = unchanged - {loc for loc in unchanged if loc.startswith("files[")}
     candidates -= {loc for loc in candidates if loc.split("[")[0] in SECTIONS} - (_unshared(old) & _unshared(new))
-    if APK_LOCATION not in unchanged:
-        candidates -= {loc for loc in candidates if loc.startswith("init")}
     order = {loc: i for i, loc in enumerate(old)}
     names = list(old)
     runs = _runs(entries, order)
@@ -125,6 +125,12 @@ def reusable_sections(input_tar: Path, spec: Spec, render: Callable[[str], bytes
         if first in chosen and entry.location not in unchanged:
             del chosen[first]
     chosen = {loc: found for loc, found in chosen.items() if found}
+    old_inits = {loc for loc in old if loc.startswith("init[")}
+    union = any(e.location == APK_LOCATION for e in entries)
+    if union and not (APK_LOCATION in chosen and old_inits <= chosen.keys()):
+        # Only the union of the earlier init images' apk databases is in the tar, not each one's: the union
+        # can be extended but not taken apart, so either all of them are copied or none.
+        chosen = {loc: found for loc, found in chosen.items() if not loc.startswith("init")}
     refs = dict(section_refs(spec))
     for loc in sorted(chosen.keys() - {APK_LOCATION}):
         log.info("Copy %s files from input tar: %s", loc, refs.get(loc, ""))

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import struct
 import subprocess
+import tarfile
 from pathlib import Path
 
-from tests.integration.conftest import BUSYBOX_REF, INIT_REF, KERNEL_REF, TOOLS_REF, run_cli
+import pytest
+
+from linuxkit_py.cache.layout import Cache
+from tests.bootimages import LayoutImage, load_layout_into_cache
+from tests.imagetools import D, F, ImageSpec, Layout, tar_layer
+from tests.integration.conftest import BUSYBOX_REF, INIT_REF, KERNEL_REF, TOOLS_REF, fill_cache, run_cli
 from tests.integration.test_build import SPEC, write_spec
 
 SIMPLE = f"""\
@@ -111,3 +117,65 @@ def test_decompress_kernel_writes_the_uncompressed_kernel(tmp_path: Path, warm_c
     assert "Advanced Micro Devices X86-64" in header.stdout
     initrds = [(tmp_path / d / "system-initrd.img").read_bytes() for d in ("plain", "out")]
     assert initrds[0] == initrds[1]  # only the kernel changes
+
+
+# -- --input-tar with init images whose apk databases are merged (LinuxKit's test 060_input_tar) -----------
+
+APK_DBS = {"a": "P:alpha\nV:1\n", "b": "P:beta\nV:2\n", "c": "P:gamma\nV:3\n"}
+
+
+def apk_ref(name: str) -> str:
+    return f"localhost:5000/test/apk-{name}:1"
+
+
+@pytest.fixture
+def apk_cache(tmp_path: Path, kernel_image: LayoutImage, init_image: LayoutImage, container_layout: Path) -> Path:
+    """The test images plus three init images with an apk database each."""
+    cache_dir = tmp_path / "apk-cache"
+    fill_cache(cache_dir, kernel_image, init_image, container_layout)
+    layout = Layout(tmp_path / "apk-layout")
+    for name, db in APK_DBS.items():
+        layout.add_image(name, ImageSpec(layers=[tar_layer(
+            D("lib"), D("lib/apk"), D("lib/apk/db"), F("lib/apk/db/installed", db), D("etc"), F(f"etc/{name}", name))]))
+        load_layout_into_cache(layout.root, name, Cache(cache_dir), apk_ref(name))
+    return cache_dir
+
+
+def with_inits(*names: str, command: str = "hello") -> str:
+    inits = "".join(f"  - {apk_ref(n)}\n" for n in names)
+    text = SIMPLE.replace(f"  - {INIT_REF}\n", f"  - {INIT_REF}\n{inits}")
+    entry = f"    image: {BUSYBOX_REF}\n    command: [\"/bin/echo\", \"{command}\"]"
+    return text.replace(f"    image: {BUSYBOX_REF}", entry)
+
+
+def test_input_tar_extends_the_merged_apk_database(tmp_path: Path, apk_cache: Path) -> None:
+    first = tmp_path / "first.tar"
+    assert tar_build(apk_cache, write_spec(tmp_path, with_inits("a", "b"), "first.yml"), first).returncode == 0
+    # As LinuxKit's test: one init image added at the end, one onboot entry changed.
+    changed = write_spec(tmp_path, with_inits("a", "b", "c", command="changed"), "second.yml")
+
+    reused = tar_build(apk_cache, changed, tmp_path / "reused.tar", "--input-tar", first)
+    fresh = tar_build(apk_cache, changed, tmp_path / "fresh.tar")
+
+    assert (reused.returncode, fresh.returncode) == (0, 0), reused.stderr.decode()
+    assert (tmp_path / "reused.tar").read_bytes() == (tmp_path / "fresh.tar").read_bytes()
+    copied = [line.split()[1] for line in reused.stderr.decode().splitlines() if line.startswith("Copy ")]
+    assert copied == ["init[0]", "init[1]", "init[2]", "kernel", "services[0]"]
+    with tarfile.open(tmp_path / "reused.tar") as tar:
+        db = tar.extractfile("lib/apk/db/installed")
+        assert db is not None and db.read() == "".join(f"{text}\n\n" for text in APK_DBS.values()).encode()
+
+
+def test_input_tar_rebuilds_every_init_image_when_the_merged_database_changes(tmp_path: Path,
+                                                                             apk_cache: Path) -> None:
+    first = tmp_path / "first.tar"
+    assert tar_build(apk_cache, write_spec(tmp_path, with_inits("a", "b"), "first.yml"), first).returncode == 0
+    changed = write_spec(tmp_path, with_inits("c", "b"), "second.yml")
+
+    reused = tar_build(apk_cache, changed, tmp_path / "reused.tar", "--input-tar", first)
+    fresh = tar_build(apk_cache, changed, tmp_path / "fresh.tar")
+
+    assert (reused.returncode, fresh.returncode) == (0, 0), reused.stderr.decode()
+    assert (tmp_path / "reused.tar").read_bytes() == (tmp_path / "fresh.tar").read_bytes()
+    copied = [line.split()[1] for line in reused.stderr.decode().splitlines() if line.startswith("Copy ")]
+    assert copied == ["kernel", "onboot[0]", "services[0]"]
