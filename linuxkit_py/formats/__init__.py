@@ -102,5 +102,6 @@ def _load_writers() -> None:
     import linuxkit_py.formats.kernel_iso  # noqa: F401
     import linuxkit_py.formats.raw  # noqa: F401
     import linuxkit_py.formats.rootimage  # noqa: F401
+    import linuxkit_py.formats.rpi  # noqa: F401
     import linuxkit_py.formats.uki  # noqa: F401
     from linuxkit_py.formats import initrd, tar  # noqa: F401

@@ -50,7 +50,8 @@ APPLETS = ("cat", "find", "grep", "head", "ls", "mkdir", "modprobe", "mount", "p
 
 # Loaded by modalias when the hardware is there; taken when the kernel has them as modules.
 STORAGE_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "sr_mod", "ata_piix", "ata_generic",
-                   "ahci", "nvme")
+                   "ahci", "nvme",
+                   "bcm2835", "sdhci_iproc")  # the Raspberry Pi's SD card: the BCM2835 sdhost, the Pi 4's emmc2
 # The filesystem each medium carries the image on (mount -t), and its module.
 MEDIUM_FILESYSTEMS = {"cdrom": ("iso9660", "isofs"), "disk": ("vfat", "vfat"), "virtio": None}
 # vfat asks for its codepage and character set at mount time.

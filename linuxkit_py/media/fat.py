@@ -44,6 +44,9 @@ BPB_FORMAT = "<HBHBHHBHHHII"
 # Section 3.5: the FAT type is decided by the count of data clusters, nothing else.
 FAT12_MAX_CLUSTERS = 4084
 FAT16_MAX_CLUSTERS = 65524
+# The smallest FAT32 mkfs.vfat makes with 512-byte clusters: 65525 clusters, two tables of 4 bytes per
+# cluster, 32 reserved sectors, rounded up to whole MiB.
+FAT32_MIN_SIZE = 34 * MIB
 
 Source = Data | Path
 
@@ -126,16 +129,19 @@ def mtools_image(path: Path, offset: int) -> str:
 
 
 def write_fat(path: Path, files: list[tuple[str, Source]], *, label: str, epoch: int, size: int | None = None,
-              offset: int = 0, directories: Sequence[str] = ()) -> int:
+              offset: int = 0, directories: Sequence[str] = (), bits: int | None = None) -> int:
     """Write a FAT filesystem holding `files` (name on the filesystem, contents) and the (empty)
     `directories` at byte `offset` of `path` (created or extended, never shortened); returns its size.
 
     `size` None: the smallest whole MiB that fits plus HEADROOM. A `size` too small is a UserError.
+    `bits` 32 forces FAT32 (for firmware that wants it); the size is then at least FAT32_MIN_SIZE.
     """
     names = [name for name, _ in files]
     _check_names([*names, *directories])
     directories = fat_directories(names, directories)
     needed = fat_min_size([source_size(source) for _, source in files], len(directories))
+    if bits == 32:
+        needed = max(needed, FAT32_MIN_SIZE)
     if size is None:
         size = needed + HEADROOM
     elif size < needed:
@@ -154,7 +160,8 @@ def write_fat(path: Path, files: list[tuple[str, Source]], *, label: str, epoch:
             # mkfs.vfat writes only the metadata: the file must already span the filesystem.
             if grow.tell() < offset + size:
                 grow.truncate(offset + size)
-        run([MKFS, "--invariant", "-i", volume_id, "-n", label, f"--offset={offset // SECTOR}",
+        fat_type = ["-F", str(bits)] if bits else []
+        run([MKFS, "--invariant", *fat_type, "-i", volume_id, "-n", label, f"--offset={offset // SECTOR}",
              "-h", str(offset // SECTOR), str(path), str(size // KIB)], env=env, capture=True)
         for directory in directories:
             run([MMD, "-i", image, f"::/{directory}"], env=env, capture=True)
@@ -184,3 +191,17 @@ def fat_bits(path: Path, offset: int = 0) -> int:
     if clusters <= FAT12_MAX_CLUSTERS:
         return 12
     return 16 if clusters <= FAT16_MAX_CLUSTERS else 32
+
+
+def read_fat_file(path: Path, name: str, offset: int = 0, epoch: int = 0) -> bytes | None:
+    """The contents of `name` on the FAT filesystem at byte `offset` of `path` (mtools), None if absent."""
+    result = run([MCOPY, "-i", mtools_image(path, offset), "-n", f"::/{name}", "-"], env=tool_env(epoch),
+                 capture=True, check=False)
+    return bytes(result.stdout) if result.returncode == 0 else None
+
+
+def copy_fat_file(path: Path, name: str, target: Path, offset: int = 0) -> bool:
+    """Copy `name` off the FAT filesystem at `offset` of `path` to `target`; False when it is not there."""
+    result = run([MCOPY, "-i", mtools_image(path, offset), "-n", "-o", f"::/{name}", str(target)],
+                 env=tool_env(0), capture=True, check=False)
+    return result.returncode == 0 and target.is_file()

@@ -126,6 +126,19 @@ def mbr(partitions: list[MbrPartition], *, disk_signature: int, boot_code: bytes
     return sector
 
 
+def read_mbr(sector: bytes) -> list[MbrPartition]:
+    """The used partition records of a master boot record (5.2.1), in table order; [] without 0x55AA."""
+    if len(sector) < SECTOR or sector[MBR_SIGNATURE_OFFSET:SECTOR] != MBR_SIGNATURE:
+        return []
+    found = []
+    for index in range(MBR_PARTITION_RECORDS):
+        record = sector[MBR_PARTITION_TABLE_OFFSET + index * MBR_PARTITION_RECORD_SIZE:][:MBR_PARTITION_RECORD_SIZE]
+        first_lba, sectors = struct.unpack_from("<II", record, 8)
+        if record[4] and sectors:
+            found.append(MbrPartition(first_lba, sectors, record[4], active=record[0] == MBR_ACTIVE))
+    return found
+
+
 def protective_mbr(disk_sectors: int) -> bytes:
     """5.2.3: one record of type 0xEE covering the disk from LBA 1 (capped at 2^32-1 sectors)."""
     record = MbrPartition(first_lba=GPT_HEADER_LBA, sectors=min(disk_sectors - 1, MBR_MAX_LBA),

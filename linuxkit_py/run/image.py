@@ -29,11 +29,14 @@ UKI_SUFFIX = ".efi"
 DISK_FORMATS = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2", ".vhd": "vpc", ".vhdx": "vhdx", ".vmdk": "vmdk"}
 # A name with this in it was built for UEFI (NAME-efi.iso, NAME-efi.img, NAME-efi.qcow2, NAME-efi-initrd.iso).
 UEFI_MARK = "-efi"
+# A Raspberry Pi SD-card image (raw-rpi): booted on qemu's raspi3b from its own boot partition (run/rpi.py).
+RPI_SUFFIX = "-rpi.img"
+RPI_ARCH = "arm64"
 
 
 @dataclass(frozen=True)
 class BootImage:
-    kind: str  # kernel+initrd, kernel+squashfs, kernel+erofs, iso, disk, uki
+    kind: str  # kernel+initrd, kernel+squashfs, kernel+erofs, iso, disk, uki, rpi
     prefix: Path  # the output's path without its suffix (names the default state directory)
     kernel: Path | None = None
     initrd: Path | None = None
@@ -41,6 +44,7 @@ class BootImage:
     image: Path | None = None  # the squashfs/erofs root, the ISO, the disk or the UKI
     image_format: str = "raw"  # qemu block format of `image`
     uefi: bool = False  # the file name says the output boots with UEFI only
+    arch: str | None = None  # the architecture the file name says the output is for (NAME-rpi.img: arm64)
 
     @property
     def boots_kernel(self) -> bool:
@@ -86,6 +90,8 @@ def _file_image(path: Path) -> BootImage | None:
     suffix = path.suffix.lower()
     prefix = path.with_name(path.name[: len(path.name) - len(suffix)])
     uefi = UEFI_MARK in path.name.lower()
+    if path.name.lower().endswith(RPI_SUFFIX):
+        return BootImage("rpi", prefix, image=path, arch=RPI_ARCH)
     if suffix == ISO_SUFFIX:
         return BootImage("iso", prefix, image=path, uefi=uefi)
     if suffix in DISK_FORMATS:

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from linuxkit_py.arch import Arch, get_arch
+from linuxkit_py.boards import BOARDS, QEMU_BOARD, Board
 from linuxkit_py.errors import UserError
 from linuxkit_py.run.disks import Disk, as_disk, create_missing_disks
 from linuxkit_py.run.firmware import Firmware, copy_vars, find_firmware
 from linuxkit_py.run.image import BootImage, kernel_image
 from linuxkit_py.run.kvm import choose_accel
+from linuxkit_py.run.rpi import PiBoot, prepare_pi_boot
 from linuxkit_py.tools import require, start, stop
 
 QEMU = "qemu-system-x86_64"  # amd64's; QemuOptions.arch chooses (arch.py), QemuOptions.qemu overrides
@@ -117,7 +119,10 @@ def check_options(image: BootImage, options: QemuOptions) -> None:
         raise UserError("--publish needs user networking", hint="drop --networking none")
     for publish in options.publish:
         hostfwd(publish)
-    if options.extra_append and not image.boots_kernel:
+    if image.kind == "rpi" and (options.publish or options.disks):
+        raise UserError(f"{image.image}: qemu's {BOARDS[QEMU_BOARD].qemu_machine} has no network card or disk "
+                        "controller besides the SD card", hint="drop --publish and --disk")
+    if options.extra_append and not image.boots_kernel and image.kind != "rpi":
         raise UserError(f"--append needs a kernel boot; the boot loader of {image.image} sets its own command line")
 
 
@@ -216,12 +221,34 @@ def _network_args(options: QemuOptions) -> list[str]:
 RNG_ARGS = ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]
 
 
+def board_command(pi: PiBoot, board: Board, options: QemuOptions, console: Sequence[str]) -> list[str]:
+    """The qemu argv booting a Raspberry Pi card on qemu's model of `board`: the kernel, initramfs and device
+    tree its config.txt names, the card as the SD card, the console on the board's header UART (the
+    `board.qemu_serial`th serial port). The machine has its own memory size and CPUs, and no PCI (no virtio);
+    TCG only."""
+    args = [qemu_binary(options), "-accel", "tcg", "-machine", board.qemu_machine, "-m", str(board.qemu_memory)]
+    if not options.reboot:
+        args.append("-no-reboot")
+    args += ["-display", "none", "-monitor", "none", *["-serial", "null"] * board.qemu_serial, *console]
+    args += ["-kernel", str(pi.kernel)]
+    args += ["-dtb", str(pi.dtb)] if pi.dtb else []
+    args += ["-initrd", str(pi.initrd)] if pi.initrd else []
+    args += ["-append", kernel_cmdline(pi.cmdline, options.extra_append, panic_exits=not options.reboot,
+                                       console=board.console)]
+    return [*args, "-drive", f"if=sd,format=qcow2,file={qemu_file_arg(pi.card)}", "-nic", "none"]
+
+
 def boot_command(image: BootImage, options: QemuOptions, console: Sequence[str],
-                 firmware: Sequence[str] = (), esp: Path | None = None) -> list[str]:
+                 firmware: Sequence[str] = (), esp: Path | None = None, pi: PiBoot | None = None) -> list[str]:
     """The qemu argv booting `image`. Pure: `options.accel` None counts as tcg, `console` comes from
     serial_console_args/terminal_console_args, `firmware` from firmware_args (UEFI), `esp` is the
-    directory holding a UKI at EFI/BOOT/BOOTX64.EFI (see prepare_esp)."""
+    directory holding a UKI at EFI/BOOT/BOOTX64.EFI (see prepare_esp), `pi` the files of a Raspberry Pi
+    card (see prepare_pi_boot)."""
     check_options(image, options)
+    if image.kind == "rpi":
+        if pi is None:
+            raise ValueError("a Raspberry Pi boot needs the card's files (see prepare_pi_boot)")
+        return board_command(pi, BOARDS[QEMU_BOARD], replace(options, arch=image.arch or options.arch), console)
     return [qemu_binary(options), *_machine_args(options, options.accel or "tcg"), *firmware, *console,
             *_boot_args(image, options, esp), *_disk_args(options), *_network_args(options), *RNG_ARGS]
 
@@ -254,6 +281,7 @@ def _prepared_command(image: BootImage, options: QemuOptions, console: Sequence[
     variables, the ESP of a UKI) that live until the block ends; yields the qemu argv."""
     check_options(image, options)
     _check_inputs(image)
+    options = replace(options, arch=image.arch or options.arch)  # NAME-rpi.img is arm64 whatever --arch says
     qemu = qemu_binary(options)
     require(qemu)
     arch = get_arch(options.arch)
@@ -265,7 +293,8 @@ def _prepared_command(image: BootImage, options: QemuOptions, console: Sequence[
         run_dir = Path(tmp)
         fw_args = firmware_args(firmware, copy_vars(firmware, run_dir)) if firmware else []
         esp = prepare_esp(image.image, run_dir, arch) if image.kind == "uki" and image.image else None
-        yield boot_command(image, options, console, fw_args, esp)
+        pi = prepare_pi_boot(image.image, BOARDS[QEMU_BOARD], run_dir) if image.kind == "rpi" and image.image else None
+        yield boot_command(image, options, console, fw_args, esp, pi)
 
 
 def _open_log(path: Path) -> BinaryIO:

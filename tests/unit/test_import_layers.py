@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cache",),
     ("kernel", "media"),
     ("archive",),
-    ("arch", "fsutil", "tools", "cliparse"),
+    ("arch", "boards", "fsutil", "tools", "cliparse"),
     ("errors", "__init__"),
 )
 RANK = {name: depth for depth, layer in enumerate(LAYERS) for name in layer}

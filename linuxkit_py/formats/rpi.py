@@ -1,0 +1,164 @@
+"""Raspberry Pi outputs (arm64): `raw-rpi`, a flashable SD-card image, and LinuxKit's `rpi3`, the same boot
+partition's files as a tar to copy onto a FAT-formatted card.
+
+The boot partition holds what the Pi's GPU firmware reads (boards.py): the firmware itself from Debian's
+raspi-firmware (bootcode.bin, start.elf, fixup.dat for the BCM2837 boards; start4.elf, fixup4.dat for
+the BCM2711), config.txt, cmdline.txt, every board's device tree from the kernel image (boot/dtb/), the
+kernel as kernel8.img and the initramfs as initrd.img. The firmware boots the kernel directly: no U-Boot.
+With `--root squashfs|erofs` the root image is one more file there (rootfs.squashfs), which stage one finds
+on the card as on every other disk (formats/bootfiles.py, stage1.py).
+
+raw-rpi: an MBR with one active FAT32 partition (type 0x0c) from 4 MiB to the end of the image. 4 MiB
+because SD cards erase and map in allocation units of (commonly) 4 MiB, so a partition on a unit boundary
+never shares a unit with the table, as Raspberry Pi OS and Debian's raspi images lay their cards out.
+FAT32 because the firmware reads FAT16 and FAT32 and every card tool expects FAT32 there. Ids (disk
+signature, volume id) derive from the files; every timestamp is the build epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.archive.tar import write_tar
+from linuxkit_py.boards import BOARDS, CMDLINE_TXT, CONFIG_TXT, INITRD_FILE, KERNEL_FILE, Board, cmdline_txt, config_txt
+from linuxkit_py.errors import UserError
+from linuxkit_py.formats import Format, Rootfs, register
+from linuxkit_py.formats.bootfiles import BootFiles, boot_files
+from linuxkit_py.formats.raw import work_directory
+from linuxkit_py.media.fat import (
+    FAT32_MIN_SIZE,
+    HEADROOM,
+    Source,
+    content_digest,
+    fat_directories,
+    fat_min_size,
+    source_size,
+    write_fat,
+)
+from linuxkit_py.media.fat import TOOLS as FAT_TOOLS
+from linuxkit_py.media.partitions import (
+    MBR_TYPE_FAT32_LBA,
+    MIB,
+    SECTOR,
+    MbrPartition,
+    derived_disk_signature,
+    mbr,
+)
+
+RPI_ARCHES = ("arm64",)  # the boards' kernels here are 64-bit (arm_64bit=1)
+RPI_ASSETS = ("raspi-firmware",)
+FIRMWARE_PACKAGE = "raspi-firmware"
+PARTITION_START = 4 * MIB  # one SD allocation unit (see the module docstring)
+LABEL = "LINUXKIT"
+DTB_DIR = "boot/dtb/"  # where kernel images keep device trees (kernel.tar)
+
+
+def _board_dtbs(rootfs: Rootfs, boards: list[Board]) -> list[tuple[str, Source]]:
+    """Each board's device tree from the kernel image, under its name on the boot partition."""
+    by_path = {e.path: e for e in rootfs.entries if e.kind is Kind.FILE and e.path.startswith(DTB_DIR)}
+    found: list[tuple[str, Source]] = []
+    for board in boards:
+        entry = by_path.get(DTB_DIR + board.dtb)
+        if entry is None:
+            raise UserError(f"the kernel image has no /{DTB_DIR}{board.dtb} for the {board.model}",
+                            hint="use a kernel with the Raspberry Pi device trees in its kernel.tar, "
+                                 "such as kernels/rpi-arm64")
+        found.append((board.dtb_file, entry.data or b""))
+    return found
+
+
+def _firmware(rootfs: Rootfs, boards: list[Board]) -> list[tuple[str, Source]]:
+    directory = rootfs.options.assets.get(FIRMWARE_PACKAGE)
+    if directory is None:
+        raise UserError("raw-rpi needs the Raspberry Pi firmware (Debian's raspi-firmware), which the build "
+                        "did not fetch")
+    names = list(dict.fromkeys(name for board in boards for name in board.firmware))
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        raise UserError(f"{directory} has no {', '.join(missing)}", hint=f"is it Debian's {FIRMWARE_PACKAGE}?")
+    return [(name, directory / name) for name in names]
+
+
+def boot_partition_files(rootfs: Rootfs, bf: BootFiles, boards: list[Board] | None = None) -> list[tuple[str, Source]]:
+    """The files of the boot partition, in the order they are written (firmware first)."""
+    boards = boards or list(BOARDS.values())
+    return [
+        *_firmware(rootfs, boards),
+        (CONFIG_TXT, config_txt(boards)),
+        (CMDLINE_TXT, cmdline_txt(bf.cmdline, boards)),
+        *_board_dtbs(rootfs, boards),
+        (KERNEL_FILE, bf.kernel.data or b""),
+        (INITRD_FILE, bf.initrd),
+        *bf.extra,
+    ]
+
+
+def _sizes(files: list[tuple[str, Source]], size: int | None) -> tuple[int, int]:
+    """(image size, FAT size): the FAT fills the image from PARTITION_START, in whole MiB."""
+    names = [name for name, _ in files]
+    needed = max(fat_min_size([source_size(s) for _, s in files], len(fat_directories(names))), FAT32_MIN_SIZE)
+    if size is None:
+        fat = needed + HEADROOM
+        return PARTITION_START + fat, fat
+    if size % SECTOR:
+        raise UserError(f"--size {size} is not a whole number of {SECTOR}-byte sectors")
+    least = PARTITION_START + needed
+    if size < least:
+        raise UserError(f"raw-rpi: the image needs at least {least // MIB} MiB; --size is {size / MIB:.6g} MiB",
+                        hint=f"give --size {least // MIB}M or more, or leave --size out")
+    return size, (size - PARTITION_START) // MIB * MIB
+
+
+def write_rpi_image(files: list[tuple[str, Source]], path: Path, *, epoch: int, size: int | None = None) -> int:
+    """The SD-card image at `path`: MBR, one active FAT32 partition at PARTITION_START with `files`."""
+    disk_size, fat_size = _sizes(files, size)
+    digest = content_digest(files, b"rpi %d" % disk_size)
+    path.write_bytes(b"")
+    write_fat(path, files, label=LABEL, epoch=epoch, size=fat_size, offset=PARTITION_START, bits=32)
+    partition = MbrPartition(first_lba=PARTITION_START // SECTOR, sectors=fat_size // SECTOR,
+                             type=MBR_TYPE_FAT32_LBA, active=True)
+    with open(path, "r+b") as f:
+        f.write(mbr([partition], disk_signature=derived_disk_signature(digest)))
+        f.truncate(disk_size)  # a hole up to the end: the image stays sparse
+    return disk_size
+
+
+def _write_raw_rpi(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
+    (out,) = outs
+    with work_directory(out) as workdir, boot_files(rootfs, "disk", workdir) as bf:
+        write_rpi_image(boot_partition_files(rootfs, bf), Path(out.name), epoch=rootfs.epoch,
+                        size=rootfs.options.size)
+
+
+def _tar_entry(name: str, source: Source) -> Entry:
+    size = source_size(source)
+    data = FileRegion(str(source), 0, size) if isinstance(source, Path) else source
+    return Entry(name, Kind.FILE, 0o644, size=size, data=data)
+
+
+def _write_rpi3(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
+    (out,) = outs
+    with work_directory(out) as workdir, boot_files(rootfs, "disk", workdir) as bf:
+        write_tar([_tar_entry(name, source) for name, source in boot_partition_files(rootfs, bf)], out,
+                  rootfs.epoch)
+
+
+register(Format(
+    name="raw-rpi",
+    suffixes=("-rpi.img",),
+    write=_write_raw_rpi,
+    tools=FAT_TOOLS,
+    arches=RPI_ARCHES,
+    assets=RPI_ASSETS,
+    description="Raspberry Pi 3/4 SD-card image: MBR, FAT32 boot partition with firmware, kernel and initrd",
+))
+register(Format(
+    name="rpi3",
+    suffixes=(".tar",),
+    write=_write_rpi3,
+    arches=RPI_ARCHES,
+    assets=RPI_ASSETS,
+    description="the raw-rpi boot partition's files as a tar, to copy onto a FAT32 SD card (LinuxKit's rpi3)",
+))

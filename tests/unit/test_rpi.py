@@ -1,0 +1,221 @@
+"""Raspberry Pi outputs (formats/rpi.py, boards.py): the raw-rpi SD-card image read back by sfdisk, fsck.vfat and
+mtools, every file config.txt names on the card for every board, reproducible bytes, one-line errors; the rpi3
+tar; and how `run` finds what to boot on qemu's raspi3b (run/rpi.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from linuxkit_py.archive.entry import Entry, Kind
+from linuxkit_py.boards import BOARDS, CMDLINE_TXT, CONFIG_TXT, QEMU_BOARD, cmdline_txt, config_files, firmware_files
+from linuxkit_py.errors import UserError
+from linuxkit_py.formats import FormatOptions, Rootfs, get_format
+from linuxkit_py.formats.rpi import PARTITION_START
+from linuxkit_py.media.fat import fat_bits, read_fat_file
+from linuxkit_py.run.image import detect_image
+from linuxkit_py.run.qemu import QemuOptions, boot_command, serial_console_args
+from linuxkit_py.run.rpi import prepare_pi_boot
+from tests.integration.conftest import run_cli
+
+MIB = 1 << 20
+EPOCH = 1_700_000_000
+SPEC_CMDLINE = "console=ttyS0 console=ttyAMA0 quiet"
+KERNEL = bytes(range(256)) * 1200  # 300 KiB
+DTBS = {board.dtb: f"dtb of {board.model}".encode() for board in BOARDS.values()}
+
+
+@pytest.fixture(scope="module")
+def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in for Debian's /usr/lib/raspi-firmware (the real one is fetched by the build)."""
+    directory = tmp_path_factory.mktemp("raspi-firmware")
+    for name in [*firmware_files(), "start_x.elf", "fixup_x.dat"]:
+        (directory / name).write_bytes(f"firmware {name}".encode())
+    return directory
+
+
+def _rootfs(firmware: Path, size: int | None = None, dtbs: dict[str, bytes] = DTBS) -> Rootfs:
+    entries = [
+        Entry("boot", Kind.DIR, 0o755),
+        Entry("boot/kernel", Kind.FILE, 0o644, size=len(KERNEL), data=KERNEL),
+        Entry("boot/cmdline", Kind.FILE, 0o644, size=len(SPEC_CMDLINE), data=SPEC_CMDLINE.encode()),
+        Entry("boot/dtb", Kind.DIR, 0o755),
+        Entry("boot/dtb/broadcom", Kind.DIR, 0o755),
+        *(Entry(f"boot/dtb/{name}", Kind.FILE, 0o644, size=len(data), data=data) for name, data in dtbs.items()),
+        Entry("etc", Kind.DIR, 0o755),
+        Entry("etc/motd", Kind.FILE, 0o644, size=6, data=b"hello\n"),
+    ]
+    return Rootfs(entries, EPOCH, options=FormatOptions(size=size, arch="arm64", assets={"raspi-firmware": firmware}))
+
+
+def _write(path: Path, fmt: str, rootfs: Rootfs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        get_format(fmt).write(rootfs, [out])
+    return path
+
+
+@pytest.fixture(scope="module")
+def card(firmware: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write(tmp_path_factory.mktemp("card") / "test-rpi.img", "raw-rpi", _rootfs(firmware))
+
+
+def _fat(card: Path, name: str) -> bytes | None:
+    return read_fat_file(card, name, PARTITION_START)
+
+
+def test_card_has_one_bootable_fat32_partition_at_4_mib(card: Path) -> None:
+    dump = subprocess.run(["sfdisk", "-d", str(card)], capture_output=True, text=True, check=True).stdout
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(card)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+
+    assert f"{card}1 : start=        8192, size=" in dump and "type=c, bootable" in dump
+    assert table["label"] == "dos" and len(table["partitions"]) == 1
+    (partition,) = table["partitions"]
+    assert partition["start"] * 512 == PARTITION_START
+    assert (partition["start"] + partition["size"]) * 512 == card.stat().st_size  # the FAT fills the card
+    assert card.stat().st_size % MIB == 0
+    assert fat_bits(card, PARTITION_START) == 32
+
+
+def test_boot_partition_passes_fsck(card: Path, tmp_path: Path) -> None:
+    partition = tmp_path / "p1.img"
+    with open(card, "rb") as src, open(partition, "wb") as dst:
+        src.seek(PARTITION_START)
+        dst.write(src.read())
+
+    result = subprocess.run(["fsck.vfat", "-n", str(partition)], capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 files" not in result.stdout
+
+
+@pytest.mark.parametrize("board", list(BOARDS))
+def test_every_file_config_txt_names_is_on_the_card(card: Path, board: str) -> None:
+    config = _fat(card, CONFIG_TXT)
+    assert config is not None
+    boot = config_files(config.decode(), BOARDS[board])
+
+    assert boot.dtb == BOARDS[board].dtb_file
+    assert _fat(card, boot.dtb) == DTBS[BOARDS[board].dtb]  # each board gets its own device tree
+    assert _fat(card, boot.kernel) == KERNEL
+    assert boot.initrd is not None and (_fat(card, boot.initrd) or b"")[:2] == b"\x1f\x8b"  # a gzip initramfs
+    assert _fat(card, boot.cmdline_file) == b"quiet console=ttyS1,115200\n"
+    for name in BOARDS[board].firmware:
+        assert _fat(card, name) == f"firmware {name}".encode()
+
+
+def test_config_txt_says_what_the_boards_need(card: Path) -> None:
+    text = (_fat(card, CONFIG_TXT) or b"").decode()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    assert lines[:6] == ["[all]", "arm_64bit=1", "enable_uart=1", "kernel=kernel8.img",
+                         "initramfs initrd.img followkernel", "cmdline=cmdline.txt"]
+    assert re.findall(r"^\[(\w+\+?)\]$", text, re.M) == ["all", "pi3", "pi3+", "pi02", "pi4", "pi400", "all"]
+    assert lines[-1] == "[all]"  # anything appended later applies to every board
+
+
+def test_card_carries_no_firmware_it_does_not_need(card: Path) -> None:
+    assert _fat(card, "start_x.elf") is None and _fat(card, "fixup_x.dat") is None
+
+
+def test_cmdline_replaces_the_vm_serial_consoles_with_the_header_uart() -> None:
+    line = cmdline_txt("console=ttyS0 console=tty1 console=ttyAMA0,115200 rw")
+
+    assert line == b"console=tty1 rw console=ttyS1,115200\n"
+    assert cmdline_txt("") == b"console=ttyS1,115200\n"
+
+
+def test_builds_are_byte_for_byte_the_same(firmware: Path, card: Path, tmp_path: Path) -> None:
+    again = _write(tmp_path / "again-rpi.img", "raw-rpi", _rootfs(firmware))
+
+    assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(card.read_bytes()).digest()
+
+
+def test_size_is_honoured(firmware: Path, tmp_path: Path) -> None:
+    card = _write(tmp_path / "big-rpi.img", "raw-rpi", _rootfs(firmware, size=100 * MIB))
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(card)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+
+    assert card.stat().st_size == 100 * MIB
+    assert table["partitions"][0]["size"] * 512 == 96 * MIB
+    assert os.stat(card).st_blocks * 512 < 20 * MIB  # sparse: the free space is a hole
+
+
+def test_too_small_size_is_one_line(firmware: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError) as caught:
+        _write(tmp_path / "small-rpi.img", "raw-rpi", _rootfs(firmware, size=20 * MIB))
+
+    # 4 MiB before the partition, and FAT32's smallest size with 512-byte clusters
+    assert caught.value.message == "raw-rpi: the image needs at least 38 MiB; --size is 20 MiB"
+    assert caught.value.hint == "give --size 38M or more, or leave --size out"
+
+
+def test_a_kernel_without_the_pi_device_trees_is_one_line(firmware: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError) as caught:
+        _write(tmp_path / "nodtb-rpi.img", "raw-rpi", _rootfs(firmware, dtbs={}))
+
+    assert caught.value.message == ("the kernel image has no /boot/dtb/broadcom/bcm2837-rpi-3-b.dtb for the "
+                                    "Raspberry Pi 3 Model B")
+    assert caught.value.hint and "kernels/rpi-arm64" in caught.value.hint
+
+
+def test_amd64_is_a_one_line_error(tmp_path: Path) -> None:
+    spec = tmp_path / "plain.yml"
+    spec.write_text('kernel:\n  image: linuxkit/kernel:6.6.13\n  cmdline: "console=ttyS0"\n'
+                    "init:\n  - linuxkit/init:v1.0.0\n")
+
+    result = run_cli("build", "--cache", tmp_path / "cache", "--dir", tmp_path / "out", "--arch", "amd64",
+                     "-f", "raw-rpi", spec)
+
+    assert result.returncode == 1
+    assert result.stderr.decode() == "linuxkit-py: format raw-rpi has no amd64 image: it is built for arm64\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_rpi3_tar_holds_the_cards_boot_files(firmware: Path, card: Path, tmp_path: Path) -> None:
+    tar_path = _write(tmp_path / "test.tar", "rpi3", _rootfs(firmware))
+
+    with tarfile.open(tar_path) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+    assert list(members)[:5] == firmware_files()
+    assert {CONFIG_TXT, CMDLINE_TXT, "kernel8.img", "initrd.img"} <= set(members)
+    for name, data in members.items():
+        assert _fat(card, name) == data, name
+    assert get_format("rpi3").suffixes == (".tar",)  # LinuxKit's NAME.tar
+
+
+def test_run_boots_a_card_on_raspi3b_from_its_own_files(card: Path, tmp_path: Path) -> None:
+    before = hashlib.sha256(card.read_bytes()).hexdigest()
+    image = detect_image(card)
+    board = BOARDS[QEMU_BOARD]
+
+    pi = prepare_pi_boot(card, board, tmp_path)
+    argv = boot_command(image, QemuOptions(arch="amd64"), serial_console_args("stdio"), pi=pi)
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(pi.card)], capture_output=True,
+                                     text=True, check=True).stdout)
+
+    assert (image.kind, image.arch) == ("rpi", "arm64")
+    assert argv[0] == "qemu-system-aarch64"
+    assert argv[argv.index("-machine") + 1] == "raspi3b" and argv[argv.index("-m") + 1] == "1024"
+    serial = [argv[i + 1] for i, word in enumerate(argv) if word == "-serial"]
+    assert serial == ["null", "stdio"]  # the mini UART is raspi3b's second serial port
+    assert pi.kernel.read_bytes() == KERNEL and pi.dtb is not None
+    assert pi.dtb.read_bytes() == DTBS[board.dtb]
+    assert argv[argv.index("-append") + 1] == "quiet console=ttyS1,115200 panic=-1"
+    assert f"if=sd,format=qcow2,file={pi.card}" in argv
+    assert info["virtual-size"] == 64 * MIB and info["backing-filename"] == str(card.resolve())
+    assert hashlib.sha256(card.read_bytes()).hexdigest() == before
+
+
+def test_run_refuses_what_raspi3b_does_not_have(card: Path) -> None:
+    with pytest.raises(UserError, match="has no network card or disk controller"):
+        boot_command(detect_image(card), QemuOptions(publish=["8080:80"]), serial_console_args("stdio"))
