@@ -19,6 +19,7 @@ from linuxkit_py.cliparse import (
     VERBOSITY_LEVELS,
     is_argument,
     option_strings,
+    parsers,
     single_dash_long_options,
     verbosity,
 )
@@ -134,7 +135,18 @@ def _parser() -> argparse.ArgumentParser:
     completion.add_argument("--no-descriptions", action="store_true", help="accepted for LinuxKit (cobra); "
                             "the scripts have no descriptions")
     sub.add_parser("version", help="print the version")
+    _add_persistent_log_options(parser)
     return parser
+
+
+def _add_persistent_log_options(parser: argparse.ArgumentParser) -> None:
+    """-v N and -q after the verb too (`linuxkit build -v 2 ...`, LinuxKit's persistent flags); a verb's parser
+    sets them only when given (SUPPRESS), so the values written before the verb stay otherwise."""
+    for path, p in parsers(parser):
+        if path:
+            p.add_argument("-v", "--verbose", type=verbosity, default=argparse.SUPPRESS, metavar="N",
+                           help="log level 0-3, as before the verb")
+            p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="errors only")
 
 
 def _registry_options(args: argparse.Namespace) -> RegistryOptions:

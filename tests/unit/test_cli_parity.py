@@ -149,6 +149,10 @@ def test_verbose_takes_linuxkits_levels(tmp_path: Path, capsys: pytest.CaptureFi
     status, err = cli(capsys, "-q", "-v", "2", "build", "--dry-run", spec)
     assert (status, err.splitlines()[-1]) == (2, "linuxkit-py: error: -q and -v N (N > 0) cannot be used together")
     assert cli(capsys, "-q", "-v", "0", "build", "--dry-run", spec)[0] == 0
+    # After the verb too, as LinuxKit's persistent flags (its test 060_input_tar: `linuxkit build -v 2 ...`).
+    assert cli(capsys, "build", "-v", "2", "--dry-run", spec)[0] == 0
+    status, err = cli(capsys, "build", "-q", "-v", "1", "--dry-run", spec)
+    assert (status, err.splitlines()[-1]) == (2, "linuxkit-py: error: -q and -v N (N > 0) cannot be used together")
 
 
 def test_global_mirror_is_checked_like_the_verbs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
