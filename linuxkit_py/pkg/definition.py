@@ -184,11 +184,24 @@ def _label_problem(detail: str) -> tuple[tuple[str | int, ...], str]:
     return (), detail
 
 
+def _modes_as_written(doc: Document, value: Any, path: str) -> Any:
+    """`value` with each unquoted `mode:` number (`mode: 0666`, read as 438) replaced by its source text, so
+    the label check sees the octal spelling, as for a spec's modes (LinuxKit reads these as strings)."""
+    if isinstance(value, dict):
+        return {k: (doc.texts.get(child(path, k), v) if k == "mode" and isinstance(v, int)
+                    and not isinstance(v, bool) else _modes_as_written(doc, v, child(path, k)))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_modes_as_written(doc, v, child(path, i)) for i, v in enumerate(value)]
+    return value
+
+
 def check_config(doc: Document, image: str) -> dict[str, Any] | None:
     """build.yml's `config:` (the org.mobyproject.config label), its problems located in build.yml."""
     config = doc.data.get("config")
     if config is None:
         return None
+    config = _modes_as_written(doc, config, "config")
     try:
         validate_label(config, image)
     except UserError as exc:

@@ -1,7 +1,10 @@
-"""The merged spec as YAML (`--dry-run`, `files: metadata: yaml`) or JSON (`metadata: json`).
+"""The merged spec as YAML for `--dry-run`, as LinuxKit's YAML for `files: metadata: yaml` (moby_yaml.py),
+or as JSON (`metadata: json`).
 
-Sections come in LinuxKit's order (kernel, init, onboot, onshutdown, services, files, volumes);
-keys inside an object keep the order the user wrote them in. Loading the YAML back gives the same Spec.
+`--dry-run`: sections come in LinuxKit's order (kernel, init, onboot, onshutdown, services, files, volumes),
+only those the spec has; keys inside an object keep the order the user wrote them in. Loading the YAML back
+gives the same Spec. The metadata file is what LinuxKit writes instead (every section, LinuxKit's keys and
+order), since programs in the image read it: `spec_to_moby_yaml`.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from typing import Any
 
 import yaml
 
+from linuxkit_py.spec.moby_yaml import spec_to_moby_yaml
 from linuxkit_py.spec.model import Spec
 from linuxkit_py.spec.scalars import resolve_plain
+
+__all__ = ["spec_to_json", "spec_to_moby_yaml", "spec_to_yaml"]
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _NEEDS_ESCAPES = re.compile(

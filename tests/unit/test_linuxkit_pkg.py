@@ -200,3 +200,10 @@ def test_reference_expansion_and_templates() -> None:
     assert render_tag("v1 {{- .Hash -}} x", "abc") == "v1abcx"
     with pytest.raises(UserError, match="invalid tag template"):
         render_tag("{{.Other}}", "abc")
+
+
+def test_an_unquoted_octal_mode_in_config_is_read_as_written(tmp_path: Path) -> None:
+    # LinuxKit's pkg/getty/build.yml has `mode: 0666` under config.devices (yaml.v3 gives its Go string "0666")
+    package = lk_package(tmp_path / "getty", "image: getty\nconfig:\n  devices:\n    - path: /dev/console\n"
+                                             "      type: c\n      major: 5\n      minor: 1\n      mode: 0666\n")
+    assert package_name(package) == "linuxkit/getty:latest"
