@@ -17,6 +17,7 @@ signature, volume id) derive from the files; every timestamp is the build epoch.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import BinaryIO
 
@@ -47,6 +48,8 @@ from linuxkit_py.media.partitions import (
     mbr,
 )
 
+log = logging.getLogger(__name__)
+
 RPI_ARCHES = ("arm64",)  # the boards' kernels here are 64-bit (arm_64bit=1)
 RPI_ASSETS = ("raspi-firmware",)
 FIRMWARE_PACKAGE = "raspi-firmware"
@@ -55,17 +58,20 @@ LABEL = "LINUXKIT"
 DTB_DIR = "boot/dtb/"  # where kernel images keep device trees (kernel.tar)
 
 
-def _board_dtbs(rootfs: Rootfs, boards: list[Board]) -> list[tuple[str, Source]]:
-    """Each board's device tree from the kernel image, under its name on the boot partition."""
+def board_dtbs(rootfs: Rootfs, boards: list[Board]) -> dict[Board, Entry]:
+    """The device tree of each board the kernel image has one for (boot/dtb/ of its kernel.tar). A board
+    without one is left off the card with a warning (an older kernel, e.g. without the Zero 2 W's);
+    none at all is a UserError."""
     by_path = {e.path: e for e in rootfs.entries if e.kind is Kind.FILE and e.path.startswith(DTB_DIR)}
-    found: list[tuple[str, Source]] = []
+    found = {board: by_path[DTB_DIR + board.dtb] for board in boards if DTB_DIR + board.dtb in by_path}
+    if not found:
+        raise UserError(f"the kernel image has no Raspberry Pi device tree: looked for /{DTB_DIR}{boards[0].dtb} "
+                        f"and {len(boards) - 1} more", hint="use a kernel with the Raspberry Pi device trees in "
+                                                          "its kernel.tar, such as kernels/rpi-arm64")
     for board in boards:
-        entry = by_path.get(DTB_DIR + board.dtb)
-        if entry is None:
-            raise UserError(f"the kernel image has no /{DTB_DIR}{board.dtb} for the {board.model}",
-                            hint="use a kernel with the Raspberry Pi device trees in its kernel.tar, "
-                                 "such as kernels/rpi-arm64")
-        found.append((board.dtb_file, entry.data or b""))
+        if board not in found:
+            log.warning("the kernel image has no /%s%s: the card will not boot the %s", DTB_DIR, board.dtb,
+                        board.model)
     return found
 
 
@@ -83,12 +89,13 @@ def _firmware(rootfs: Rootfs, boards: list[Board]) -> list[tuple[str, Source]]:
 
 def boot_partition_files(rootfs: Rootfs, bf: BootFiles, boards: list[Board] | None = None) -> list[tuple[str, Source]]:
     """The files of the boot partition, in the order they are written (firmware first)."""
-    boards = boards or list(BOARDS.values())
+    dtbs = board_dtbs(rootfs, boards or list(BOARDS.values()))
+    boards = list(dtbs)
     return [
         *_firmware(rootfs, boards),
         (CONFIG_TXT, config_txt(boards)),
         (CMDLINE_TXT, cmdline_txt(bf.cmdline, boards)),
-        *_board_dtbs(rootfs, boards),
+        *((board.dtb_file, entry.data or b"") for board, entry in dtbs.items()),
         (KERNEL_FILE, bf.kernel.data or b""),
         (INITRD_FILE, bf.initrd),
         *bf.extra,

@@ -162,9 +162,20 @@ def test_a_kernel_without_the_pi_device_trees_is_one_line(firmware: Path, tmp_pa
     with pytest.raises(UserError) as caught:
         _write(tmp_path / "nodtb-rpi.img", "raw-rpi", _rootfs(firmware, dtbs={}))
 
-    assert caught.value.message == ("the kernel image has no /boot/dtb/broadcom/bcm2837-rpi-3-b.dtb for the "
-                                    "Raspberry Pi 3 Model B")
+    assert caught.value.message == ("the kernel image has no Raspberry Pi device tree: looked for "
+                                    "/boot/dtb/broadcom/bcm2837-rpi-3-b.dtb and 4 more")
     assert caught.value.hint and "kernels/rpi-arm64" in caught.value.hint
+
+
+def test_a_board_the_kernel_has_no_device_tree_for_is_left_off(
+        firmware: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    older = {name: data for name, data in DTBS.items() if "zero-2-w" not in name}  # as a kernel before 5.16
+    card = _write(tmp_path / "older-rpi.img", "raw-rpi", _rootfs(firmware, dtbs=older))
+    config = (_fat(card, CONFIG_TXT) or b"").decode()
+
+    assert "[pi02]" not in config and "[pi3+]" in config and "[pi4]" in config
+    assert _fat(card, "bcm2837-rpi-zero-2-w.dtb") is None
+    assert "the card will not boot the Raspberry Pi Zero 2 W" in caplog.text
 
 
 def test_amd64_is_a_one_line_error(tmp_path: Path) -> None:
