@@ -48,8 +48,9 @@ def _add_cache_option(p: argparse.ArgumentParser) -> None:
 
 def _add_registry_options(p: argparse.ArgumentParser, mirror: bool = True) -> None:
     if mirror:  # mirrors serve pulls only
-        p.add_argument("--mirror", action="append", default=[], metavar="REGISTRY=URL",
-                       help="pull REGISTRY's images from URL (repeatable; also $LINUXKIT_MIRROR)")
+        p.add_argument("--mirror", action="append", default=[], metavar="[REGISTRY=]URL",
+                       help="pull REGISTRY's images from URL; a bare URL serves every registry without a mirror "
+                            "of its own (repeatable; also $LINUXKIT_MIRROR)")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                    help="allow plain http for this registry (loopback registries always may)")
     p.add_argument("--cert-file", action="append", default=[], metavar="FILE",
