@@ -18,7 +18,6 @@ ARCH_ALIASES = {
     "x86_64": "amd64",
     "arm64": "arm64",
     "aarch64": "arm64",
-    "riscv64": "riscv64",
 }
 
 
@@ -75,12 +74,6 @@ ARCHES: dict[str, Arch] = {
             uefi_code="/usr/share/AAVMF/AAVMF_CODE.fd", uefi_vars="/usr/share/AAVMF/AAVMF_VARS.fd",
             uefi_package="qemu-efi-aarch64",
         ),
-        Arch(
-            name="riscv64", uname="riscv64", elf_machine="EM_RISCV", multiarch="riscv64-linux-gnu",
-            efi_suffix="riscv64", grub_target="riscv64-efi", kernel_file="Image", console="ttyS0", bios=False,
-            qemu="qemu-system-riscv64", qemu_machine=("-machine", "virt"),
-            uefi_code="", uefi_vars="", uefi_package="",
-        ),
     )
 }
 
@@ -92,9 +85,8 @@ def normalize_arch(arch: str | None) -> str:
     try:
         return ARCH_ALIASES[arch.lower()]
     except KeyError:
-        raise UserError(
-            f"unsupported architecture {arch!r}", hint="use amd64/x86_64, arm64/aarch64 or riscv64"
-        ) from None
+        raise UserError(f"unsupported architecture {arch!r}",
+                        hint="supported: amd64 (x86_64), arm64 (aarch64)") from None
 
 
 def get_arch(arch: str | None) -> Arch:

@@ -117,14 +117,14 @@ def build(opts: BuildOptions) -> list[Path]:
     """Run a build; returns the files written (nothing for --dry-run or -o -)."""
     cache = Cache(opts.cache_dir or default_cache())
     arch = normalize_arch(opts.arch)
+    formats = [] if opts.dry_run else _formats(opts)
+    for fmt in formats:  # before anything is built or pulled
+        fmt.check_arch(arch)
     packages = PackageRefs(cache, arch)
     spec = resolve_spec(load_specs(opts.paths), packages.reference)
     if opts.dry_run:
         sys.stdout.write(spec_to_yaml(spec))
         return []
-    formats = _formats(opts)
-    for fmt in formats:
-        fmt.check_arch(arch)
     epoch = source_date_epoch()
     metadata = metadata_writer(spec)
     reused = reusable_sections(opts.input_tar, spec, metadata) if opts.input_tar else {}

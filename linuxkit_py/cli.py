@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dir", type=Path, default=None, help="output directory (default: outputs)")
     b.add_argument("-o", "--o", dest="output", metavar="FILE",
                    help="write one streamable format to FILE (- for stdout); --o is LinuxKit's spelling")
-    b.add_argument("--arch", help="target architecture: amd64/x86_64, arm64/aarch64, riscv64 (default: host)")
+    b.add_argument("--arch", help="target architecture: amd64/x86_64, arm64/aarch64 (default: host)")
     b.add_argument("--pull", action="store_true", help="always pull images, even when cached")
     b.add_argument("--input-tar", metavar="FILE", help="reuse the unchanged sections of the tar FILE an earlier "
                    "build wrote (needs a files: entry with metadata:); their images are not pulled")

@@ -26,12 +26,11 @@ from linuxkit_py.archive.entry import ContentReader
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.bootfiles import BootFiles, boot_files
-from linuxkit_py.formats.iso_grub import GRUB_TOOLS, GrubBoot, grub_config, write_efi_boot_image
+from linuxkit_py.formats.iso_grub import GRUB_ASSET, GRUB_TOOLS, GrubBoot, GrubTarget, grub_config, write_efi_boot_image
 from linuxkit_py.media.iso9660 import IsoImage
 from linuxkit_py.tools import require_file
 
 VOLUME_ID = "LINUXKIT"
-SUPPORTED_ARCH = "amd64"
 ISOLINUX_PACKAGE = "isolinux"
 ISOLINUX_BIN = Path("/usr/lib/ISOLINUX/isolinux.bin")
 LDLINUX_PACKAGE = "syslinux-common"
@@ -74,11 +73,6 @@ def content_seed(fmt: str, bf: BootFiles) -> bytes:
     return digest.digest()
 
 
-def _check_arch(rootfs: Rootfs, fmt: str) -> None:
-    if rootfs.options.arch != SUPPORTED_ARCH:
-        raise UserError(f"{fmt} is built for {SUPPORTED_ARCH} only, not {rootfs.options.arch}")
-
-
 @contextlib.contextmanager
 def _workdir(out: BinaryIO) -> Iterator[Path]:
     """A temporary directory next to the output (same filesystem, removed at the end)."""
@@ -102,19 +96,18 @@ def _add_isolinux(iso: IsoImage, cmdline: str) -> None:
     iso.add_bios_boot(f"{ISOLINUX_DIR}/isolinux.bin", BOOT_CATALOG)
 
 
-def _add_grub(iso: IsoImage, grub: GrubBoot, work: Path, epoch: int, image: str, catalog: str) -> None:
+def _add_grub(iso: IsoImage, grub: GrubBoot, work: Path, rootfs: Rootfs, image: str, catalog: str) -> None:
     """GRUB's config and id file in the ISO 9660 tree, and the El Torito UEFI entry for its FAT image."""
     iso.add_file(f"{grub.directory}/grub.cfg", grub_config(grub).encode())
     iso.add_file(grub.id_file, grub.id_file.rsplit("/", 1)[1].encode() + b"\n")
     efi_image = work / "efiboot.img"
-    size = write_efi_boot_image(efi_image, grub, epoch=epoch)
+    size = write_efi_boot_image(efi_image, grub, epoch=rootfs.epoch, target=GrubTarget.for_options(rootfs.options))
     iso.add_file(image, efi_image)
     iso.add_efi_boot(image, catalog, size)
 
 
 def write_iso_bios(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
     """NAME.iso: ISOLINUX (El Torito BIOS), kernel + initrd, isohybrid MBR."""
-    _check_arch(rootfs, "iso-bios")
     (out,) = outs
     with _workdir(out) as work, boot_files(rootfs, "cdrom", work) as bf:
         seed = content_seed("iso-bios", bf)
@@ -126,23 +119,24 @@ def write_iso_bios(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
 
 
 def write_iso_efi(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
-    """NAME-efi.iso: GRUB in an El Torito UEFI FAT image, ISOLINUX for BIOS, hybrid for both."""
-    _check_arch(rootfs, "iso-efi")
+    """NAME-efi.iso: GRUB in an El Torito UEFI FAT image, ISOLINUX for BIOS (PCs only), hybrid for both."""
+    bios = rootfs.options.arch_info.bios
     (out,) = outs
     with _workdir(out) as work, boot_files(rootfs, "cdrom", work) as bf:
         seed = content_seed("iso-efi", bf)
         grub = GrubBoot(directory=GRUB_DIR, kernel=KERNEL, initrd=INITRD, cmdline=bf.cmdline, seed=seed)
         with IsoImage(volume_id=VOLUME_ID, epoch=rootfs.epoch, seed=seed) as iso:
             _add_boot_files(iso, bf, KERNEL, INITRD)
-            _add_isolinux(iso, bf.cmdline)  # first: the isohybrid MBR code starts the first entry
-            _add_grub(iso, grub, work, rootfs.epoch, EFI_IMAGE, BOOT_CATALOG)
-            iso.make_hybrid(efi=True)
+            if bios:
+                _add_isolinux(iso, bf.cmdline)  # first: the isohybrid MBR code starts the first entry
+            _add_grub(iso, grub, work, rootfs, EFI_IMAGE, BOOT_CATALOG)
+            if bios:
+                iso.make_hybrid(efi=True)
             iso.write(out)
 
 
 def write_iso_efi_initrd(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
     """NAME-efi-initrd.iso: as LinuxKit, /kernel and /initrd.img started by GRUB from a UEFI-only CD."""
-    _check_arch(rootfs, "iso-efi-initrd")
     if rootfs.options.root != "ram":
         raise UserError(f"iso-efi-initrd always boots from its initrd, not --root {rootfs.options.root}",
                         hint="use iso-efi for the root filesystem on the medium")
@@ -153,7 +147,7 @@ def write_iso_efi_initrd(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
                         cmdline=bf.cmdline, seed=seed)
         with IsoImage(volume_id=VOLUME_ID, epoch=rootfs.epoch, seed=seed) as iso:
             _add_boot_files(iso, bf, INITRD_ISO_KERNEL, INITRD_ISO_INITRD)
-            _add_grub(iso, grub, work, rootfs.epoch, INITRD_ISO_EFI_IMAGE, INITRD_ISO_CATALOG)
+            _add_grub(iso, grub, work, rootfs, INITRD_ISO_EFI_IMAGE, INITRD_ISO_CATALOG)
             iso.write(out)
 
 
@@ -169,6 +163,7 @@ register(Format(
     suffixes=("-efi.iso",),
     write=write_iso_efi,
     tools=GRUB_TOOLS,
+    assets=(GRUB_ASSET,),
     description="hybrid ISO booting kernel + initrd with GRUB under UEFI (and ISOLINUX under BIOS)",
 ))
 register(Format(
@@ -176,5 +171,6 @@ register(Format(
     suffixes=("-efi-initrd.iso",),
     write=write_iso_efi_initrd,
     tools=GRUB_TOOLS,
+    assets=(GRUB_ASSET,),
     description="UEFI CD with /kernel and /initrd.img started by GRUB (LinuxKit's layout)",
 ))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linuxkit_py.errors import UserError
+from linuxkit_py.formats import FormatOptions
 from linuxkit_py.media import fat
 from linuxkit_py.tools import require_file, run
 
@@ -22,6 +23,7 @@ GRUB_MKIMAGE = "grub-mkimage"
 GRUB_PACKAGE = "grub-efi-amd64-bin"
 GRUB_PLATFORM = "x86_64-efi"
 GRUB_MODULE_DIR = Path("/usr/lib/grub") / GRUB_PLATFORM
+GRUB_ASSET = "grub-efi"  # the target architecture's GRUB modules (pkg/bootassets.py)
 # Built into BOOTX64.EFI: the menu, the loader, finding the ISO (also on a hybrid disk's partitions),
 # reading ISO 9660, and a framebuffer for kernels that want one.
 GRUB_MODULES = ("normal", "configfile", "echo", "test", "linux", "search", "search_fs_file", "iso9660",
@@ -33,6 +35,21 @@ ID_CHARS = 16
 MENU_TITLE = "linuxkit-py"
 # Arguments needing no quotes in GRUB's script language (anything else is single-quoted).
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_.,:=/+@%^-]+")
+
+
+@dataclass(frozen=True)
+class GrubTarget:
+    """Which GRUB to build: grub-mkimage's platform, its module directory and where the loader goes."""
+
+    platform: str = GRUB_PLATFORM
+    module_dir: Path = GRUB_MODULE_DIR
+    loader: str = EFI_LOADER  # the removable-media path of the architecture (BOOTX64.EFI, BOOTAA64.EFI)
+
+    @classmethod
+    def for_options(cls, options: FormatOptions) -> GrubTarget:
+        arch = options.arch_info
+        default = Path("/usr/lib/grub") / arch.grub_target
+        return cls(arch.grub_target, options.asset(GRUB_ASSET, default), arch.efi_boot_path)
 
 
 @dataclass(frozen=True)
@@ -109,24 +126,26 @@ def grub_early_config(grub: GrubBoot) -> str:
             f"set prefix=($root)/{grub.directory}\n")
 
 
-def write_grub_efi(out: Path, grub: GrubBoot, epoch: int) -> None:
-    """BOOTX64.EFI: GRUB with its modules and the early config of `grub` built in."""
-    require_file(GRUB_MODULE_DIR / "linux.mod", GRUB_PACKAGE)
+def write_grub_efi(out: Path, grub: GrubBoot, epoch: int, target: GrubTarget | None = None) -> None:
+    """BOOTX64.EFI (BOOTAA64.EFI): GRUB with its modules and the early config of `grub` built in."""
+    target = target or GrubTarget()
+    require_file(target.module_dir / "linux.mod", GRUB_PACKAGE)
     with tempfile.TemporaryDirectory(prefix="linuxkit-py-grub-") as tmp:
         config = Path(tmp) / "early.cfg"
         config.write_text(grub_early_config(grub))
-        run([GRUB_MKIMAGE, "--format", GRUB_PLATFORM, "--directory", GRUB_MODULE_DIR,
+        run([GRUB_MKIMAGE, "--format", target.platform, "--directory", target.module_dir,
              "--prefix", f"/{grub.directory}", "--config", config, "--output", out, *GRUB_MODULES],
             env=fat.tool_env(epoch), capture=True)
 
 
-def write_efi_boot_image(out: Path, grub: GrubBoot, *, epoch: int) -> int:
-    """The El Torito UEFI boot image: a FAT filesystem holding only GRUB as EFI/BOOT/BOOTX64.EFI.
-    Returns its size."""
+def write_efi_boot_image(out: Path, grub: GrubBoot, *, epoch: int, target: GrubTarget | None = None) -> int:
+    """The El Torito UEFI boot image: a FAT filesystem holding only GRUB as EFI/BOOT/BOOTX64.EFI
+    (BOOTAA64.EFI on arm64). Returns its size."""
+    target = target or GrubTarget()
     loader = out.with_name(out.name + ".efi")
-    write_grub_efi(loader, grub, epoch)
+    write_grub_efi(loader, grub, epoch, target)
     try:
         size = fat.fat_min_size([loader.stat().st_size], directories=2)
-        return fat.write_fat(out, [(EFI_LOADER, loader)], label=EFI_IMAGE_LABEL, epoch=epoch, size=size)
+        return fat.write_fat(out, [(target.loader, loader)], label=EFI_IMAGE_LABEL, epoch=epoch, size=size)
     finally:
         loader.unlink()

@@ -23,6 +23,7 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
+from linuxkit_py.arch import ARCHES
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.archive.regionfile import open_data
 from linuxkit_py.archive.tree import parent_dirs
@@ -32,14 +33,10 @@ ELF_MAGIC = b"\x7fELF"
 ELF32_HEADER_SIZE = 52  # smaller files cannot be ELF objects
 MAX_SYMLINK_HOPS = 40  # Linux's limit on symlinks followed in one path walk (MAXSYMLINKS)
 
-# Debian architecture -> (e_machine, ELF class) of its binaries
-ARCH_MACHINES = {
-    "amd64": ("EM_X86_64", 64),
-    "arm64": ("EM_AARCH64", 64),
-    "riscv64": ("EM_RISCV", 64),
-}
-MULTIARCH_TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu", "riscv64": "riscv64-linux-gnu"}
-PLATFORMS = {"amd64": "x86_64", "arm64": "aarch64", "riscv64": "riscv64"}  # ld.so's $PLATFORM
+# Debian architecture -> (e_machine, ELF class) of its binaries, its multiarch triplet, ld.so's $PLATFORM
+ARCH_MACHINES = {a.name: (a.elf_machine, 64) for a in ARCHES.values()}
+MULTIARCH_TRIPLETS = {a.name: a.multiarch for a in ARCHES.values()}
+PLATFORMS = {a.name: a.uname for a in ARCHES.values()}
 MACHINE_NAMES = {
     "EM_X86_64": "x86_64", "EM_AARCH64": "aarch64", "EM_RISCV": "riscv", "EM_386": "i386", "EM_ARM": "arm",
     "EM_PPC64": "ppc64", "EM_S390": "s390", "EM_MIPS": "mips", "EM_LOONGARCH": "loongarch",

@@ -77,6 +77,20 @@ class ModuleInfo:
     softdeps: tuple[str, ...] = ()
     vermagic: str = ""
 
+    @property
+    def pre_softdeps(self) -> tuple[str, ...]:
+        """The modules a `softdep=pre: a b post: c` says to load first (libcrc32c: crc32c). busybox's
+        modprobe reads no modules.softdep, so we treat them as dependencies where the package has them."""
+        names: list[str] = []
+        for softdep in self.softdeps:
+            pre = False
+            for word in softdep.split():
+                if word.endswith(":"):
+                    pre = word == "pre:"
+                elif pre:
+                    names.append(normalize_name(word))
+        return tuple(dict.fromkeys(names))
+
 
 def normalize_name(name: str) -> str:
     """Module names treat `-` and `_` as the same character; `_` is the canonical one."""
@@ -202,7 +216,8 @@ def match_module_globs(module_paths: Iterable[str], globs: Sequence[str], what: 
 
 # --- index files ----------------------------------------------------------------------------
 
-def _load_order(name: str, by_name: dict[str, ModuleInfo], what: str) -> list[str]:
+def _load_order(name: str, by_name: dict[str, ModuleInfo], what: str,
+                aliases: dict[str, str] | None = None) -> list[str]:
     """`name`'s dependencies, transitively, each after all of its own (the order to load them)."""
     order: list[str] = []
     done: set[str] = set()
@@ -219,6 +234,10 @@ def _load_order(name: str, by_name: dict[str, ModuleInfo], what: str) -> list[st
             if dep not in by_name:
                 raise UserError(f"{what}: {by_name[current].path} depends on {dep}, which is not in the package")
             visit(dep)
+        for soft in by_name[current].pre_softdeps:  # optional: only those chosen (built-in ones need nothing)
+            dep = soft if soft in by_name else (aliases or {}).get(soft, "")
+            if dep in by_name and dep not in active:
+                visit(dep)
         active.pop()
         done.add(current)
         order.append(current)
@@ -230,7 +249,8 @@ def _load_order(name: str, by_name: dict[str, ModuleInfo], what: str) -> list[st
 def dependency_closure(modules: Sequence[ModuleInfo], what: str) -> dict[str, list[str]]:
     """Module path -> the paths of all its dependencies, in modules.dep order (load from the end)."""
     by_name = {m.name: m for m in modules}
-    return {m.path: [by_name[dep].path for dep in reversed(_load_order(m.name, by_name, what))]
+    aliases = {alias: m.name for m in modules for alias in m.aliases}  # softdep names may be aliases
+    return {m.path: [by_name[dep].path for dep in reversed(_load_order(m.name, by_name, what, aliases))]
             for m in modules}
 
 
@@ -328,7 +348,11 @@ def _choose_modules(modules_files: dict[str, Entry], version: str, globs: Sequen
         by_name.setdefault(module_name(path), []).append(path)
     chosen: dict[str, _Chosen] = {}  # by module name
     pending = match_module_globs(module_paths, globs, what)
-    while pending:
+    softdeps: list[str] = []
+    while pending or softdeps:
+        if not pending:
+            pending += _softdep_module(softdeps.pop(), by_name, modules_files, version, what)
+            continue
         path = pending.pop()
         label = f"{what}: {MODULES_DIR}/{version}/{path}"
         entry = modules_files[path]
@@ -345,6 +369,7 @@ def _choose_modules(modules_files: dict[str, Entry], version: str, globs: Sequen
             continue
         data: Data | None = entry.data if module_suffix(path) == ".ko" else module
         chosen[info.name] = _Chosen(info, data, len(module), entry.mode & 0o7777 or FILE_MODE)
+        softdeps += [dep for dep in info.pre_softdeps if dep not in chosen]
         for dep in info.depends:
             if dep in chosen:
                 continue
@@ -356,6 +381,21 @@ def _choose_modules(modules_files: dict[str, Entry], version: str, globs: Sequen
                                 f"{', '.join(sorted(candidates))}")
             pending.append(candidates[0])
     return list(chosen.values())
+
+
+def _softdep_module(name: str, by_name: dict[str, list[str]], modules_files: dict[str, Entry], version: str,
+                    what: str) -> list[str]:
+    """The module a `softdep pre:` name stands for: the module of that name, else one whose file name starts
+    with it and whose .modinfo has it as an alias (crc32c -> crypto/crc32c_generic.ko). None: built in."""
+    if len(by_name.get(name, [])) == 1:
+        return by_name[name]
+    for candidate, paths in sorted(by_name.items()):
+        if candidate.startswith(name) and len(paths) == 1:
+            label = f"{what}: {MODULES_DIR}/{version}/{paths[0]}"
+            info = module_info(paths[0], _module_bytes(modules_files[paths[0]], label), label)
+            if name in info.aliases:
+                return paths
+    return []
 
 
 def _ordered(modules: list[_Chosen], order: bytes) -> list[_Chosen]:

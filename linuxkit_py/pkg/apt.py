@@ -241,7 +241,7 @@ def _save_memo(path: Path, resolution: Resolution) -> None:
 
 def resolve(packages: Sequence[str], state: AptState, *, libraries: bool, kernel: str | None = None,
             memo_dir: Path | None = None, refresh: bool = False) -> Resolution:
-    """The Debian packages of a definition for `state.arch` (Debian's name: amd64, arm64, riscv64).
+    """The Debian packages of a definition for `state.arch` (Debian's name: amd64, arm64).
 
     Raises UnknownPackages when apt knows no version of a name even after `apt-get update`.
     `refresh` runs `apt-get update` first (after a download failed: the lists are stale).

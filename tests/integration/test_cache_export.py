@@ -102,8 +102,8 @@ def test_platform_picks_the_image_of_an_index(tmp_path: Path, cache: Path) -> No
     assert json.loads(skopeo("inspect", f"oci-archive:{out}"))["Architecture"] == "amd64"
     failed = run_cli("cache", "export", "--cache", cache, MULTI_REF, "-o", out, "--platform", "linux/riscv64")
     assert failed.returncode == 1
-    assert failed.stderr.decode() == (f"linuxkit-py: {MULTI_REF}: no image for linux/riscv64 (the index has: "
-                                      "linux/amd64, linux/arm64) (hint: choose another --arch)\n")
+    assert failed.stderr.decode() == ("linuxkit-py: unsupported architecture 'riscv64' "
+                                      "(hint: supported: amd64 (x86_64), arm64 (aarch64))\n")
 
 
 def test_export_errors_are_one_line(tmp_path: Path, cache: Path) -> None:

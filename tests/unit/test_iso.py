@@ -295,8 +295,9 @@ def test_root_image_and_other_extra_files_go_under_their_names(tmp_path: Path,
 
 
 def test_user_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"^iso-bios is built for amd64 only, not arm64$"):
-        _build("iso-bios", _rootfs(tmp_path, arch="arm64"), tmp_path)
+    with pytest.raises(UserError, match=r"^format iso-bios has no arm64 image: it is built for amd64 "
+                                        r"\(hint: BIOS boot exists on x86 only: use the -efi formats\)$"):
+        get_format("iso-bios").check_arch("arm64")
     with pytest.raises(UserError, match=r"^iso-efi-initrd always boots from its initrd, not --root squashfs "
                                         r"\(hint: use iso-efi for the root filesystem on the medium\)$"):
         _build("iso-efi-initrd", _rootfs(tmp_path, root="squashfs"), tmp_path)

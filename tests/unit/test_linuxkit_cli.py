@@ -93,7 +93,7 @@ def test_an_unknown_option_is_still_refused(kernel_output: Path, capsys: pytest.
     (["--virtiofs", "/srv"], "not supported: --virtiofs: no virtiofsd shares; attach a --disk or put the files "
                              "in the image with files:"),
     (["-gui"], "not supported: --gui: guests run headless; their console is the serial console on this terminal"),
-    (["--arch", "sparc"], "unsupported architecture 'sparc' (hint: use amd64/x86_64, arm64/aarch64 or riscv64)"),
+    (["--arch", "sparc"], "unsupported architecture 'sparc' (hint: supported: amd64 (x86_64), arm64 (aarch64))"),
     (["--qemu", "/no/such/qemu"], "--qemu /no/such/qemu: not an executable file"),
 ])
 def test_linuxkit_run_flags_that_are_declined(kernel_output: Path, capsys: pytest.CaptureFixture[str],
