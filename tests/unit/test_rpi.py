@@ -11,14 +11,17 @@ import re
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.boards import BOARDS, CMDLINE_TXT, CONFIG_TXT, QEMU_BOARD, cmdline_txt, config_files, firmware_files
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import FormatOptions, Rootfs, get_format
+from linuxkit_py.formats import FormatOptions, Rootfs, bootfiles, get_format, rpi
+from linuxkit_py.formats.rootimage import root_image_id
 from linuxkit_py.formats.rpi import PARTITION_START
+from linuxkit_py.formats.stage1 import RootLocation
 from linuxkit_py.media.fat import fat_bits, read_fat_file
 from linuxkit_py.run.image import detect_image
 from linuxkit_py.run.qemu import QemuOptions, boot_command, serial_console_args
@@ -230,3 +233,63 @@ def test_run_boots_a_card_on_raspi3b_from_its_own_files(card: Path, tmp_path: Pa
 def test_run_refuses_what_raspi3b_does_not_have(card: Path) -> None:
     with pytest.raises(UserError, match="has no network card or disk controller"):
         boot_command(detect_image(card), QemuOptions(publish=["8080:80"]), serial_console_args("stdio"))
+
+
+ROOT_IMAGE = b"hsqs" + bytes(range(256)) * 40  # stands for a squashfs image (formats/rootimage.py is tested apart)
+
+
+@pytest.fixture
+def fake_root(monkeypatch: pytest.MonkeyPatch) -> list[tuple[RootLocation, str]]:
+    """Root image and stage one replaced by stand-ins (stage1.py and rootimage.py have their own tests); the
+    stage-one calls are recorded as (location, medium)."""
+    calls: list[tuple[RootLocation, str]] = []
+
+    def root_image(rootfs: Rootfs, out_path: Path, fs: str) -> None:
+        out_path.write_bytes(ROOT_IMAGE)
+
+    def stage1(rootfs: Rootfs, out: BinaryIO, *, location: RootLocation, medium: str) -> None:
+        calls.append((location, medium))
+        out.write(b"\x1f\x8bstage one")
+
+    for module in (rpi, bootfiles):
+        monkeypatch.setattr(module, "write_root_image", root_image)
+        monkeypatch.setattr(module, "write_stage1_initrd", stage1)
+    return calls
+
+
+def _with_root(rootfs: Rootfs, root: str) -> Rootfs:
+    rootfs.options.root = root
+    return rootfs
+
+
+def test_root_image_is_a_second_partition_that_stage_one_finds(
+        firmware: Path, tmp_path: Path, fake_root: list[tuple[RootLocation, str]]) -> None:
+    card = _write(tmp_path / "root-rpi.img", "raw-rpi", _with_root(_rootfs(firmware), "squashfs"))
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(card)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    boot, root = table["partitions"]
+    with open(card, "rb") as f:
+        f.seek(root["start"] * 512)
+        on_card = f.read(len(ROOT_IMAGE))
+
+    assert (boot["type"], boot.get("bootable"), root["type"]) == ("c", True, "83")
+    assert root["start"] == boot["start"] + boot["size"] and root["start"] % 8192 == 0  # on a 4 MiB unit
+    assert (root["start"] + root["size"]) * 512 == card.stat().st_size == 44 * MIB  # 4 + 36 (FAT32) + 4
+    assert on_card == ROOT_IMAGE
+    assert _fat(card, "initrd.img") == b"\x1f\x8bstage one" and _fat(card, "rootfs.squashfs") is None
+    ((location, medium),) = fake_root
+    (tmp_path / "image").write_bytes(ROOT_IMAGE)
+    assert medium == "virtio" and location == RootLocation("squashfs", root_image_id(tmp_path / "image"))
+
+
+def test_rpi3_root_image_is_a_file_among_the_boot_files(
+        firmware: Path, tmp_path: Path, fake_root: list[tuple[RootLocation, str]]) -> None:
+    tar_path = _write(tmp_path / "root.tar", "rpi3", _with_root(_rootfs(firmware), "squashfs"))
+
+    with tarfile.open(tar_path) as tar:
+        names = tar.getnames()
+        image = tar.extractfile("rootfs.squashfs").read()  # type: ignore[union-attr]
+
+    assert names[-1] == "rootfs.squashfs" and image == ROOT_IMAGE
+    ((location, medium),) = fake_root
+    assert medium == "disk" and location.image_path == "rootfs.squashfs"
