@@ -2,13 +2,14 @@
 
 NAME.iso is a plain, non-bootable ISO 9660 image of the root filesystem: everything but boot/* (the kernel,
 cmdline, ucode and dtbs go nowhere else; the empty `boot` directory stays), with Rock Ridge names, modes,
-owners and symbolic links, volume id `LinuxKit`. It holds no kernel, initrd or boot loader, and no initrd
-is written: LinuxKit's `run qemu` cannot boot these files either (it boots NAME-kernel with
-NAME-initrd.img); they are for a machine whose own boot path mounts the ISO as its root.
+owners and symbolic links, and a Joliet tree, volume id `LinuxKit`. It holds no kernel, initrd or boot
+loader, and no initrd is written: LinuxKit's `run qemu` cannot boot these files either (it boots NAME-kernel
+with NAME-initrd.img); they are for a machine whose own boot path mounts the ISO as its root.
 
-Differences from LinuxKit's genisoimage run (docs/formats.md): no Joliet tree (Linux reads Rock Ridge),
-every date is the build epoch, hard links are separate copies, and device nodes, FIFOs and sockets are
-left out with a warning (pycdlib writes no Rock Ridge PN records). The same entries give the same bytes.
+Differences from LinuxKit's genisoimage run (docs/formats.md): Joliet names are cut to 64 characters (103
+with its -joliet-long), every date is the build epoch, hard links are separate copies, and device nodes,
+FIFOs and sockets are left out with a warning (pycdlib writes no Rock Ridge PN records). The same entries
+give the same bytes.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def write_rootfs_iso(entries: list[Entry], out: BinaryIO, epoch: int) -> None:
     files: dict[str, Entry] = {}
     skipped: list[str] = []
     with IsoImage(volume_id=VOLUME_ID, epoch=epoch, seed=hashlib.sha256(b"kernel+iso").digest(),
-                  joliet=False, mangle=True) as iso:
+                  mangle=True) as iso:
         iso.set_owner("", 0, 0, ROOT_MODE)
         for entry in entries:
             path = entry.path

@@ -47,6 +47,10 @@ ISOLINUX_LOAD_SECTORS = 4
 MAX_LOAD_SECTORS = 0xFFFF  # El Torito 1.0 §2.2: the sector count is 16 bits
 FILE_MODE = 0o100444  # Rock Ridge PX: read-only regular file
 S_IFDIR, S_IFREG, S_IFLNK = 0o040000, 0o100000, 0o120000
+# Joliet (Microsoft's 1995 specification): names of at most 64 characters (pycdlib counts UTF-8 bytes) without
+# these characters.
+JOLIET_MAX_NAME = 64
+JOLIET_FORBIDDEN = re.compile(r"[*/:;?\\\x00-\x1f]")
 # pycdlib modules that read the clock (pycdlib.utils only uses time.gmtime, which is fine).
 _CLOCK_MODULES = ("pycdlib.pycdlib", "pycdlib.headervd", "pycdlib.dates")
 _clock_lock = threading.Lock()
@@ -96,6 +100,11 @@ def iso9660_component(name: str, is_dir: bool) -> str:
     return f"{stem}.{ext};1"
 
 
+def _cut_utf8(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8, at a character boundary."""
+    return text.encode()[:limit].decode(errors="ignore")
+
+
 def _numbered(identifier: str, n: int) -> str:
     """`identifier` (a directory name or `STEM.EXT;1`) with its stem's end replaced by the number `n`."""
     number = str(n)
@@ -131,6 +140,8 @@ class IsoImage:
         self._dirs: dict[str, str] = {"": "/"}  # medium path -> ISO 9660 path
         self._files: dict[str, str] = {}
         self._taken: dict[str, str] = {"/": ""}  # ISO 9660 path -> medium path
+        self._joliet_paths: dict[str, str] = {}  # medium path -> Joliet path (when mangling)
+        self._joliet_taken: set[str] = set()  # Joliet paths in use
         # medium path -> (uid, gid, mode bits to set or None, file type bits to set or None), applied by write():
         # looking a record up makes pycdlib lay out the whole image again, so it is done once, at the end.
         self._attributes: dict[str, tuple[int, int, int | None, int | None]] = {}
@@ -149,7 +160,25 @@ class IsoImage:
         return self._files.get(path) or self._dirs[path]
 
     def _joliet_path(self, path: str) -> str | None:
-        return "/" + path if self._joliet else None
+        """The Joliet path of medium path `path`: the same names, or, when mangling, each name cut to Joliet's
+        64 bytes, its forbidden characters replaced and numbered on a clash within its directory."""
+        if not self._joliet:
+            return None
+        if not self._mangle:
+            return "/" + path
+        if path in self._joliet_paths:
+            return self._joliet_paths[path]
+        parent, name = posixpath.split(path)
+        parent_path = self._joliet_paths.get(parent, "") if parent else ""
+        base = JOLIET_FORBIDDEN.sub("_", name)
+        candidate, n = _cut_utf8(base, JOLIET_MAX_NAME), 0
+        while f"{parent_path}/{candidate}" in self._joliet_taken:
+            n += 1
+            candidate = _cut_utf8(base, JOLIET_MAX_NAME - len(str(n)) - 1) + f"~{n}"
+        joliet_path = f"{parent_path}/{candidate}"
+        self._joliet_taken.add(joliet_path)
+        self._joliet_paths[path] = joliet_path
+        return joliet_path
 
     def add_directory(self, path: str, mode: int | None = None) -> str:
         """`path` (e.g. "boot/grub") and its parents; returns its ISO 9660 path. `mode`: its permission

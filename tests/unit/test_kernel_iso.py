@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pycdlib
 import pytest
 
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
@@ -43,6 +44,7 @@ def _rootfs(tmp_path: Path) -> Rootfs:
         Entry(f"lib/{LONG}.2", Kind.FILE, 0o644, size=1, data=b"2"),
         Entry("lib/Upper", Kind.FILE, 0o644, size=1, data=b"U"),
         Entry("lib/upper", Kind.FILE, 0o644, size=1, data=b"u"),
+        Entry(f"lib/{'y' * 70}", Kind.FILE, 0o644, size=1, data=b"y"),
         *[Entry("/".join(f"d{i}" for i in range(n + 1)), Kind.DIR, 0o700) for n in range(10)],
         Entry(f"{deep}/bottom", Kind.FILE, 0o600, size=7, data=b"bottom\n"),
     ], EPOCH)
@@ -95,6 +97,14 @@ def test_the_iso_holds_the_root_filesystem_with_rock_ridge(tmp_path: Path) -> No
     assert "/d0/d1/d2/d3/d4/d5/d6/d7/d8/d9/bottom" in names  # deeper than ISO 9660's 8 levels (relocated)
     assert "Volume Id    : LinuxKit" in subprocess.run(["xorriso", "-indev", str(iso), "-pvd_info"], check=True,
                                                      capture_output=True, text=True).stdout
+    joliet = pycdlib.PyCdlib()
+    joliet.open(str(iso))
+    try:
+        names = [c.file_identifier().decode("utf-16_be") for c in joliet.list_children(joliet_path="/lib")]
+    finally:
+        joliet.close()
+    assert {f"{LONG}.1", f"{LONG}.2", "Upper", "upper", "y" * 64} <= set(names)  # Joliet's limit: 64
+    assert f"/lib/{'y' * 70}" in listing  # Rock Ridge: the whole name
     out = tmp_path / "extracted"
     _xorriso(iso, "-osirrox", "on", "-extract", f"/lib/{LONG}.2", str(out / "two"),
              "-extract", "/d0/d1/d2/d3/d4/d5/d6/d7/d8/d9/bottom", str(out / "bottom"))
