@@ -63,6 +63,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "xz": "xz-utils",
     "lz4": "lz4",
     "tar": "tar",
+    "git": "git",
 }
 
 # Tools such as mkfs.vfat and sgdisk live in sbin, which a normal user's PATH often lacks.

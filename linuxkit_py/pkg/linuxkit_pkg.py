@@ -25,7 +25,7 @@ from linuxkit_py.errors import SpecError, UserError
 from linuxkit_py.pkg.definition import check_config, read_build_file
 from linuxkit_py.spec.load import Document
 from linuxkit_py.spec.validate import validate_document
-from linuxkit_py.tools import require
+from linuxkit_py.tools import run
 
 # The keys of LinuxKit's pkglib build.yml, of ours, and those both have (pkglib.go pkgInfo; docs/packages.md).
 LINUXKIT_KEYS = ("org", "tag", "dockerfile", "extra-sources", "gitrepo", "network", "disable-cache",
@@ -162,8 +162,7 @@ def find_linuxkit_package(directory: str | Path) -> LinuxKitPackage | None:
 # -- git, as pkglib runs it ------------------------------------------------------------------------
 
 def _git(directory: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([require("git"), "-C", str(directory), *args], capture_output=True, check=False,
-                          stdin=subprocess.DEVNULL)
+    return run(["git", "-C", directory, *args], check=False, capture=True, stdin=subprocess.DEVNULL)
 
 
 def _git_output(directory: Path, *args: str) -> str:
