@@ -148,7 +148,8 @@ def dependency_names(names: Sequence[str], state: AptState) -> list[str]:
 
 def apt_get_update(reason: str, state: AptState) -> None:
     where = f" of apt's {state.arch} state in {state.root}" if state.root else ""
-    log.warning("apt-get update%s (%s)", where, reason)
+    # the host's lists change for everyone (a warning); a private state is ours alone
+    (log.info if state.private else log.warning)("apt-get update%s (%s)", where, reason)
     try:
         run(state.command("apt-get", "update", "-q"), capture=True, timeout=APT_TIMEOUT)
     except UserError as exc:

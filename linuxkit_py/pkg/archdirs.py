@@ -13,6 +13,7 @@ choice is made here, where it is written down, rather than in one definition ful
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from linuxkit_py.arch import normalize_arch
@@ -56,7 +57,7 @@ def package_directory(directory: str | Path, arch: str) -> Path:
         if arch not in mapping:
             raise UserError(f"{current / 'build.yml'}: no package for {arch}",
                             hint=f"it maps arches: {', '.join(sorted(mapping))}")
-        current = current / mapping[arch]
+        current = Path(os.path.normpath(current / mapping[arch]))
         if not (current / "build.yml").is_file():
             raise UserError(f"{directory}/build.yml: {arch} maps to {mapping[arch]}, which has no build.yml")
     raise UserError(f"{directory}/build.yml: its per-arch mappings go round in a circle")
