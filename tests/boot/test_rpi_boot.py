@@ -11,6 +11,8 @@ The card is built once per session and booted once: qemu reads a 33 MB kernel sl
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.boards import BOARDS, firmware_files
 from linuxkit_py.cache.layout import Cache
+from linuxkit_py.formats.rpi import PARTITION_START
 from linuxkit_py.pkg.debs import debs_dir
 from tests.boot.test_specs import SPECS, line_numbers
 from tests.debstore import DEB_STORE, link_files
@@ -26,12 +30,14 @@ from tests.integration.conftest import run_cli
 
 GETTY = "service getty: started"
 DHCPCD = "onboot dhcpcd: "  # "failed with status 1 after N s": raspi3b has no eth0
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}
 BOOT_TIMEOUT = 300  # seconds; the boot takes ~13 s here under TCG
 
 
 @dataclass(frozen=True)
 class Card:
     path: Path
+    again: Path  # the same build into another directory
     build_seconds: float  # `build -f raw-rpi` from a warm cache (packages already built)
 
 
@@ -55,13 +61,26 @@ def rpi_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Card]:
     seconds = _build(cache, out, "raw-rpi")
     print(f"\nraw-rpi of minimal.yml: {seconds:.1f} s from a warm cache, "
           f"{(out / 'minimal-rpi.img').stat().st_size / (1 << 20):.0f} MiB")
-    yield Card(out / "minimal-rpi.img", seconds)
+    again = tmp_path_factory.mktemp("rpi-again")
+    _build(cache, again, "raw-rpi")
+    yield Card(out / "minimal-rpi.img", again / "minimal-rpi.img", seconds)
     if debs.is_dir():
         link_files(debs, DEB_STORE)
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_card_is_the_same_bytes_every_build_with_debians_firmware(rpi_card: Card) -> None:
+    files = subprocess.run(["mdir", "-b", "-i", f"{rpi_card.path}@@{PARTITION_START}", "::/"], capture_output=True,
+                           text=True, check=True, env=MTOOLS_ENV).stdout.split()
+
+    assert _sha256(rpi_card.again) == _sha256(rpi_card.path)
+    # the real raspi-firmware, the kernel image's device trees, our files: nothing else
+    assert sorted(name.removeprefix("::/") for name in files) == sorted(
+        [*firmware_files(), "config.txt", "cmdline.txt", "kernel8.img", "initrd.img",
+         *(board.dtb_file for board in BOARDS.values())])
 
 
 @pytest.mark.boot
