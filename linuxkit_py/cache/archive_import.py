@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import tarfile
 import tempfile
 import zlib
@@ -38,6 +39,8 @@ MAX_METADATA = 16 << 20  # index.json / manifest.json are small; a bigger one is
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 BLOB_PREFIX = "blobs/sha256/"
+# A docker-archive config named by its digest: `sha256:<hex>` (go-containerregistry) or `<hex>.json` (docker save).
+_NAMED_BY_DIGEST = re.compile(r"(?:sha256:)?([0-9a-f]{64})(?:\.json)?")
 
 
 @dataclass(frozen=True)
@@ -135,14 +138,15 @@ class _Gunzip:
 
 
 def _store(cache: Cache, source: IO[bytes], size: int, expected: str | None, member: str) -> StoredFile:
-    """Copy one member into the cache as a blob; with `expected`, only if its bytes have that digest."""
+    """Copy one member into the cache as a blob; with `expected` (an OCI blob), only if its bytes have that
+    digest. Without, a gzip member's decompressed digest is taken too (a docker-archive layer's diff_id)."""
     blobs = cache.root / "blobs" / "sha256"
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=blobs)
     try:
         sha, n, gunzip = hashlib.sha256(), 0, None
         with os.fdopen(fd, "wb") as f:
             while chunk := source.read(CHUNK):
-                if n == 0 and chunk.startswith(GZIP_MAGIC):
+                if n == 0 and expected is None and chunk.startswith(GZIP_MAGIC):  # a docker-archive layer
                     gunzip = _Gunzip()
                 if gunzip is not None:
                     gunzip.feed(chunk)
@@ -248,6 +252,10 @@ def _docker_images(cache: Cache, archive: _Archive, label: str,
         config_file = archive.file(item["Config"])
         if config_file is None:
             raise UserError(f"{where}: its config {item['Config']} is not in the archive")
+        by_digest = _NAMED_BY_DIGEST.fullmatch(posixpath.basename(item["Config"]))
+        if by_digest and f"sha256:{by_digest.group(1)}" != config_file.digest:
+            raise UserError(f"{where}: config {item['Config']} has digest {config_file.digest}",
+                            hint="the archive is corrupt")
         try:
             config = json.loads(cache.read_blob(config_file.digest))
         except ValueError:

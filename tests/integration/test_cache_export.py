@@ -3,6 +3,7 @@ round trips, and bad archives that change nothing."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -132,7 +133,13 @@ def test_import_round_trips_our_and_skopeos_archives(tmp_path: Path, cache: Path
     fresh = tmp_path / "fresh"
     done = run_cli("cache", "import", "--cache", fresh, oci)
     assert (done.returncode, done.stdout.decode()) == (0, f"{BUSYBOX_REF}\t{digest}\n")
+    # our docker-archive: gzip layers named <digest>.tar.gz, checked against the config's diff_ids
+    export(cache, BUSYBOX_REF, docker, "--format", "docker", "--name", "example.com/ours/box:1")
+    done = run_cli("cache", "import", "--cache", fresh, docker)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().startswith("example.com/ours/box:1\tsha256:")
     # skopeo's docker-archive: uncompressed layers, <id>/layer.tar links, a RepoTags name
+    docker.unlink()
     skopeo("copy", "--quiet", f"oci:{cache}:{BUSYBOX_REF}", f"docker-archive:{docker}:example.com/my/busybox:2")
     done = run_cli("cache", "import", "--cache", fresh, "-", stdin=docker.read_bytes())
     assert done.returncode == 0, done.stderr.decode()
@@ -196,3 +203,21 @@ def test_a_bad_archive_changes_nothing(tmp_path: Path, cache: Path) -> None:
         assert not [p.name for p in (fresh / "blobs" / "sha256").iterdir() if p.name.startswith(".")]
     assert run_cli("cache", "ls", "--cache", fresh).stdout == b""
     assert run_cli("cache", "verify", "--cache", fresh).returncode == 0
+
+
+def test_a_docker_archive_layer_must_match_its_diff_id(tmp_path: Path, cache: Path) -> None:
+    good, bad = tmp_path / "good.tar", tmp_path / "bad.tar"
+    export(cache, BUSYBOX_REF, good, "--format", "docker")
+    with tarfile.open(good) as tar:
+        layer = [m.name for m in tar if m.name.endswith(".tar.gz")][1]
+    other = gzip.compress(tar_layer(F("etc/other", "x")), mtime=0)
+    _rewrite(good, bad, {layer: other})
+    done = run_cli("cache", "import", "--cache", tmp_path / "fresh", bad)
+    config = json.loads(subprocess.run(["tar", "xOf", str(good), "manifest.json"], check=True,
+                                       capture_output=True).stdout)[0]["Config"]
+    diff_ids = json.loads(subprocess.run(["tar", "xOf", str(good), config], check=True,
+                                         capture_output=True).stdout)["rootfs"]["diff_ids"]
+    got = "sha256:" + hashlib.sha256(tar_layer(F("etc/other", "x"))).hexdigest()
+    assert done.stderr.decode() == (f"linuxkit-py: {bad}: manifest.json[0]: layer {layer} has diff_id {got}, its "
+                                    f"config says {diff_ids[1]} (hint: the archive is corrupt)\n")
+    assert run_cli("cache", "ls", "--cache", tmp_path / "fresh").stdout == b""
