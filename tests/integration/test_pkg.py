@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from linuxkit_py.arch import host_arch
 from linuxkit_py.archive.entry import Entry, Kind, read_data
 from linuxkit_py.cache.image import Image, load_cached_image
 from linuxkit_py.cache.layers import layer_entries
@@ -135,7 +136,7 @@ def files_of(cache: Path, image: Image) -> dict[str, Entry]:
 
 def deb_members(cache: Path, package: str) -> dict[str, bytes | None]:
     """What dpkg-deb says the cached .deb holds: path -> contents of a regular file (None otherwise)."""
-    [deb] = debs_dir(Cache(cache)).glob(f"{package}_*.deb")
+    [deb] = debs_dir(Cache(cache)).glob(f"{package}_*_{host_arch()}.deb")  # the store has arm64 ones too
     tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
         return {m.name.removeprefix("./").rstrip("/"): tf.extractfile(m).read() if m.isfile() else None  # type: ignore[union-attr]
@@ -174,7 +175,7 @@ def test_busybox_package_with_files_and_symlinks(cache_dir: Path, busybox_pkg: P
 
 
 def busybox_version(cache: Path) -> str:
-    [deb] = debs_dir(Cache(cache)).glob("busybox-static_*.deb")
+    [deb] = debs_dir(Cache(cache)).glob(f"busybox-static_*_{host_arch()}.deb")
     return deb.name.split("_")[1].replace("%3a", ":")
 
 
