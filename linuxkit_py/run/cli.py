@@ -23,7 +23,7 @@ from typing import Any
 from linuxkit_py.arch import normalize_arch
 from linuxkit_py.errors import UserError
 from linuxkit_py.run.disks import DISK_SYNTAX, name_unnamed_disks, parse_disk
-from linuxkit_py.run.image import BootImage, detect_image, forced_image
+from linuxkit_py.run.image import BootImage, detect_image, forced_image, sniff_arch
 from linuxkit_py.run.kvm import ACCELERATORS
 from linuxkit_py.run.qemu import NETWORKING, BootResult, QemuOptions, boot_image, run_interactive
 from linuxkit_py.tools import start
@@ -142,7 +142,8 @@ def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
         uefi=args.uefi,
         firmware=args.fw,
         networking=args.networking,
-        arch=normalize_arch(args.arch),  # None: the host's, as LinuxKit and as `build --arch`
+        # --arch, else what the output's bytes say (arm64 Image, UKI machine, BOOTAA64.EFI), else the host's
+        arch=normalize_arch(args.arch or sniff_arch(image)),
         qemu=args.qemu,
     )
 

@@ -144,3 +144,70 @@ def detect_image(path: Path) -> BootImage:
     raise UserError(f"nothing to run at {path}: looked for {path}{KERNEL_SUFFIX} with {path}-initrd.img, "
                     f"-squashfs.img or -erofs.img, and for {path} itself as a file ending in "
                     f"{ISO_SUFFIX}, {_disk_suffixes()} or {UKI_SUFFIX}")
+
+
+# What an output's bytes say about its architecture (`run` without --arch boots it on the right qemu).
+ARM64_IMAGE_MAGIC = (56, b"ARM\x64")  # Documentation/arch/arm64/booting.rst: the Image header's magic
+X86_BOOT_MAGIC = (0x202, b"HdrS")  # Documentation/arch/x86/boot.rst: the bzImage setup header
+PE_MACHINES = {0x8664: "amd64", 0xAA64: "arm64"}  # PE/COFF Machine of a UKI
+# The FAT short names of the removable-media loaders (UEFI 2.10 3.5.1.1), as an ESP's directory stores them:
+# found in a disk image, an ISO's El Torito image or a qcow2 (uncompressed clusters).
+EFI_LOADER_NAMES = {b"BOOTAA64EFI": "arm64", b"BOOTX64 EFI": "amd64"}
+SCAN_CHUNK = 1 << 20
+SCAN_LIMIT = 256 << 20  # read at most this much of a disk looking for the loader's name
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def _kernel_arch(kernel: Path) -> str | None:
+    for (offset, magic), arch in ((ARM64_IMAGE_MAGIC, "arm64"), (X86_BOOT_MAGIC, "amd64")):
+        if _read_at(kernel, offset, len(magic)) == magic:
+            return arch
+    return None
+
+
+def _pe_arch(path: Path) -> str | None:
+    head = _read_at(path, 0, 4096)
+    if head[:2] != b"MZ" or len(head) < 0x40:
+        return None
+    pe = int.from_bytes(head[0x3C:0x40], "little")
+    if head[pe:pe + 4] != b"PE\0\0":
+        return None
+    return PE_MACHINES.get(int.from_bytes(head[pe + 4:pe + 6], "little"))
+
+
+def _loader_arch(path: Path) -> str | None:
+    """The architecture of the first EFI loader name in the first SCAN_LIMIT bytes of `path`."""
+    keep = max(len(name) for name in EFI_LOADER_NAMES) - 1
+    tail = b""
+    with open(path, "rb") as f:
+        for _ in range(SCAN_LIMIT // SCAN_CHUNK):
+            chunk = f.read(SCAN_CHUNK)
+            if not chunk:
+                return None
+            window = tail + chunk
+            found = [(window.find(name), arch) for name, arch in EFI_LOADER_NAMES.items() if name in window]
+            if found:
+                return min(found)[1]
+            tail = window[-keep:]
+    return None
+
+
+def sniff_arch(image: BootImage) -> str | None:
+    """The architecture the output's own bytes show (kernel header, UKI machine, EFI loader name), or None."""
+    if image.arch is not None:
+        return image.arch
+    try:
+        if image.kernel is not None:
+            return _kernel_arch(image.kernel)
+        if image.image is not None and image.kind == "uki":
+            return _pe_arch(image.image)
+        if image.image is not None:
+            return _loader_arch(image.image)
+    except OSError:
+        return None
+    return None

@@ -9,6 +9,8 @@ from the host through a published port.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -126,12 +128,23 @@ def test_arm64_root_on_a_read_only_image_boots(arm64_build: Arm64Build, root: st
 
 
 @pytest.mark.boot
-@pytest.mark.parametrize("name", ["minimal-efi.img", "minimal-efi.qcow2", "minimal.efi", "minimal-efi.iso"])
+@pytest.mark.parametrize("name", ["minimal-efi.img", "minimal.efi", "minimal-efi.iso"])
 def test_arm64_efi_outputs_boot_under_aavmf(arm64_build: Arm64Build, name: str) -> None:
     result = _boot(arm64_build.out / name)
     assert "AAVMF_CODE.fd" in " ".join(result.command)
     assert "EFI stub: Booting Linux Kernel..." in result.output  # started by the firmware, not by qemu
     assert "-arm64, up " in result.output
+
+
+@pytest.mark.boot
+def test_run_boots_an_arm64_disk_on_the_arm64_machine_without_being_told(arm64_build: Arm64Build) -> None:
+    """`linuxkit-py run PATH` on this amd64 host reads the qcow2's EFI loader name (BOOTAA64.EFI)."""
+    result = subprocess.run([sys.executable, "-m", "linuxkit_py", "run", "qemu", "--until", GETTY, "--timeout", "150",
+                             str(arm64_build.out / "minimal-efi.qcow2")],
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=200)
+    console = result.stdout.decode(errors="replace")
+    assert result.returncode == 0, console[-3000:] + result.stderr.decode()
+    assert "EFI stub: Booting Linux Kernel..." in console and "-arm64, up " in console
 
 
 @pytest.mark.boot
