@@ -376,7 +376,7 @@ def bundle_runtime(runtime: dict[str, Any], bundle: str, content: str, readonly:
     return out
 
 
-def _go_json(doc: dict[str, Any]) -> bytes:
+def go_json(doc: dict[str, Any]) -> bytes:
     """JSON as Go's json.MarshalIndent(doc, "", "    ") writes it: HTML-safe escapes, no final newline."""
     text = json.dumps(doc, indent=4, ensure_ascii=False)
     for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
@@ -387,9 +387,9 @@ def _go_json(doc: dict[str, Any]) -> bytes:
 
 def config_json(doc: dict[str, Any]) -> bytes:
     """config.json bytes, as LinuxKit writes them."""
-    return _go_json(doc)
+    return go_json(doc)
 
 
 def runtime_json(doc: dict[str, Any]) -> bytes:
     """runtime.json bytes, as LinuxKit writes them."""
-    return _go_json(doc)
+    return go_json(doc)

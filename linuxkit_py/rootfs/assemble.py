@@ -318,13 +318,13 @@ def _add_files(tree: Tree, a: Assembly) -> None:
 
 def metadata_writer(spec: Spec) -> Callable[[str], bytes]:
     """`files: metadata:` renders the resolved spec as YAML or JSON."""
-    from linuxkit_py.spec.dump import spec_to_json, spec_to_moby_yaml
+    from linuxkit_py.spec.dump import spec_to_moby_json, spec_to_moby_yaml
 
-    def render(kind: str) -> bytes:
+    def render(kind: str) -> bytes:  # the documents LinuxKit writes
         if kind == "yaml":
-            return spec_to_moby_yaml(spec).encode()  # the document LinuxKit writes
+            return spec_to_moby_yaml(spec).encode()
         if kind == "json":
-            return spec_to_json(spec).encode()
+            return spec_to_moby_json(spec)
         raise UserError(f"unsupported metadata type {kind!r} (use yaml or json)")
 
     return render

@@ -1,5 +1,5 @@
-"""The merged spec as YAML for `--dry-run`, as LinuxKit's YAML for `files: metadata: yaml` (moby_yaml.py),
-or as JSON (`metadata: json`).
+"""The merged spec as YAML for `--dry-run` (and our JSON of it); `files: metadata: yaml|json` write LinuxKit's
+documents instead (moby.py).
 
 `--dry-run`: sections come in LinuxKit's order (kernel, init, onboot, onshutdown, services, files, volumes),
 only those the spec has; keys inside an object keep the order the user wrote them in. Loading the YAML back
@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from linuxkit_py.spec.moby_yaml import spec_to_moby_yaml
+from linuxkit_py.spec.moby import spec_to_moby_json, spec_to_moby_yaml
 from linuxkit_py.spec.model import Spec
 from linuxkit_py.spec.scalars import resolve_plain
 
-__all__ = ["spec_to_json", "spec_to_moby_yaml", "spec_to_yaml"]
+__all__ = ["spec_to_json", "spec_to_moby_json", "spec_to_moby_yaml", "spec_to_yaml"]
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _NEEDS_ESCAPES = re.compile(

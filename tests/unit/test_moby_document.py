@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from linuxkit_py.spec.load import load_specs
-from linuxkit_py.spec.moby_yaml import spec_to_moby_yaml
+from linuxkit_py.spec.moby import spec_to_moby_json, spec_to_moby_yaml
 from linuxkit_py.spec.resolve import resolve_spec
 
 SPEC = """\
@@ -124,3 +124,74 @@ def test_page_size_in_bytes_is_accepted(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (0, "")
     assert "        - pageSize: 2097152\n" in done.stdout
+
+
+JSON_SPEC = """\
+kernel:
+  image: linuxkit/kernel:6.6.71
+onboot:
+  - name: a
+    image: a:1
+    mounts:
+      - type: bind
+        source: /x
+        destination: /y
+    runtime:
+      mkdir: [/var/a]
+    sysctl:
+      b: "2"
+      a: "1"
+files:
+  - path: etc/m
+    contents: "<&>"
+"""
+
+JSON_EXPECTED = """\
+{
+    "kernel": {
+        "image": "docker.io/linuxkit/kernel:6.6.71"
+    },
+    "init": null,
+    "onboot": [
+        {
+            "name": "a",
+            "image": "docker.io/library/a:1",
+            "mounts": [
+                {
+                    "destination": "/y",
+                    "type": "bind",
+                    "source": "/x"
+                }
+            ],
+            "sysctl": {
+                "a": "1",
+                "b": "2"
+            },
+            "runtime": {
+                "mkdir": [
+                    "/var/a"
+                ],
+                "bindNS": {}
+            }
+        }
+    ],
+    "onshutdown": null,
+    "services": null,
+    "files": [
+        {
+            "path": "etc/m",
+            "directory": false,
+            "contents": "\\u003c\\u0026\\u003e",
+            "optional": false
+        }
+    ],
+    "volumes": null
+}"""
+
+
+def test_metadata_json_is_linuxkits_document(tmp_path: Path) -> None:
+    """encoding/json: json names, omitempty as tagged (runtime-spec mounts lose their empty fields, a struct such as
+    bindNS stays), sorted maps, null sections, HTML-safe escapes, no final newline."""
+    path = tmp_path / "spec.yml"
+    path.write_text(JSON_SPEC)
+    assert spec_to_moby_json(resolve_spec(load_specs([str(path)]))).decode() == JSON_EXPECTED

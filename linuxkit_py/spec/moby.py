@@ -1,5 +1,5 @@
-"""`files: metadata: yaml`: the resolved spec as the document LinuxKit writes (gopkg.in/yaml.v2 marshalling its
-Moby struct, moby/config.go), since programs in the image read it.
+"""`files: metadata: yaml|json`: the resolved spec as the documents LinuxKit writes (gopkg.in/yaml.v2 and
+encoding/json marshalling its Moby struct, moby/config.go), since programs in the image read them.
 
 What that means: every top-level section is present, in LinuxKit's order (`onboot: []` when empty); the keys
 of each object come in the Go struct's order, each written or left out as its yaml tag says (`directory:` and
@@ -9,7 +9,10 @@ the embedded block-IO device as `linuxblockiodevice:`); maps have sorted keys. F
 two-space indent, sequences not indented under their key, strings that would read as another type in
 double quotes, multi-line strings as literal blocks, long lines folded at 80 columns.
 
-Keys LinuxKit does not know (our extensions) follow its keys, as given. `--dry-run` does not use this form
+JSON (json.MarshalIndent, four spaces): json names, each field left out as its omitempty tag says (most
+runtime-spec fields have it; a struct is never left out), maps sorted, empty sections null.
+
+Keys LinuxKit does not know (our extensions) follow its keys, as given. `--dry-run` does not use these forms
 (docs/spec.md): it prints a spec our loader reads back.
 """
 
@@ -19,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from linuxkit_py.bundle.config import go_json
 from linuxkit_py.spec.model import Spec
 from linuxkit_py.spec.scalars import resolve_plain
 
@@ -34,8 +38,15 @@ Field = tuple[Any, ...]
 
 
 def _oci(*fields: Field) -> tuple[Field, ...]:
-    """A runtime-spec type: no yaml tags, so each field is written under its lower-cased Go name."""
-    return tuple((f[0], f[1], f[2] if len(f) > 2 else None, f[3] if len(f) > 3 else f[0].lower()) for f in fields)
+    """A runtime-spec type: no yaml tags, so each field is written under its lower-cased Go name (a fifth item
+    marks the field as a runtime-spec one, for the JSON rules)."""
+    return tuple((f[0], f[1], f[2] if len(f) > 2 else None, f[3] if len(f) > 3 else f[0].lower(), True)
+                 for f in fields)
+
+
+# Runtime-spec fields whose json tag has no omitempty (specs-go/config.go); every other one has it.
+JSON_ALWAYS = frozenset({"destination", "containerID", "hostID", "size", "pageSize", "limit", "name", "priority",
+                         "major", "minor", "rate", "allow"})
 
 
 ID_MAPPING = _oci(("containerID", "int"), ("hostID", "int"), ("size", "int"))
@@ -139,6 +150,46 @@ def _object(data: dict[str, Any], shape: tuple[Field, ...], extensions: bool = T
     return out
 
 
+def _json_object(data: dict[str, Any], shape: tuple[Field, ...]) -> dict[str, Any]:
+    """`data` as encoding/json writes the Go struct `shape` describes: json names (ours), omitempty as tagged."""
+    out: dict[str, Any] = {}
+    known: set[str] = set()
+    folded = {k.lower(): k for k in data}
+    for field in shape:
+        key, kind = field[0], field[1]
+        sub = field[2] if len(field) > 2 else None
+        if kind == "embed":  # encoding/json flattens an embedded struct
+            assert sub is not None
+            out.update(_json_object(data, sub))
+            known.update(folded.get(f[0].lower(), f[0]) for f in sub)
+            continue
+        oci = len(field) > 4
+        if oci:
+            kind = "opt" if kind == "null" else kind if key in JSON_ALWAYS else "omit"
+        key = str(key if key in data else folded.get(key.lower(), key))
+        known.add(key)
+        value = data.get(key)
+        if value is None:
+            if kind in ("omit", "opt"):
+                continue
+            value = {} if kind == "struct" else None if kind in ("list", "map", "null") else _ZERO.get(kind)
+        elif kind == "omit" and value in ("", 0, False, [], {}):
+            continue
+        if isinstance(value, dict):
+            if kind == "map":
+                value = {k: _json_object(v, sub) if sub and isinstance(v, dict) else v
+                         for k, v in sorted(value.items())}
+            elif sub is not None:
+                value = _json_object(value, sub)
+            else:
+                value = dict(sorted(value.items()))
+        elif isinstance(value, list) and sub is not None:
+            value = [_json_object(v, sub) if isinstance(v, dict) else v for v in value]
+        out[field[0]] = value
+    out.update((k, v) for k, v in data.items() if k not in known)
+    return out
+
+
 def moby_document(spec: Spec) -> dict[str, Any]:
     """The spec as LinuxKit's Moby struct (plain data, keys in its order)."""
     return {
@@ -172,6 +223,20 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _MobyDumper.add_representer(str, _represent_str)
+
+
+def spec_to_moby_json(spec: Spec) -> bytes:
+    """The resolved spec as LinuxKit writes it for `files: metadata: json` (json.MarshalIndent, four spaces, no
+    final newline): json names, omitempty as tagged, empty sections null (what LinuxKit's merge leaves)."""
+    doc: dict[str, Any] = {
+        "kernel": _json_object(spec.kernel, KERNEL),
+        "init": list(spec.init) or None,
+        **{section: [_json_object(entry, IMAGE) for entry in getattr(spec, section)] or None
+           for section in ("onboot", "onshutdown", "services")},
+        "files": [_json_object(entry, FILE) for entry in spec.files] or None,
+        "volumes": [_json_object(entry, VOLUME) for entry in spec.volumes] or None,
+    }
+    return go_json(doc)
 
 
 def spec_to_moby_yaml(spec: Spec) -> str:
