@@ -19,6 +19,7 @@ import logging
 from typing import BinaryIO
 
 from linuxkit_py.archive.entry import ContentReader, Entry, Kind
+from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.initrd import BOOT_DIR, split_boot
 from linuxkit_py.media.iso9660 import IsoImage
@@ -68,6 +69,9 @@ def write_rootfs_iso(entries: list[Entry], out: BinaryIO, epoch: int) -> None:
 
 def write_kernel_iso(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
     """`kernel+iso`: NAME-kernel, NAME-cmdline and the root filesystem as NAME.iso."""
+    if rootfs.options.root != "ram":
+        raise UserError(f"kernel+iso always writes the root filesystem as NAME.iso, not --root {rootfs.options.root}",
+                        hint="use kernel+squashfs or kernel+erofs for a root image that boots")
     kernel_out, cmdline_out, iso_out = outs
     boot = split_boot(rootfs.entries)
     with ContentReader() as reader:

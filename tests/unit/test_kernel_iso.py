@@ -118,3 +118,14 @@ def test_kernel_iso_shares_its_name_with_iso_bios() -> None:
 
     with pytest.raises(UserError, match="formats iso-bios and kernel\\+iso both write NAME.iso"):
         _formats(BuildOptions(paths=["x.yml"], formats=["iso-bios,kernel+iso"]))
+
+
+def test_kernel_iso_has_no_root_modes(tmp_path: Path) -> None:
+    from linuxkit_py.errors import UserError
+    from linuxkit_py.formats import FormatOptions
+
+    rootfs = _rootfs(tmp_path)
+    rootfs.options = FormatOptions(root="squashfs")
+    with pytest.raises(UserError, match=r"^kernel\+iso always writes the root filesystem as NAME.iso, not --root "
+                                        r"squashfs \(hint: use kernel\+squashfs or kernel\+erofs"):
+        _build(rootfs, tmp_path / "out")
