@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 from linuxkit_py.boards import BOARDS, firmware_files
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.formats.rpi import PARTITION_START
+from linuxkit_py.media.fat import read_fat_file
 from linuxkit_py.pkg.debs import debs_dir
 from tests.boot.test_specs import SPECS, line_numbers
 from tests.debstore import DEB_STORE, link_files
@@ -81,6 +83,51 @@ def test_card_is_the_same_bytes_every_build_with_debians_firmware(rpi_card: Card
     assert sorted(name.removeprefix("::/") for name in files) == sorted(
         [*firmware_files(), "config.txt", "cmdline.txt", "kernel8.img", "initrd.img",
          *(board.dtb_file for board in BOARDS.values())])
+
+
+# Devicetree Specification v0.4, 5.4 (structure block tokens) and 3.3 (/aliases).
+FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_NOP, FDT_END = 1, 2, 3, 4, 9
+MINI_UART = "/soc/serial@7e215040"  # the BCM283x/BCM2711 aux mini UART on GPIO 14/15
+
+
+def fdt_aliases(blob: bytes) -> dict[str, str]:
+    """The /aliases properties of a flattened device tree (dtb)."""
+    _magic, _size, off_struct, off_strings = struct.unpack(">IIII", blob[:16])
+
+    def string(offset: int) -> str:
+        start = off_strings + offset
+        return blob[start:blob.index(b"\0", start)].decode()
+
+    path: list[str] = []
+    found: dict[str, str] = {}
+    pos = off_struct
+    while True:
+        (token,) = struct.unpack(">I", blob[pos:pos + 4])
+        pos += 4
+        if token == FDT_BEGIN_NODE:
+            end = blob.index(b"\0", pos)
+            path.append(blob[pos:end].decode())
+            pos = (end + 4) & ~3
+        elif token == FDT_END_NODE:
+            path.pop()
+        elif token == FDT_PROP:
+            length, name = struct.unpack(">II", blob[pos:pos + 8])
+            value = blob[pos + 8:pos + 8 + length]
+            pos = (pos + 8 + length + 3) & ~3
+            if path[1:] == ["aliases"]:
+                found[string(name)] = value.rstrip(b"\0").decode()
+        elif token == FDT_END:
+            return found
+        elif token != FDT_NOP:
+            raise AssertionError(f"bad device tree token {token}")
+
+
+def test_every_boards_device_tree_names_the_mini_uart_as_its_console(rpi_card: Card) -> None:
+    # Linux's 8250 driver numbers the mini UART by its serialN alias: serial1 is ttyS1, cmdline.txt's console
+    for board in BOARDS.values():
+        blob = read_fat_file(rpi_card.path, board.dtb_file, PARTITION_START)
+        assert blob is not None, board.dtb_file
+        assert fdt_aliases(blob)[f"serial{board.console.removeprefix('ttyS')}"] == MINI_UART, board.model
 
 
 @pytest.mark.boot
