@@ -138,3 +138,15 @@ def test_an_arm64_kernel_tar_carries_the_pi_device_trees(cache: Path, tmp_path: 
     with open(kernel.path, "rb") as f:  # type: ignore[union-attr]
         f.seek(kernel.offset + 56)  # type: ignore[union-attr]
         assert f.read(4) == b"ARM\x64"  # the plain arm64 Image (booti and the EFI stub take it)
+
+
+def test_every_package_in_pkg_builds_for_arm64(cache: Path) -> None:
+    """The ELF checks pass for each (interpreter and libraries found, all aarch64) and each image is arm64."""
+    directories = sorted(p.parent for p in (REPO / "pkg").glob("*/build.yml"))
+    built = run_cli("pkg", "build", "--arch", "arm64", "--cache", cache, *directories)
+    assert built.returncode == 0, built.stderr.decode()
+    names = built.stdout.decode().split()
+    assert len(names) == len(directories)
+    for name in names:
+        image = load_cached_image(Cache(cache), f"docker.io/{name}", "arm64")
+        assert image is not None and image.config["architecture"] == "arm64", name
