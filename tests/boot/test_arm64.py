@@ -19,13 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from linuxkit_py.cache.layout import Cache
-from linuxkit_py.pkg.debs import debs_dir
 from linuxkit_py.run.image import detect_image
 from linuxkit_py.run.qemu import BootResult, QemuOptions, boot_image
 from tests.boot.test_qemu_runner import free_port
 from tests.boot.test_specs import SPECS, Guest, http_get, line_numbers
-from tests.debstore import DEB_STORE, link_files
+from tests.debstore import stored_debs
 from tests.integration.conftest import run_cli
 
 # Every format with an arm64 image; the BIOS ones are refused (tests/integration/test_arm64_errors.py).
@@ -47,13 +45,8 @@ class Arm64Build:
 @pytest.fixture(scope="module")
 def arm64_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One cache for this module, seeded with the stored .debs (arm64 ones are stored for the next run)."""
-    cache = tmp_path_factory.mktemp("arm64") / "cache"
-    debs = debs_dir(Cache(cache))
-    if DEB_STORE.is_dir():
-        link_files(DEB_STORE, debs)
-    yield cache
-    if debs.is_dir():
-        link_files(debs, DEB_STORE)
+    with stored_debs(tmp_path_factory.mktemp("arm64") / "cache") as cache:
+        yield cache
 
 
 def _build(cache: Path, out: Path, spec: Path, name: str, *formats: str) -> None:

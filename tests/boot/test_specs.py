@@ -24,11 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from linuxkit_py.cache.layout import Cache
-from linuxkit_py.pkg.debs import debs_dir
 from linuxkit_py.run.qemu import QemuOptions, boot
 from tests.boot.test_qemu_runner import free_port
-from tests.debstore import DEB_STORE, link_files
+from tests.debstore import stored_debs
 from tests.integration.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,13 +40,8 @@ LEASE = "dhcpcd: eth0: 10.0.2.15/24 router 10.0.2.2 dns 10.0.2.3"
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One cache for every build of this module, seeded with the stored .debs; what it downloads
     is stored for the next run."""
-    cache = tmp_path_factory.mktemp("specs") / "cache"
-    debs = debs_dir(Cache(cache))
-    if DEB_STORE.is_dir():
-        link_files(DEB_STORE, debs)
-    yield cache
-    if debs.is_dir():
-        link_files(debs, DEB_STORE)
+    with stored_debs(tmp_path_factory.mktemp("specs") / "cache") as cache:
+        yield cache
 
 
 @pytest.fixture
