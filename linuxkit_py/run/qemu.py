@@ -416,6 +416,9 @@ def boot_image(
     the console bytes as they arrive. When `powerdown_on(output)` first holds, the guest's ACPI power
     button is pressed (a clean shutdown) and the console is read on until qemu exits."""
     options = options or QemuOptions()
+    if powerdown_on is not None and image.kind == "rpi":
+        raise UserError(f"--poweroff-on: qemu's {BOARDS[QEMU_BOARD].qemu_machine} has no power button",
+                        hint="power off from the guest (pkg/poweroff), or stop at a line with --until")
     exit_code: int | None = None
     with contextlib.ExitStack() as stack:
         argv = stack.enter_context(_prepared_command(image, options, serial_console_args("stdio")))

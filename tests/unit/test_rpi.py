@@ -24,7 +24,7 @@ from linuxkit_py.formats.rpi import PARTITION_START
 from linuxkit_py.formats.stage1 import RootLocation
 from linuxkit_py.media.fat import fat_bits, read_fat_file
 from linuxkit_py.run.image import detect_image
-from linuxkit_py.run.qemu import QemuOptions, boot_command, serial_console_args
+from linuxkit_py.run.qemu import QemuOptions, boot_command, boot_image, serial_console_args
 from linuxkit_py.run.rpi import prepare_pi_boot
 from tests.integration.conftest import run_cli
 
@@ -233,6 +233,8 @@ def test_run_boots_a_card_on_raspi3b_from_its_own_files(card: Path, tmp_path: Pa
 def test_run_refuses_what_raspi3b_does_not_have(card: Path) -> None:
     with pytest.raises(UserError, match="has no network card or disk controller"):
         boot_command(detect_image(card), QemuOptions(publish=["8080:80"]), serial_console_args("stdio"))
+    with pytest.raises(UserError, match=r"^--poweroff-on: qemu's raspi3b has no power button"):
+        boot_image(detect_image(card), timeout=1, powerdown_on=lambda output: True)
 
 
 ROOT_IMAGE = b"hsqs" + bytes(range(256)) * 40  # stands for a squashfs image (formats/rootimage.py is tested apart)
