@@ -48,6 +48,7 @@ from linuxkit_py.media.fat import (
 )
 from linuxkit_py.media.fat import TOOLS as FAT_TOOLS
 from linuxkit_py.media.partitions import (
+    MBR_MAX_LBA,
     MBR_TYPE_FAT32_LBA,
     MIB,
     SECTOR,
@@ -126,6 +127,8 @@ def _sizes(files: list[tuple[str, Source]], root_size: int, size: int | None) ->
         return PARTITION_START + fat + root, fat, root
     if size % SECTOR:
         raise UserError(f"--size {size} is not a whole number of {SECTOR}-byte sectors")
+    if size > MBR_MAX_LBA * SECTOR:
+        raise UserError(f"raw-rpi: an MBR card holds at most 2 TiB; --size is {size // MIB} MiB")
     least = PARTITION_START + (align_up(needed, ALIGNMENT) if root else needed) + root
     if size < least:
         raise UserError(f"raw-rpi: the image needs at least {least // MIB} MiB; --size is {size / MIB:.6g} MiB",

@@ -160,6 +160,9 @@ def test_too_small_size_is_one_line(firmware: Path, tmp_path: Path) -> None:
     assert caught.value.message == "raw-rpi: the image needs at least 38 MiB; --size is 20 MiB"
     assert caught.value.hint == "give --size 38M or more, or leave --size out"
 
+    with pytest.raises(UserError, match=r"^raw-rpi: an MBR card holds at most 2 TiB; --size is 3145728 MiB$"):
+        _write(tmp_path / "huge-rpi.img", "raw-rpi", _rootfs(firmware, size=3 << 40))
+
 
 def test_a_kernel_without_the_pi_device_trees_is_one_line(firmware: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError) as caught:
