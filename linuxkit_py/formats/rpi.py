@@ -92,7 +92,7 @@ def board_dtbs(rootfs: Rootfs, boards: list[Board]) -> dict[Board, Entry]:
 def _firmware(rootfs: Rootfs, boards: list[Board]) -> list[tuple[str, Source]]:
     directory = rootfs.options.assets.get(FIRMWARE_PACKAGE)
     if directory is None:
-        raise UserError("raw-rpi needs the Raspberry Pi firmware (Debian's raspi-firmware), which the build "
+        raise UserError("raw-rpi and rpi3 need the Raspberry Pi firmware (Debian's raspi-firmware), which the build "
                         "did not fetch")
     names = list(dict.fromkeys(name for board in boards for name in board.firmware))
     missing = [name for name in names if not (directory / name).is_file()]
