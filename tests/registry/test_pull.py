@@ -12,6 +12,7 @@ from linuxkit_py.cache.image import load_cached_image
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import RegistryError, UserError
 from linuxkit_py.registry.pull import RegistryOptions, pull_image, pull_images
+from tests.imagetools import F, ImageSpec, Layout, skopeo_push, tar_layer
 from tests.registry.conftest import LABEL, PushedImages, cache_listing, image_files
 from tests.registry.servers import RegistryProcess
 
@@ -205,7 +206,7 @@ def test_unresolvable_host(cache: Cache, options: RegistryOptions) -> None:
 
 
 def test_wrong_architecture(
-    registry: RegistryProcess, images: PushedImages, cache: Cache, options: RegistryOptions
+    registry: RegistryProcess, images: PushedImages, cache: Cache, options: RegistryOptions, tmp_path: Path
 ) -> None:
     ref = f"{registry.host}/test/armonly:1"
     with pytest.raises(RegistryError) as err:
@@ -215,13 +216,15 @@ def test_wrong_architecture(
     assert cache.refs() == [] and not [name for name in cache_listing(cache) if name.startswith(".")]
     assert pull_image(cache, ref, "arm64", options).config["architecture"] == "arm64"
 
-    ref = f"{registry.host}/test/multi:1"
+    # an index without the target platform: one line naming the image and the platforms it has
+    layout = Layout(tmp_path / "layout")
+    layout.add_index("x86", [ImageSpec(layers=[tar_layer(F("arch", "amd64"))], arch="amd64")], attestation=True)
+    ref = f"{registry.host}/test/x86only:1"
+    skopeo_push(layout.root, "x86", ref)
     with pytest.raises(UserError) as uerr:
-        pull_image(cache, ref, "riscv64", options)
-    assert str(uerr.value) == (
-        f"{ref}: no image for linux/riscv64 (the index has: linux/amd64, linux/arm64)"
-        " (hint: choose another --arch)"
-    )
+        pull_image(cache, ref, "arm64", options)
+    assert str(uerr.value) == (f"{ref}: no image for linux/arm64 (the index has: linux/amd64) "
+                               "(hint: choose another --arch)")
 
 
 def test_bad_reference_is_a_user_error(cache: Cache, options: RegistryOptions) -> None:
