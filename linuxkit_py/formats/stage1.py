@@ -21,7 +21,7 @@ import posixpath
 import shlex
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from linuxkit_py.archive.entry import ContentReader, Data, Entry, Kind, read_data
@@ -37,6 +37,7 @@ MODULES_DIR = "lib/modules"
 MODULES_DEP = "modules.dep"
 MODULES_ALIAS = "modules.alias"
 MODULES_BUILTIN = "modules.builtin"
+MODULES_SOFTDEP = "modules.softdep"
 CONF_PATH = "etc/stage1.conf"
 INIT_PATH = "init"
 DEFAULT_INIT = "/sbin/init"
@@ -159,6 +160,7 @@ class _KernelModules:
     dep_lines: dict[str, str]  # path -> its modules.dep line
     builtin: set[str]  # names of built-in modules
     alias_lines: list[tuple[str, str]]  # (module name, line)
+    softdeps: dict[str, list[str]] = field(default_factory=dict)  # module name -> its `pre:` names/aliases
 
 
 def _text(tree: _Tree, path: str) -> str:
@@ -189,7 +191,35 @@ def read_kernel_modules(tree: _Tree, version: str) -> _KernelModules:
         words = line.split()
         if len(words) == 3 and words[0] == "alias":
             aliases.append((module_name(words[2]), line.strip()))
-    return _KernelModules(version, paths, deps, lines, builtin, aliases)
+    softdeps: dict[str, list[str]] = {}
+    for line in _text(tree, f"{base}/{MODULES_SOFTDEP}").splitlines():
+        words = line.split()
+        if len(words) > 2 and words[0] == "softdep":
+            pre = words[words.index("pre:") + 1:] if "pre:" in words else []
+            pre = pre[:next((i for i, w in enumerate(pre) if w.endswith(":")), len(pre))]
+            softdeps.setdefault(module_name(words[1]), []).extend(pre)
+    return _KernelModules(version, paths, deps, lines, builtin, aliases, softdeps)
+
+
+def softdep_modules(modules: _KernelModules, paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(names stage one loads first, best-effort: the `softdep pre:` of the modules at `paths`, module paths
+    those names stand for, with their dependencies). A softdep may fail (crc32c-intel without SSE4.2): the
+    kernel then uses another implementation, so stage one ignores its failure."""
+    names: list[str] = []
+    for path in paths:
+        names += [n for n in modules.softdeps.get(module_name(path), []) if n not in names]
+    targets = {module_name(n) for n in names}
+    extra = [path for name, path in modules.paths.items() if name in targets]
+    extra += [modules.paths[mod] for mod, line in modules.alias_lines
+              if line.split()[1] in names and mod in modules.paths]
+    closure: list[str] = []
+    pending = list(dict.fromkeys(extra))
+    while pending:
+        path = pending.pop(0)
+        if path not in closure:
+            closure.append(path)
+            pending += modules.deps.get(path, [])
+    return names, closure
 
 
 def _wanted_modules(fs: str, medium: str, image_on_medium: bool) -> tuple[list[str], list[str], list[str]]:
@@ -226,7 +256,7 @@ def choose_modules(modules: _KernelModules, fs: str, medium: str, image_on_mediu
     return sorted(chosen), load
 
 
-def _conf(location: RootLocation, medium: str, load: Sequence[str]) -> bytes:
+def _conf(location: RootLocation, medium: str, load: Sequence[str], softdeps: Sequence[str] = ()) -> bytes:
     medium_fs = MEDIUM_FILESYSTEMS[medium]
     values = {
         "ROOT_FSTYPE": location.fs,
@@ -234,6 +264,7 @@ def _conf(location: RootLocation, medium: str, load: Sequence[str]) -> bytes:
         "ROOT_IMAGE": location.image_path,
         "MEDIUM_FSTYPES": medium_fs[0] if medium_fs and location.image_path else "",
         "MODULES": " ".join(load),
+        "SOFTDEPS": " ".join(softdeps),
         "ROOT_WAIT": str(ROOT_WAIT_SECONDS),
         "INIT": DEFAULT_INIT,
     }
@@ -271,10 +302,13 @@ def stage1_entries(rootfs: Rootfs, location: RootLocation, medium: str) -> list[
         Entry(INIT_PATH, Kind.FILE, EXEC_MODE, size=len(INIT_SCRIPT.encode()), data=INIT_SCRIPT.encode()),
     ]
     load: list[str] = []
+    softdeps: list[str] = []
     version = modules_version(tree, boot.kernel)
     if version is not None:
         modules = read_kernel_modules(tree, version)
         paths, load = choose_modules(modules, location.fs, medium, bool(location.image_path))
+        softdeps, extra = softdep_modules(modules, paths)
+        paths = sorted({*paths, *extra})
         base = f"{MODULES_DIR}/{version}"
         for path in paths:
             module = tree.file(f"{base}/{path}")
@@ -287,7 +321,7 @@ def stage1_entries(rootfs: Rootfs, location: RootLocation, medium: str) -> list[
         alias = "".join(line + "\n" for name, line in modules.alias_lines if name in names)
         for name, text in ((MODULES_DEP, dep), (MODULES_ALIAS, alias)):
             files.append(Entry(f"{base}/{name}", Kind.FILE, FILE_MODE, size=len(text.encode()), data=text.encode()))
-    conf = _conf(location, medium, load)
+    conf = _conf(location, medium, load, softdeps)
     files.append(Entry(CONF_PATH, Kind.FILE, FILE_MODE, size=len(conf), data=conf))
     dirs = (_parents(entry.path for entry in files) | set(MOUNT_POINTS)) - {entry.path for entry in files}
     return sorted([*map(_dir, dirs), *files], key=lambda entry: entry.path)
@@ -382,6 +416,9 @@ find_root() {
     return 1
 }
 
+if [ -n "$SOFTDEPS" ]; then  # softdep pre: modules first; one that cannot load leaves its fallback in use
+    modprobe -qa $SOFTDEPS 2>/dev/null || :
+fi
 if [ -n "$MODULES" ]; then
     modprobe -a $MODULES || fail "cannot load the modules $MODULES"
 fi

@@ -79,8 +79,9 @@ class ModuleInfo:
 
     @property
     def pre_softdeps(self) -> tuple[str, ...]:
-        """The modules a `softdep=pre: a b post: c` says to load first (libcrc32c: crc32c). busybox's
-        modprobe reads no modules.softdep, so we treat them as dependencies where the package has them."""
+        """The modules a `softdep=pre: a b post: c` says to load first (libcrc32c: crc32c, a name or an alias).
+        kernel.tar carries them (busybox's modprobe reads no modules.softdep: stage one loads them itself);
+        modules.dep stays as depmod writes it, since a softdep may fail to load (crc32c-intel without SSE4.2)."""
         names: list[str] = []
         for softdep in self.softdeps:
             pre = False
@@ -216,8 +217,7 @@ def match_module_globs(module_paths: Iterable[str], globs: Sequence[str], what: 
 
 # --- index files ----------------------------------------------------------------------------
 
-def _load_order(name: str, by_name: dict[str, ModuleInfo], what: str,
-                aliases: dict[str, str] | None = None) -> list[str]:
+def _load_order(name: str, by_name: dict[str, ModuleInfo], what: str) -> list[str]:
     """`name`'s dependencies, transitively, each after all of its own (the order to load them)."""
     order: list[str] = []
     done: set[str] = set()
@@ -234,10 +234,6 @@ def _load_order(name: str, by_name: dict[str, ModuleInfo], what: str,
             if dep not in by_name:
                 raise UserError(f"{what}: {by_name[current].path} depends on {dep}, which is not in the package")
             visit(dep)
-        for soft in by_name[current].pre_softdeps:  # optional: only those chosen (built-in ones need nothing)
-            dep = soft if soft in by_name else (aliases or {}).get(soft, "")
-            if dep in by_name and dep not in active:
-                visit(dep)
         active.pop()
         done.add(current)
         order.append(current)
@@ -249,8 +245,7 @@ def _load_order(name: str, by_name: dict[str, ModuleInfo], what: str,
 def dependency_closure(modules: Sequence[ModuleInfo], what: str) -> dict[str, list[str]]:
     """Module path -> the paths of all its dependencies, in modules.dep order (load from the end)."""
     by_name = {m.name: m for m in modules}
-    aliases = {alias: m.name for m in modules for alias in m.aliases}  # softdep names may be aliases
-    return {m.path: [by_name[dep].path for dep in reversed(_load_order(m.name, by_name, what, aliases))]
+    return {m.path: [by_name[dep].path for dep in reversed(_load_order(m.name, by_name, what))]
             for m in modules}
 
 

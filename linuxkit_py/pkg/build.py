@@ -39,7 +39,7 @@ from linuxkit_py.spec.model import child
 log = logging.getLogger(__name__)
 
 # Part of every tag: bump it when the same inputs would now give a different image.
-BUILDER_VERSION = "linuxkit-py pkg 3"
+BUILDER_VERSION = "linuxkit-py pkg 4"
 TAG_LENGTH = 40
 PACKAGE_EPOCH = 1492533000  # every entry's mtime: LinuxKit's fixed time, as `build` uses by default
 KERNEL_VERSION_LABEL = "org.linuxkit-py.kernel.version"

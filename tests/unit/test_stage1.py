@@ -140,6 +140,7 @@ def test_cdrom_stage_one_holds_busybox_the_modules_to_reach_an_iso_and_what_to_l
         "ROOT_IMAGE=rootfs.squashfs\n"
         "MEDIUM_FSTYPES=iso9660\n"
         "MODULES='squashfs overlay isofs loop'\n"
+        "SOFTDEPS=''\n"
         "ROOT_WAIT=30\n"
         "INIT=/sbin/init\n")
     assert members["bin/busybox"].data == busybox_static.read_bytes()
