@@ -27,6 +27,7 @@ from linuxkit_py.completion import SHELLS, completion_script
 from linuxkit_py.errors import UserError
 from linuxkit_py.pkg.cli import add_pkg_parser, run_pkg_command
 from linuxkit_py.run.cli import add_run_parser, run_command
+from linuxkit_py.run.metadata import write_metadata_iso
 from linuxkit_py.serve import DEFAULT_ADDRESS, serve_directory
 
 if TYPE_CHECKING:
@@ -135,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     completion.add_argument("shell", choices=SHELLS)
     completion.add_argument("--no-descriptions", action="store_true", help="accepted for LinuxKit (cobra); "
                             "the scripts have no descriptions")
+    metadata = sub.add_parser("metadata", help="manage ISO metadata (LinuxKit's `metadata create`)")
+    msub = metadata.add_subparsers(dest="metadata_command", required=True)
+    create = msub.add_parser("create", help="write an ISO holding DATA as /config, for pkg/metadata's cdrom "
+                                            "provider (the same DATA gives the same bytes)")
+    create.add_argument("iso", type=Path, metavar="FILE.iso")
+    create.add_argument("data", metavar="DATA")
     sub.add_parser("version", help="print the version")
     _add_persistent_log_options(parser)
     return parser
@@ -416,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_pkg_command(args)
         if args.command == "run":
             return run_command(args)
+        if args.command == "metadata":
+            write_metadata_iso(args.iso, args.data.encode())
+            return 0
         if args.command == "serve":
             return serve_directory(args.directory, args.port)
         if args.command == "completion":

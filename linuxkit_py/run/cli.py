@@ -25,6 +25,7 @@ from linuxkit_py.errors import UserError
 from linuxkit_py.run.disks import DISK_SYNTAX, name_unnamed_disks, parse_disk
 from linuxkit_py.run.image import BootImage, detect_image, forced_image, sniff_arch
 from linuxkit_py.run.kvm import ACCELERATORS
+from linuxkit_py.run.metadata import DATA_ISO, read_data_option, write_metadata_iso
 from linuxkit_py.run.qemu import NETWORKING, BootResult, QemuOptions, boot_image, run_interactive
 from linuxkit_py.tools import start
 
@@ -79,6 +80,18 @@ def add_run_parser(subparsers: Any) -> None:
     p.add_argument("--accel", choices=ACCELERATORS, help="default: kvm if it provably works here, else tcg")
     p.add_argument("--networking", choices=NETWORKING, default="user", help="default: user")
     p.add_argument("--append", default="", metavar="TEXT", help="add TEXT to the kernel command line")
+    p.add_argument("--data", metavar="STRING",
+                   help="metadata for the guest: a config CD-ROM holding STRING (read by pkg/metadata), "
+                        "written to the state directory as data.iso")
+    p.add_argument("--data-file", type=Path, metavar="FILE", help="the same with the contents of FILE")
+    p.add_argument("--guestfwd", action="append", default=[], metavar="IP:PORT=HOSTPORT",
+                   help="send the guest's TCP connections to IP:PORT to 127.0.0.1:HOSTPORT, e.g. "
+                        "169.254.169.254:80=8080 for a local stand-in of a cloud's metadata server (repeatable)")
+    p.add_argument("--net", metavar="CIDR", help="the user network's addresses (default 10.0.2.0/24), e.g. "
+                                                 "169.254.0.0/16 to have the metadata addresses on it")
+    p.add_argument("--isolated", action="store_true",
+                   help="the guest reaches nothing but --publish and --guestfwd ports (qemu's restrict=on; "
+                        "DHCP gives no router: use --net 169.254.0.0/16 for 169.254.169.254)")
     p.add_argument("--console-log", type=Path, metavar="FILE", help="also write the console to FILE")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="stop the guest after SECONDS (exit status 124); implies non-interactive")
@@ -145,7 +158,24 @@ def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
         # --arch, else what the output's bytes say (arm64 Image, UKI machine, BOOTAA64.EFI), else the host's
         arch=normalize_arch(args.arch or sniff_arch(image)),
         qemu=args.qemu,
+        cdroms=_data_iso(args, state_dir),
+        guestfwd=dict(_guest_forward(text) for text in args.guestfwd),
+        net=args.net,
+        isolated=args.isolated,
     )
+
+
+def _data_iso(args: argparse.Namespace, state_dir: Path) -> list[Path]:
+    """--data/--data-file: the config ISO in the state directory (LinuxKit's CreateMetadataISO)."""
+    data = read_data_option(args.data, args.data_file)
+    return [] if data is None else [write_metadata_iso(state_dir / DATA_ISO, data)]
+
+
+def _guest_forward(text: str) -> tuple[str, int]:
+    guest, _, port = text.rpartition("=")
+    if not guest or not port.isdigit():
+        raise UserError(f"invalid --guestfwd {text!r}", hint="use IP:PORT=HOSTPORT, e.g. 169.254.169.254:80=8080")
+    return guest, int(port)
 
 
 def _exit_status(result: BootResult, args: argparse.Namespace) -> int:

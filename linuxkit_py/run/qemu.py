@@ -16,6 +16,7 @@ import re
 import selectors
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +57,13 @@ class QemuOptions:
     reboot: bool = False  # let the guest reboot; otherwise a reboot or a panic ends qemu
     arch: str = "amd64"  # the guest's architecture (arch.py names); arm64 boots on -M virt
     qemu: str | None = None  # the qemu binary; default: qemu-system-x86_64 / -aarch64 for `arch`
+    cdroms: list[Path] = field(default_factory=list)  # ISO images attached read-only as CD-ROMs (run --data)
+    # guest "IP:PORT" -> a port of 127.0.0.1: the guest's TCP connections to IP:PORT reach that host port
+    # (user networking's guestfwd, one relay.py per connection), e.g. {"169.254.169.254:80": 8080} for a
+    # local stand-in of a cloud's metadata server (docs/run.md)
+    guestfwd: dict[str, int] = field(default_factory=dict)
+    net: str | None = None  # the user network's address range (qemu's net=, default 10.0.2.0/24)
+    isolated: bool = False  # qemu's restrict=on: the guest reaches nothing but --publish and guestfwd
 
 
 @dataclass
@@ -117,6 +125,8 @@ def check_options(image: BootImage, options: QemuOptions) -> None:
         raise UserError(f"unknown networking mode {options.networking!r}", hint="use user or none")
     if options.networking == "none" and options.publish:
         raise UserError("--publish needs user networking", hint="drop --networking none")
+    if options.networking == "none" and options.guestfwd:
+        raise UserError("--guestfwd needs user networking", hint="drop --networking none")
     for publish in options.publish:
         hostfwd(publish)
     if image.kind == "rpi" and (options.publish or options.disks):
@@ -209,10 +219,35 @@ def _disk_args(options: QemuOptions) -> list[str]:
     return args
 
 
+def _cdrom_args(options: QemuOptions) -> list[str]:
+    """Each of `options.cdroms` as a read-only CD-ROM: IDE/AHCI on a PC, virtio-scsi on arm's virt."""
+    args: list[str] = []
+    pc = get_arch(options.arch).bios
+    if options.cdroms and not pc:
+        args += ["-device", "virtio-scsi-pci,id=scsi-data"]
+    for index, iso in enumerate(options.cdroms):
+        args += ["-drive", f"if=none,id=data{index},file={qemu_file_arg(iso)},format=raw,media=cdrom,readonly=on"]
+        args += ["-device", f"ide-cd,drive=data{index}" if pc else f"scsi-cd,bus=scsi-data.0,drive=data{index}"]
+    return args
+
+
+def guestfwd_rule(guest: str, host_port: int) -> str:
+    """A user-network rule sending the guest's TCP connections to `guest` ("IP:PORT") to 127.0.0.1:`host_port`,
+    through a relay started per connection (a chardev target would be one connection shared by all)."""
+    ip, _, port = guest.rpartition(":")
+    if not (re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", ip) and port.isdigit() and 1 <= host_port <= 65535):
+        raise UserError(f"invalid guest forward {guest}={host_port}", hint="use IP:PORT=HOSTPORT")
+    relay = f"{sys.executable} -m linuxkit_py.run.relay 127.0.0.1 {host_port}"
+    return f"guestfwd=tcp:{ip}:{port}-cmd:{qemu_file_arg(relay)}"
+
+
 def _network_args(options: QemuOptions) -> list[str]:
     if options.networking == "none":
         return ["-nic", "none"]
-    netdev = ",".join(["user", f"id={NET_ID}", *(hostfwd(p) for p in options.publish)])
+    rules = [*(hostfwd(p) for p in options.publish), *(guestfwd_rule(g, p) for g, p in options.guestfwd.items())]
+    rules += [f"net={options.net}"] if options.net else []
+    rules += ["restrict=on"] if options.isolated else []
+    netdev = ",".join(["user", f"id={NET_ID}", *rules])
     # The Debian kernels have no e1000 (qemu's default NIC): always virtio.
     return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={NET_ID}"]
 
@@ -250,7 +285,8 @@ def boot_command(image: BootImage, options: QemuOptions, console: Sequence[str],
             raise ValueError("a Raspberry Pi boot needs the card's files (see prepare_pi_boot)")
         return board_command(pi, BOARDS[QEMU_BOARD], replace(options, arch=image.arch or options.arch), console)
     return [qemu_binary(options), *_machine_args(options, options.accel or "tcg"), *firmware, *console,
-            *_boot_args(image, options, esp), *_disk_args(options), *_network_args(options), *RNG_ARGS]
+            *_boot_args(image, options, esp), *_disk_args(options), *_cdrom_args(options), *_network_args(options),
+            *RNG_ARGS]
 
 
 def qemu_command(kernel: Path, initrd: Path, cmdline: str, options: QemuOptions, serial: str,
