@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,8 +36,9 @@ from tests.boot.fakecloud import (
     vultr_routes,
 )
 from tests.boot.test_qemu_runner import free_port
-from tests.boot.test_specs import SPECS, Guest, build, package, ssh, ssh_until_it_answers, write_spec
+from tests.boot.test_specs import SPECS, Guest, package, ssh, ssh_until_it_answers, write_spec
 from tests.debstore import stored_debs
+from tests.integration.conftest import run_cli
 
 METADATA_ADDRESS = "169.254.169.254:80"
 SCALEWAY_ADDRESS = "169.254.42.42:80"
@@ -49,6 +51,13 @@ DUMP = ("cd /run/config && find . | sort | while read -r f; do if [ -d \"$f\" ];
 POWEROFF = {"name": "poweroff", "image": package("poweroff"), "command": ["/poweroff.sh", "0"]}
 
 
+# name -> (base spec, extra `build` arguments)
+IMAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cloud": ("cloud.yml", ("-f", "gcp")), "clouds": ("minimal.yml", ()), "nocloud": ("minimal.yml", ()),
+    "hostile": ("minimal.yml", ()), "nocloud-arm64": ("minimal.yml", ("--arch", "arm64")),
+}
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Path]]:
     """`images(name)`: the output prefix of one of this module's images, built on first use."""
@@ -57,9 +66,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str],
     with stored_debs(root / "cache") as cache:
         def get(name: str) -> Path:
             if name not in built:
-                extra = [write_spec(root / f"{name}.yml", EXTRA[name])] if name in EXTRA else []
-                base = SPECS / ("cloud.yml" if name == "cloud" else "minimal.yml")
-                built[name] = build(cache, root / "out", name, base, *extra, home=root)
+                base, options = IMAGES[name]
+                extra = EXTRA.get(name.removesuffix("-arm64"))
+                specs = [SPECS / base, *([write_spec(root / f"{name}.yml", extra)] if extra else [])]
+                result = run_cli("build", "--cache", cache, "--dir", root / "out", "--name", name, *options, *specs,
+                                 env={"HOME": str(root)}, stdin=b"")
+                assert result.returncode == 0, result.stderr.decode()
+                built[name] = root / "out" / name
             return built[name]
         yield get
 
@@ -117,11 +130,11 @@ def boot(prefix: Path, options: QemuOptions, timeout: float = 150) -> BootResult
     return result
 
 
-# -- cloud.yml on GCP: ssh in with the key the cloud handed out ---------------------------------------
+# -- cloud.yml built for GCP: ssh in with the key the cloud handed out ----------------------------------
 
 
 @pytest.mark.boot
-def test_cloud_yml_on_gcp_lets_root_in_with_the_clouds_key(images: Callable[[str], Path], tmp_path: Path,
+def test_cloud_yml_as_gcp_lets_root_in_with_the_clouds_key(images: Callable[[str], Path], tmp_path: Path,
                                                           record_property: Callable[[str, object], None]) -> None:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gcp@test", "-f", str(key)], check=True)
@@ -129,9 +142,12 @@ def test_cloud_yml_on_gcp_lets_root_in_with_the_clouds_key(images: Callable[[str
     user_data = {"app": {"entries": {"settings": {"perm": "0600", "content": "mode=cloud\n"}}}}
     routes = gcp_routes(hostname=b"vm-1.c.project-x.internal", project_keys=f"root:{public}\n".encode(),
                         user_data=json.dumps(user_data).encode())
+    # what GCP boots: the disk.raw of the gcp output's tar.gz
+    with tarfile.open(f"{images('cloud')}.img.tar.gz") as archive:
+        archive.extract("disk.raw", tmp_path, filter="data")
     port = free_port()
     with MetadataServer(routes, required={"Metadata-Flavor": "Google"}) as gcp, \
-            Guest(images("cloud"), "--publish", f"{port}:22", "--guestfwd", f"{METADATA_ADDRESS}={gcp.port}",
+            Guest(tmp_path / "disk.raw", "--publish", f"{port}:22", "--guestfwd", f"{METADATA_ADDRESS}={gcp.port}",
                   "--net", LINK_LOCAL, "--isolated") as guest:
         known_hosts = tmp_path / "known_hosts"
         assert ssh_until_it_answers(port, key, known_hosts, time.monotonic() + 150) == "ok\n"
@@ -239,6 +255,16 @@ def test_run_data_file_expands_json_user_data_and_absent_clouds_cost_little(
     record_property("metadata_seconds_no_cloud", seconds)
     print(f"\nmetadata with no cloud answering (then the CD): {seconds:.2f} s")
     assert seconds < ABSENT_BOUND
+
+
+@pytest.mark.boot
+def test_arm64_reads_the_config_cd_too(images: Callable[[str], Path]) -> None:
+    """arm64's virt machine has no IDE: `run` attaches the CD on virtio-scsi, the kernel's sr driver reads it."""
+    result = subprocess.run([sys.executable, "-m", "linuxkit_py", "run", str(images("nocloud-arm64")), "--accel", "tcg",
+                             "--data", '{"foo": {"entries": {"bar": {"content": "arm64"}}}}', "--networking", "none",
+                             "--timeout", "200"], capture_output=True, text=True, timeout=250)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    assert config_lines(result.stdout.replace("\r\n", "\n"))["foo/bar"] == "644: arm64"
 
 
 # -- hostile metadata: refused or contained, the boot goes on ------------------------------------------
