@@ -5,6 +5,7 @@ Their real work is tested by booting the example specs (tests/boot/test_specs.py
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,18 @@ def test_mount_refuses_bad_arguments(busybox_static: Path, args: list[str], stat
     result = run_script(busybox_static, "mount/mount-disk", *args)
 
     assert (result.returncode, result.stderr, result.stdout) == (status, message + "\n", "")
+
+
+@pytest.mark.parametrize(("interface", "waits"), [("lo", False), ("nosuch0", True), ("--interface=nosuch0", True)])
+def test_udhcpc_waits_a_bounded_time_for_its_interface(busybox_static: Path, interface: str, waits: bool) -> None:
+    """pkg/dhcpcd's /sbin/udhcpc: an interface that does not exist yet (USB Ethernet enumerates late) is
+    waited for up to UDHCPC_LINK_WAIT seconds, then busybox udhcpc runs with the arguments as given."""
+    script = (PKG / "dhcpcd" / "udhcpc").read_text().replace("/bin/busybox", str(busybox_static))
+    args = ["-i", interface] if not interface.startswith("--") else [interface]
+    started = time.monotonic()
+    result = subprocess.run([str(busybox_static), "sh", "-c", script, "udhcpc", *args, "--help"],
+                            env={"PATH": "/nonexistent", "UDHCPC_LINK_WAIT": "1"}, capture_output=True, text=True,
+                            timeout=30)
+    took = time.monotonic() - started
+    assert "Usage: udhcpc" in result.stderr + result.stdout  # busybox's udhcpc ran, with our arguments
+    assert (0.9 < took < 5) if waits else took < 0.5
