@@ -89,10 +89,17 @@ raw() {
 
 # -- /run/config --------------------------------------------------------------------------------------
 
+# replace FILE TARGET: rename FILE to TARGET; a symlink at TARGET is removed first (mv would follow a
+# symlink to a directory and move FILE into that directory).
+replace() {
+    [ -L "$2" ] && rm -f "$2"
+    mv -f "$1" "$2"
+}
+
 # put NAME FILE [MODE]: FILE becomes /run/config/NAME (replacing a symlink there, never following it).
 put() {
     if [ -d "$CONFIG/$1" ] && [ ! -L "$CONFIG/$1" ]; then say "$1: a directory is in the way: not written"; return 1; fi
-    chmod "${3:-644}" "$2" && mv -f "$2" "$CONFIG/$1"
+    chmod "${3:-644}" "$2" && replace "$2" "$CONFIG/$1"
 }
 
 # meta URL NAME [HEADER...]: a metadata value into /run/config/NAME (LinuxKit's files: instance_id, ...).
@@ -322,7 +329,7 @@ lk_file() {
     if [ -d "$t" ] && [ ! -L "$t" ]; then lk_refuse "\"$2\"" "is a directory"; return 0; fi
     tmp=$(dirname "$t")/.metadata.$$
     rm -f "$tmp"
-    printf %s "$3" | base64 -d >"$tmp" 2>/dev/null && chmod "$1" "$tmp" && mv -f "$tmp" "$t" \
+    printf %s "$3" | base64 -d >"$tmp" 2>/dev/null && chmod "$1" "$tmp" && replace "$tmp" "$t" \
         || { rm -f "$tmp"; lk_refuse "\"$2\"" "cannot be written"; }
 }
 
@@ -347,7 +354,10 @@ process_userdata() {
 # digits, "-", "_" and "." only; over 64 bytes (the kernel's limit) its first label is used.
 set_hostname() {
     [ -f "$CONFIG/hostname" ] && [ ! -L "$CONFIG/hostname" ] || return 0
-    name=$(head -c 300 "$CONFIG/hostname" | tr -d '\n')
+    if [ "$(wc -c <"$CONFIG/hostname")" -gt 254 ]; then
+        say "hostname $(shown "$CONFIG/hostname"): longer than 253 bytes: refused"; rm -f "$CONFIG/hostname"; return 0
+    fi
+    name=$(cat "$CONFIG/hostname")  # without its trailing newlines; one inside is refused below
     case $name in
         ''|*[!A-Za-z0-9._-]*|[.-]*)
             say "hostname $(shown "$CONFIG/hostname"): not a host name: refused"
@@ -400,7 +410,7 @@ if [ -z "$winner" ]; then
     for f in $files; do
         say "Trying file $f"
         if regular "$f" || [ -b "$f" ] || [ -c "$f" ]; then
-            if head -c "$MAX_BYTES" "$f" >/dev/null 2>&1 && capped "$WORK/userdata" "$MAX_BYTES" <"$f"; then
+            if capped "$WORK/userdata" "$MAX_BYTES" <"$f" 2>/dev/null; then
                 winner=$f; break
             fi
             say "$f: more than $MAX_BYTES bytes: refused"

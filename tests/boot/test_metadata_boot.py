@@ -93,7 +93,7 @@ CLOUD_TOUR = ("for p in " + " ".join(PROVIDERS) + "; do t0=$(cut -d' ' -f1 /proc
               "echo \"took: $p $t0 $(cut -d' ' -f1 /proc/uptime)\"; " + DUMP.replace("config: ", "config: $p ")
               + f"; rm -rf /run/config/*; wget -q -O /dev/null http://169.254.169.254{NEXT_CLOUD}; done")
 PLANT = ("mkdir -p /run/config /run/outside && ln -s /run/outside /run/config/link && "
-         "ln -s /run/outside/escaped /run/config/evil-file && echo planted")
+         "ln -s /run/outside/escaped /run/config/evil-file && ln -s /run/outside /run/config/dirlink && echo planted")
 EXTRA: dict[str, dict[str, object]] = {
     "clouds": {"onboot": [{**metadata(), "command": ["/bin/sh", "-c", CLOUD_TOUR]}, POWEROFF]},
     "nocloud": {"onboot": [metadata(), dump(), POWEROFF]},
@@ -279,6 +279,7 @@ HOSTILE_JSON = {
     "bell\u0007": {"content": "control"},
     "link": {"entries": {"x": {"content": "through the planted symlink"}}},
     "evil-file": {"content": "over the planted symlink"},
+    "dirlink": {"content": "over a symlink to a directory"},
     "setuid": {"perm": "4755", "content": "#!/bin/sh\n"},
     "number": {"content": 5},
     "ok": {"perm": "0750", "entries": {"fine": {"content": "kept"}, "../up": {"content": "no"}}},
@@ -327,6 +328,7 @@ def test_hostile_metadata_is_refused_with_a_line_and_the_boot_goes_on(images: Ca
     assert config["userdata"].startswith('644: {"../../etc"')
     # the planted file symlink was replaced, not followed; nothing reached /run/outside
     assert config["evil-file"] == "644: over the planted symlink"
+    assert config["dirlink"] == "644: over a symlink to a directory"
     assert "escape: outside: 0 entries" in lines, out[-3000:]
     assert "hostname" not in config  # the refused one was removed
     assert "onboot poweroff" in out or "reboot: Power down" in out
