@@ -288,9 +288,10 @@ HOSTILE_JSON = {
 
 def hostile_cd(path: Path) -> Path:
     """A config CD whose NoCloud user-data is a symlink (to the container's /etc/passwd) and whose
-    LinuxKit `config` is the hostile JSON."""
+    LinuxKit `config` is the hostile JSON; NoCloud's meta-data names the host."""
     with IsoImage(volume_id="cidata", epoch=0, seed=b"hostile") as iso:
         iso.add_symlink("user-data", "/etc/passwd")
+        iso.add_file("meta-data", b"instance-id: iid-local01\nlocal-hostname: nocloud-host\n")
         iso.add_file("config", json.dumps(HOSTILE_JSON).encode())
         with open(path, "wb") as out:
             iso.write(out)
@@ -330,5 +331,8 @@ def test_hostile_metadata_is_refused_with_a_line_and_the_boot_goes_on(images: Ca
     assert config["evil-file"] == "644: over the planted symlink"
     assert config["dirlink"] == "644: over a symlink to a directory"
     assert "escape: outside: 0 entries" in lines, out[-3000:]
-    assert "hostname" not in config  # the refused one was removed
+    # the refused host name was neither set nor kept; NoCloud's meta-data named one
+    assert not [line for line in lines if line.startswith("metadata-aws: Set hostname")]
+    assert "metadata-cd: Set hostname to: nocloud-host" in lines
+    assert config["hostname"] == "644: nocloud-host" and "dump: hostname: nocloud-host" in lines
     assert "onboot poweroff" in out or "reboot: Power down" in out
