@@ -219,15 +219,22 @@ def _disk_args(options: QemuOptions) -> list[str]:
     return args
 
 
+# The PC's free IDE places: a boot CD takes ide.0 unit 0, qemu's default (empty) CD-ROM drive ide.1 unit 0.
+PC_DATA_CDROMS = ("bus=ide.0,unit=1", "bus=ide.1,unit=1")
+
+
 def _cdrom_args(options: QemuOptions) -> list[str]:
-    """Each of `options.cdroms` as a read-only CD-ROM: IDE/AHCI on a PC, virtio-scsi on arm's virt."""
+    """Each of `options.cdroms` as a read-only CD-ROM: IDE on a PC, virtio-scsi on arm's virt."""
     args: list[str] = []
     pc = get_arch(options.arch).bios
+    if pc and len(options.cdroms) > len(PC_DATA_CDROMS):
+        raise UserError(f"{len(options.cdroms)} CD-ROMs: a PC has room for {len(PC_DATA_CDROMS)} besides a boot CD")
     if options.cdroms and not pc:
         args += ["-device", "virtio-scsi-pci,id=scsi-data"]
     for index, iso in enumerate(options.cdroms):
         args += ["-drive", f"if=none,id=data{index},file={qemu_file_arg(iso)},format=raw,media=cdrom,readonly=on"]
-        args += ["-device", f"ide-cd,drive=data{index}" if pc else f"scsi-cd,bus=scsi-data.0,drive=data{index}"]
+        args += ["-device", f"ide-cd,{PC_DATA_CDROMS[index]},drive=data{index}" if pc
+                 else f"scsi-cd,bus=scsi-data.0,drive=data{index}"]
     return args
 
 

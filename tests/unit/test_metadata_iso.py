@@ -77,7 +77,7 @@ def test_cdroms_are_ide_on_a_pc_and_virtio_scsi_on_arm64() -> None:
     pc = qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", cdroms=[Path("/s/data.iso")]), serial="stdio")
     assert pc[pc.index("-device", pc.index("-initrd")) - 2:][:4] == [
         "-drive", "if=none,id=data0,file=/s/data.iso,format=raw,media=cdrom,readonly=on",
-        "-device", "ide-cd,drive=data0"]
+        "-device", "ide-cd,bus=ide.0,unit=1,drive=data0"]
     arm = qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", arch="arm64", cdroms=[Path("/s/a,b.iso")]),
                        serial="stdio")
     start = arm.index("virtio-scsi-pci,id=scsi-data")
@@ -100,3 +100,12 @@ def test_guestfwd_relays_each_connection_to_a_local_port() -> None:
 def test_guestfwd_takes_an_ip_and_a_port(guest: str) -> None:
     with pytest.raises(UserError, match="invalid guest forward"):
         qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", guestfwd={guest: 8080}), serial="stdio")
+
+
+def test_a_pc_takes_two_data_cdroms() -> None:
+    argv = qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", cdroms=[Path("/a.iso"), Path("/b.iso")]),
+                        serial="stdio")
+    assert [a for a in argv if a.startswith("ide-cd")] == ["ide-cd,bus=ide.0,unit=1,drive=data0",
+                                                          "ide-cd,bus=ide.1,unit=1,drive=data1"]
+    with pytest.raises(UserError, match="3 CD-ROMs: a PC has room for 2 besides a boot CD"):
+        qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", cdroms=[Path("/a.iso")] * 3), serial="stdio")
