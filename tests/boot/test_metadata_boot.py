@@ -53,7 +53,7 @@ POWEROFF = {"name": "poweroff", "image": package("poweroff"), "command": ["/powe
 
 # name -> (base spec, extra `build` arguments)
 IMAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "cloud": ("cloud.yml", ("-f", "gcp")), "clouds": ("minimal.yml", ()), "nocloud": ("minimal.yml", ()),
+    "cloud": ("cloud.yml", ("-f", "gcp", "-f", "vhd")), "clouds": ("minimal.yml", ()), "nocloud": ("minimal.yml", ()),
     "hostile": ("minimal.yml", ()), "nocloud-arm64": ("minimal.yml", ("--arch", "arm64")),
 }
 
@@ -166,6 +166,16 @@ def test_cloud_yml_as_gcp_lets_root_in_with_the_clouds_key(images: Callable[[str
     seconds = onboot_seconds(guest.console, "metadata")
     record_property("gcp_metadata_seconds", seconds)
     print(f"\nmetadata on GCP (onboot container, runc included): {seconds:.2f} s")
+
+
+@pytest.mark.boot
+def test_cloud_yml_as_vhd_is_what_azure_takes(images: Callable[[str], Path]) -> None:
+    """Azure: a fixed VHD (disk type 2) whose virtual size is a whole number of MiB, the footer after it."""
+    vhd = Path(f"{images('cloud')}.vhd").read_bytes()
+    footer = vhd[-512:]
+    size = int.from_bytes(footer[48:56], "big")  # current size (VHD spec: Hard Disk Footer Format)
+    assert footer[:8] == b"conectix" and int.from_bytes(footer[60:64], "big") == 2
+    assert size % (1 << 20) == 0 and len(vhd) == size + 512
 
 
 # -- the other clouds, one boot -----------------------------------------------------------------------
