@@ -391,7 +391,8 @@ rm -rf "$WORK"; mkdir -p "$WORK" "$CONFIG" || { echo "Could not create $CONFIG" 
 if [ -L "$CONFIG" ] || [ "$(realpath "$CONFIG")" != "$CONFIG" ]; then say "$CONFIG is a symbolic link: refused"; exit 1; fi
 
 # The addresses are checked at once, so that the providers that are not there cost one check in all.
-for addr in $AWS $SCALEWAY; do check "$addr" & done
+checks=
+if [ -n "$net" ]; then for addr in $AWS $SCALEWAY; do check "$addr" & checks="$checks $!"; done; fi
 
 winner=
 for provider in $net; do
@@ -409,7 +410,7 @@ fi
 if [ -z "$winner" ]; then
     for f in $files; do
         say "Trying file $f"
-        if regular "$f" || [ -b "$f" ] || [ -c "$f" ]; then
+        if [ -f "$f" ] || [ -b "$f" ] || [ -c "$f" ]; then  # the spec names it: a symlink is followed
             if capped "$WORK/userdata" "$MAX_BYTES" <"$f" 2>/dev/null; then
                 winner=$f; break
             fi
@@ -417,6 +418,7 @@ if [ -z "$winner" ]; then
         fi
     done
 fi
+[ -n "$checks" ] && kill $checks 2>/dev/null  # a check still waiting on an address nobody asks any more
 if [ -z "$winner" ]; then say "No metadata/userdata found. Bye"; exit 0; fi
 
 case $winner in

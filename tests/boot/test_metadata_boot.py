@@ -91,7 +91,9 @@ PROVIDERS = ["aws", "openstack", "hetzner", "digitalocean", "vultr", "scaleway"]
 # one metadata container going through the clouds: each provider, its /run/config, then the next cloud
 CLOUD_TOUR = ("for p in " + " ".join(PROVIDERS) + "; do t0=$(cut -d' ' -f1 /proc/uptime); /usr/bin/metadata $p; "
               "echo \"took: $p $t0 $(cut -d' ' -f1 /proc/uptime)\"; " + DUMP.replace("config: ", "config: $p ")
-              + f"; rm -rf /run/config/*; wget -q -O /dev/null http://169.254.169.254{NEXT_CLOUD}; done")
+              + f"; rm -rf /run/config/*; wget -q -O /dev/null http://169.254.169.254{NEXT_CLOUD}; done; "
+              "printf 'from a file' >/tmp/ud; /usr/bin/metadata file=/tmp/ud; "
+              + DUMP.replace("config: ", "config: file ") + "; /usr/bin/metadata nosuch; echo \"status: $?\"")
 PLANT = ("mkdir -p /run/config /run/outside && ln -s /run/outside /run/config/link && "
          "ln -s /run/outside/escaped /run/config/evil-file && ln -s /run/outside /run/config/dirlink && echo planted")
 EXTRA: dict[str, dict[str, object]] = {
@@ -228,6 +230,9 @@ def test_each_cloud_writes_linuxkits_files(images: Callable[[str], Path],
         "provider": "644: Scaleway", "hostname": "644: scw-1", "instance_id": "644: 11111111-2222",
         "instance_location": "644: fr-par-1", "public_ip": "644: 51.15.0.1", "private_ip": "644: 10.68.0.5",
         "ssh/authorized_keys": "600: ssh-ed25519 AAAAscw s@key", "userdata": "644: scaleway user-data"}
+    assert config_lines(out, "metadata: config: file ")["userdata"] == "644: from a file"
+    assert config_lines(out, "metadata: config: file ")["provider"] == "644: /tmp/ud"
+    assert "metadata: Unrecognised metadata provider: nosuch" in out and "metadata: status: 1" in out
     took = {line.split()[2]: float(line.split()[4]) - float(line.split()[3])
             for line in out.splitlines() if line.startswith("metadata: took: ")}
     assert set(took) == set(PROVIDERS)
