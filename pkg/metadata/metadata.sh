@@ -5,8 +5,9 @@
 #                                  LinuxKit's order). Network providers are tried first, then CD-ROMs,
 #                                  then files; the first that answers writes /run/config (docs/metadata.md).
 # Every request is bounded (METADATA_TIMEOUT seconds, default 2; user-data METADATA_DATA_TIMEOUT, 10),
-# an address that does not take a connection is given up after two tries, and whatever a provider
-# sends is capped (METADATA_MAX_BYTES, default 4 MiB): hostile data is refused with a line saying so.
+# an address where no HTTP server answers is given up after two tries (the providers there skipped), and
+# whatever a provider sends is capped (METADATA_MAX_BYTES, default 4 MiB): hostile data is refused with a
+# line saying so.
 PATH=/usr/bin:/bin:/usr/sbin:/sbin
 CONFIG=/run/config
 WORK=/tmp/metadata
