@@ -4,7 +4,10 @@ a local metadata server (no qemu is started here; tests/boot/test_metadata_boot.
 from __future__ import annotations
 
 import io
+import socket
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pycdlib
@@ -109,3 +112,28 @@ def test_a_pc_takes_two_data_cdroms() -> None:
                                                           "ide-cd,bus=ide.1,unit=1,drive=data1"]
     with pytest.raises(UserError, match="3 CD-ROMs: a PC has room for 2 besides a boot CD"):
         qemu_command(KERNEL, INITRD, "", QemuOptions(accel="tcg", cdroms=[Path("/a.iso")] * 3), serial="stdio")
+
+
+def test_the_relay_carries_one_connection_both_ways() -> None:
+    """What qemu runs per guest connection of a --guestfwd: stdin to the local port, its answer to stdout."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            request = b""
+            while not request.endswith(b"\r\n\r\n"):
+                request += conn.recv(1024)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + request.split(b" ")[1])
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    relay = [sys.executable, "-m", "linuxkit_py.run.relay", "127.0.0.1", str(port)]
+    done = subprocess.run(relay, input=b"GET /latest/meta-data/hostname HTTP/1.0\r\n\r\n", capture_output=True,
+                          timeout=30)
+    server.close()
+    assert (done.returncode, done.stdout) == (0, b"HTTP/1.0 200 OK\r\n\r\n/latest/meta-data/hostname")
+    refused = subprocess.run([*relay[:-1], str(port)], input=b"", capture_output=True, timeout=30)
+    assert refused.returncode == 1
+    assert refused.stderr.decode().startswith(f"linuxkit-py relay: cannot connect to 127.0.0.1:{port}: ")
