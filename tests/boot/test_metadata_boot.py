@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -145,8 +146,10 @@ def test_cloud_yml_as_gcp_lets_root_in_with_the_clouds_key(images: Callable[[str
     routes = gcp_routes(hostname=b"vm-1.c.project-x.internal", project_keys=f"root:{public}\n".encode(),
                         user_data=json.dumps(user_data).encode())
     # what GCP boots: the disk.raw of the gcp output's tar.gz
-    with tarfile.open(f"{images('cloud')}.img.tar.gz") as archive:
-        archive.extract("disk.raw", tmp_path, filter="data")
+    with tarfile.open(f"{images('cloud')}.img.tar.gz") as archive, open(tmp_path / "disk.raw", "wb") as disk:
+        member = archive.extractfile("disk.raw")
+        assert member is not None
+        shutil.copyfileobj(member, disk, 1 << 20)
     port = free_port()
     with MetadataServer(routes, required={"Metadata-Flavor": "Google"}) as gcp, \
             Guest(tmp_path / "disk.raw", "--publish", f"{port}:22", "--guestfwd", f"{METADATA_ADDRESS}={gcp.port}",
