@@ -191,3 +191,13 @@ def skopeo_push(layout: Path, tag: str, dest: str, v2s2: bool = False) -> None:
     if v2s2:
         cmd = ["skopeo", "copy", "--all", "--quiet", "--dest-tls-verify=false", "--format", "v2s2"]
     subprocess.run([*cmd, f"oci:{layout}:{tag}", f"docker://{dest}"], check=True, capture_output=True)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file (read in 4 MiB chunks): what the reproducibility tests compare."""
+    digest, buffer = hashlib.sha256(), bytearray(1 << 22)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while count := f.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ from the host through a published port.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from linuxkit_py.run.qemu import BootResult, QemuOptions, boot_image
 from tests.boot.test_qemu_runner import free_port
 from tests.boot.test_specs import SPECS, Guest, http_get, line_numbers
 from tests.debstore import stored_debs
+from tests.imagetools import file_sha256
 from tests.integration.conftest import run_cli
 
 # Every format with an arm64 image; the BIOS ones are refused (tests/integration/test_arm64_errors.py).
@@ -66,12 +66,6 @@ def arm64_build(arm64_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return Arm64Build(out, again)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _boot(path: Path, until: str = GETTY, timeout: float = 150, **options: object) -> BootResult:
@@ -88,7 +82,7 @@ def test_every_arm64_output_is_reproducible_and_is_arm64(arm64_build: Arm64Build
     assert {"minimal-kernel", "minimal-initrd.img", "minimal.efi", "minimal-efi.img", "minimal-efi.qcow2",
             "minimal-efi.iso", "minimal-efi-initrd.iso", "minimal-squashfs.img", "minimal-erofs.img",
             "minimal.tar", "minimal-initrd.tar", "minimal.docker"} <= set(files)
-    different = [name for name in files if _sha256(arm64_build.out / name) != _sha256(arm64_build.again / name)]
+    different = [name for name in files if file_sha256(arm64_build.out / name) != file_sha256(arm64_build.again / name)]
     assert different == []
     # /kernel on arm64 is the plain Image (arm64 boot protocol: "ARM\x64" magic at offset 56), as booti
     # and the EFI stub take it; the UKI is an arm64 PE (machine 0xaa64)

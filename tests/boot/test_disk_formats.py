@@ -31,6 +31,7 @@ from linuxkit_py.pkg.debs import debs_dir
 from tests.boot.test_specs import LEASE, SPECS, line_numbers
 from tests.boot.test_specs import cache_dir as cache_dir  # the module-scoped, deb-seeded cache
 from tests.debstore import DEB_STORE, link_files
+from tests.imagetools import file_sha256
 from tests.integration.conftest import run_cli
 
 NAME = "minimal"
@@ -77,18 +78,11 @@ def built(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
                  seconds, baseline)
 
 
-def sha256(path: Path) -> str:
-    digest, buffer = hashlib.sha256(), bytearray(1 << 22)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while count := f.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
 
 
 def _digests(root: Path, formats: list[str]) -> dict[str, str]:
     outputs = {fmt: root / fmt / f"{NAME}{get_format(fmt).suffixes[0]}" for fmt in formats}
-    return {fmt: sha256(path) for fmt, path in outputs.items()}
+    return {fmt: file_sha256(path) for fmt, path in outputs.items()}
 
 
 def _build_each(cache: Path, root: Path, env: dict[str, str] | None = None) -> None:
@@ -120,7 +114,7 @@ def test_source_date_epoch_sets_the_file_times(built: Built, cache_dir: Path, tm
     disk = tmp_path / f"{NAME}-bios.img"
     listing = _mtools("mdir", "-i", f"{disk}@@{MIB}", "::/")
     assert re.search(r"^kernel +\d+ 2023-11-14  22:13 $", listing, re.MULTILINE), listing
-    assert sha256(disk) != sha256(built.output("raw-bios"))
+    assert file_sha256(disk) != file_sha256(built.output("raw-bios"))
 
 
 # -- structure -------------------------------------------------------------------------------------------
@@ -212,7 +206,7 @@ def test_gcp_is_disk_raw_of_whole_gib_in_a_deterministic_tar_gz(built: Built) ->
     assert (member.name, member.size, member.mode, member.uid, member.gid) == ("disk.raw", GIB, 0o644, 0, 0)
     assert rest == bytes(1024)  # the end of the archive: nothing after disk.raw
     assert gzip_header[4:8] == bytes(4)  # MTIME unset
-    assert digest.hexdigest() == sha256(built.output("aws"))  # the same BIOS disk as aws
+    assert digest.hexdigest() == file_sha256(built.output("aws"))  # the same BIOS disk as aws
 
 
 def _qemu_img(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ boot must reach the onboot container's lease and the getty service. One qemu at 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -20,6 +19,7 @@ from linuxkit_py.run.image import BootImage
 from linuxkit_py.run.qemu import QemuOptions, boot_image
 from tests.boot.test_specs import LEASE, SPECS, line_numbers, write_spec
 from tests.debstore import DEB_STORE, link_files
+from tests.imagetools import file_sha256
 from tests.integration.conftest import run_cli
 
 FORMATS = ("iso-bios", "iso-efi", "iso-efi-initrd", "docker")
@@ -69,8 +69,6 @@ def built(cache_dir: Path, cmdline_spec: Path, tmp_path_factory: pytest.TempPath
     return out
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _run(image: Path) -> str:
@@ -150,13 +148,13 @@ def test_iso_efi_initrd_boots_as_a_cd_under_ovmf(built: Path) -> None:
 def test_same_bytes_again_and_from_an_empty_cache(built: Path, cache_dir: Path, cmdline_spec: Path,
                                                   tmp_path: Path,
                                                   record_property: Callable[[str, object], None]) -> None:
-    first = {name: _sha256(built / name) for name in OUTPUTS}
+    first = {name: file_sha256(built / name) for name in OUTPUTS}
 
     warm = _build(cache_dir, tmp_path / "warm", cmdline_spec)
     cold = _build(_seeded_cache(tmp_path / "cache"), tmp_path / "cold", cmdline_spec)
 
     for out in (tmp_path / "warm", tmp_path / "cold"):
-        assert {name: _sha256(out / name) for name in OUTPUTS} == first, out
+        assert {name: file_sha256(out / name) for name in OUTPUTS} == first, out
     record_property("warm_build_seconds", round(warm, 2))
     record_property("cold_build_seconds", round(cold, 2))
     shutil.rmtree(tmp_path / "cold")

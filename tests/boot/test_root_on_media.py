@@ -23,6 +23,7 @@ from linuxkit_py.run.image import BootImage, detect_image
 from linuxkit_py.run.qemu import QemuOptions, boot_image
 from tests.boot.test_specs import LEASE, REPO, cache_dir, package, write_spec
 from tests.debstore import DEB_STORE, link_files
+from tests.imagetools import file_sha256
 from tests.integration.conftest import run_cli
 
 __all__ = ["cache_dir"]  # the module-scoped cache fixture, shared with test_specs' builds
@@ -57,12 +58,6 @@ def build(cache: Path, out: Path, name: str, spec: Path, *formats: str, root: st
     return out / name
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -201,4 +196,4 @@ def test_two_builds_from_warm_and_empty_caches_give_the_same_bytes(small_outputs
     assert {"minimal-squashfs.img", "minimal-squashfs-initrd.img", "minimal-erofs.img",
             "minimal-erofs-initrd.img"} <= set(names)
     for name in names:
-        assert sha256(small_outputs.parent / name) == sha256(again.parent / name), name
+        assert file_sha256(small_outputs.parent / name) == file_sha256(again.parent / name), name

@@ -10,7 +10,6 @@ The card is built once per session and booted once: qemu reads a 33 MB kernel sl
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import subprocess
@@ -28,6 +27,7 @@ from linuxkit_py.media.fat import read_fat_file
 from linuxkit_py.pkg.debs import debs_dir
 from tests.boot.test_specs import SPECS, line_numbers
 from tests.debstore import DEB_STORE, link_files
+from tests.imagetools import file_sha256
 from tests.integration.conftest import run_cli
 
 GETTY = "service getty: started"
@@ -70,15 +70,13 @@ def rpi_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Card]:
         link_files(debs, DEB_STORE)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_card_is_the_same_bytes_every_build_with_debians_firmware(rpi_card: Card) -> None:
     files = subprocess.run(["mdir", "-b", "-i", f"{rpi_card.path}@@{PARTITION_START}", "::/"], capture_output=True,
                            text=True, check=True, env=MTOOLS_ENV).stdout.split()
 
-    assert _sha256(rpi_card.again) == _sha256(rpi_card.path)
+    assert file_sha256(rpi_card.again) == file_sha256(rpi_card.path)
     # the real raspi-firmware, the kernel image's device trees, our files: nothing else
     assert sorted(name.removeprefix("::/") for name in files) == sorted(
         [*firmware_files(), "config.txt", "cmdline.txt", "kernel8.img", "initrd.img",
@@ -132,7 +130,7 @@ def test_every_boards_device_tree_names_the_mini_uart_as_its_console(rpi_card: C
 
 @pytest.mark.boot
 def test_minimal_card_boots_on_raspi3b_to_getty(rpi_card: Card) -> None:
-    before = _sha256(rpi_card.path)
+    before = file_sha256(rpi_card.path)
     started = time.monotonic()
 
     result = run_cli("run", "--arch", "arm64", "--until", GETTY, "--timeout", str(BOOT_TIMEOUT), rpi_card.path,
@@ -150,4 +148,4 @@ def test_minimal_card_boots_on_raspi3b_to_getty(rpi_card: Card) -> None:
     # Then our init ran the onboot container and started the services.
     dhcpcd, getty = line_numbers(console, DHCPCD, GETTY)
     assert dhcpcd < getty
-    assert _sha256(rpi_card.path) == before  # run never writes the user's card
+    assert file_sha256(rpi_card.path) == before  # run never writes the user's card

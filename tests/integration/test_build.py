@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -10,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 from tests.bootimages import LayoutImage
+from tests.imagetools import file_sha256
 from tests.integration.conftest import BUSYBOX_REF, INIT_REF, KERNEL_REF, TOOLS_REF, fill_cache, run_cli
 
 SPEC = f"""\
@@ -77,8 +77,6 @@ def read_member(tar_path: Path, name: str) -> bytes:
         return f.read()
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_tar_has_linuxkit_layout(tmp_path: Path, warm_cache: Path) -> None:
@@ -163,15 +161,15 @@ def test_kernel_initrd_outputs_and_reproducibility(tmp_path: Path, warm_cache: P
     names = sorted(p.name for p in out.iterdir())
     assert names == ["system-cmdline", "system-initrd.img", "system-initrd.tar", "system-kernel", "system.tar"]
     assert (out / "system-cmdline").read_text() == "console=ttyS0 quiet"
-    first = {p.name: sha256(p) for p in out.iterdir()}
+    first = {p.name: file_sha256(p) for p in out.iterdir()}
     # again from the warm cache, then from an empty cache filled anew
     assert build(tmp_path, warm_cache, *formats).returncode == 0
-    assert {p.name: sha256(p) for p in out.iterdir()} == first
+    assert {p.name: file_sha256(p) for p in out.iterdir()} == first
     shutil.rmtree(out)
     cold = tmp_path / "cold-cache"
     fill_cache(cold, kernel_image, init_image, container_layout)
     assert build(tmp_path, cold, *formats).returncode == 0
-    assert {p.name: sha256(p) for p in out.iterdir()} == first
+    assert {p.name: file_sha256(p) for p in out.iterdir()} == first
 
 
 def test_source_date_epoch_sets_every_mtime(tmp_path: Path, warm_cache: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -15,6 +14,7 @@ from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.formats import Rootfs, get_format
 from tests.bootimages import LayoutImage
+from tests.imagetools import file_sha256
 
 EPOCH = 1_700_000_000
 # What LinuxKit's `docker` output ends with (moby/build/build.go), byte for byte.
@@ -81,8 +81,6 @@ def _cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Com
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_build_writes_name_docker_and_streams_with_o(tmp_path: Path, kernel_image: LayoutImage,
@@ -113,10 +111,10 @@ def test_build_writes_name_docker_and_streams_with_o(tmp_path: Path, kernel_imag
     assert names.count("Dockerfile") == 1
 
     # reproducible: again from the same cache, and from an empty cache filled anew
-    first = _sha256(out / "app.docker")
+    first = file_sha256(out / "app.docker")
     assert _cli("build", "--cache", cache, "--dir", out, "-f", "docker", spec).returncode == 0
-    assert _sha256(out / "app.docker") == first
+    assert file_sha256(out / "app.docker") == first
     shutil.rmtree(out)
     cold = fill(tmp_path / "cold-cache")
     assert _cli("build", "--cache", cold, "--dir", out, "-f", "docker", spec).returncode == 0
-    assert _sha256(out / "app.docker") == first
+    assert file_sha256(out / "app.docker") == first
