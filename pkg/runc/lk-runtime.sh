@@ -21,8 +21,16 @@ LK_BACKOFF_RESET=60                # ... back to 1 s after a run at least this l
 # -- small helpers ----------------------------------------------------------------------------------
 
 # lk_say TEXT: a runtime message on the console (and on stdout when that is somewhere else).
+# A write can fail with EIO while the console's tty is being hung up (a login session on it just
+# ended, as when getty is stopped): tried again for up to a second before falling back to stdout.
 lk_say() {
-    echo "$*" >>"$LK_CONSOLE" 2>/dev/null || echo "$*"
+    local i=0
+    while [ $i -lt 10 ]; do
+        echo "$*" >>"$LK_CONSOLE" 2>/dev/null && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "$*"
 }
 
 # lk_now: centiseconds since boot (/proc/uptime has two decimals).
