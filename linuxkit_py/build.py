@@ -20,6 +20,7 @@ from linuxkit_py.registry.pull import RegistryOptions, pull_images
 from linuxkit_py.rootfs.assemble import Assembly, assemble, metadata_writer
 from linuxkit_py.rootfs.kernelfile import decompressed_kernel
 from linuxkit_py.rootfs.reuse import needed_refs, reusable_sections
+from linuxkit_py.sign import load_signer
 from linuxkit_py.spec.load import load_specs, spec_to_yaml
 from linuxkit_py.spec.resolve import resolve_spec
 from linuxkit_py.tools import require
@@ -49,6 +50,12 @@ class BuildOptions:
     root: str = "ram"  # --root
     input_tar: Path | None = None  # --input-tar: reuse the unchanged sections of this earlier tar output
     decompress_kernel: bool = False  # --decompress-kernel
+    sbom: bool = True  # --no-sbom turns it off
+    sbom_output: Path | None = None  # --sbom-output; default NAME.spdx.json in --dir
+    sbom_current_time: bool = False  # --sbom-current-time; default: the build's epoch
+    sign_key: Path | None = None  # --sign-key/--sign-cert: Secure Boot signing of every EFI binary
+    sign_cert: Path | None = None
+    verity: bool = False  # --verity: dm-verity over the root image
 
 
 def source_date_epoch() -> int:
@@ -120,6 +127,7 @@ def build(opts: BuildOptions) -> list[Path]:
     formats = [] if opts.dry_run else _formats(opts)
     for fmt in formats:  # before anything is built or pulled
         fmt.check_arch(arch)
+    signer = load_signer(opts.sign_key, opts.sign_cert)  # a bad key or certificate stops the build here
     packages = PackageRefs(cache, arch)
     spec = resolve_spec(load_specs(opts.paths), packages.reference)
     if opts.dry_run:
@@ -137,7 +145,8 @@ def build(opts: BuildOptions) -> list[Path]:
         entries = decompressed_kernel(entries, cache.derived_dir)
     assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
-                    options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets))
+                    options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
+                                          verity=opts.verity))
     if opts.output is not None:
         return _write_stream(formats[0], rootfs, opts.output)
     name = opts.name or default_name(opts.paths)

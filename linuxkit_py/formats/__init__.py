@@ -15,6 +15,7 @@ from typing import BinaryIO
 from linuxkit_py.arch import Arch, get_arch
 from linuxkit_py.archive.entry import Entry
 from linuxkit_py.errors import UserError
+from linuxkit_py.sign import Signer
 
 ROOT_MODES = ("ram", "squashfs", "erofs")
 
@@ -29,6 +30,8 @@ class FormatOptions:
     # Boot assets by name (the Format row's `assets`: "efi-stub", "grub-efi", "raspi-firmware", ...):
     # the build fetches them for `arch` from Debian's packages; absent names mean the host's own files.
     assets: dict[str, Path] = field(default_factory=dict)
+    signer: Signer | None = None  # --sign-key/--sign-cert: every EFI binary written is signed with it
+    verity: bool = False  # --verity: the root image carries a dm-verity hash tree, its root hash on the cmdline
 
     @property
     def arch_info(self) -> Arch:
