@@ -12,7 +12,7 @@ from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.cache.layers import unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import Format, FormatOptions, Rootfs, get_format
+from linuxkit_py.formats import Format, FormatOptions, Rootfs, all_formats, get_format
 from linuxkit_py.fsutil import atomic_outputs
 from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
@@ -120,6 +120,17 @@ def _formats(opts: BuildOptions) -> list[Format]:
     return formats
 
 
+def _check_signing(formats: list[Format]) -> None:
+    """--sign-key with formats that write no EFI binary: an error when none does, else a note per format."""
+    unsigned = [fmt.name for fmt in formats if not fmt.signs]
+    if formats and len(unsigned) == len(formats):
+        signed = ", ".join(sorted(fmt.name for fmt in all_formats().values() if fmt.signs))
+        raise UserError(f"--sign-key: {', '.join(unsigned)} {'has' if len(unsigned) == 1 else 'have'} no EFI "
+                        "binary to sign", hint=f"Secure Boot formats: {signed}")
+    for name in unsigned:
+        log.warning("--sign-key: %s has no EFI binary; it is written unsigned", name)
+
+
 def build(opts: BuildOptions) -> list[Path]:
     """Run a build; returns the files written (nothing for --dry-run or -o -)."""
     cache = Cache(opts.cache_dir or default_cache())
@@ -128,6 +139,8 @@ def build(opts: BuildOptions) -> list[Path]:
     for fmt in formats:  # before anything is built or pulled
         fmt.check_arch(arch)
     signer = load_signer(opts.sign_key, opts.sign_cert)  # a bad key or certificate stops the build here
+    if signer is not None:
+        _check_signing(formats)
     packages = PackageRefs(cache, arch)
     spec = resolve_spec(load_specs(opts.paths), packages.reference)
     if opts.dry_run:

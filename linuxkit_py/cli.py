@@ -150,6 +150,14 @@ def _parser() -> argparse.ArgumentParser:
                                             "provider (the same DATA gives the same bytes)")
     create.add_argument("iso", type=Path, metavar="FILE.iso")
     create.add_argument("data", metavar="DATA")
+    keys = sub.add_parser("keys", help="Secure Boot keys (docs/trust.md)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kcreate = ksub.add_parser("create", help="make a new PK/KEK/db set in DIR: keys, certificates, EFI signature "
+                              "lists, .auth files and OVMF/AAVMF variable stores with them enrolled")
+    kcreate.add_argument("directory", type=Path, metavar="DIR")
+    kcreate.add_argument("--name", default="linuxkit-py", help="common name prefix of the certificates "
+                         "(default linuxkit-py: 'linuxkit-py PK', ...)")
+    kcreate.add_argument("--days", type=int, default=3650, help="validity of the certificates (default 3650)")
     sub.add_parser("version", help="print the version")
     _add_persistent_log_options(parser)
     return parser
@@ -224,6 +232,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
     )
     for path in build(opts):
         log.warning("wrote %s", path)
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from linuxkit_py.sign.keys import create_keys
+
+    if args.days < 1:
+        raise UserError(f"--days {args.days}: must be at least 1")
+    keys = create_keys(args.directory, args.name, args.days)
+    for path in keys.written:
+        log.warning("wrote %s", path)
+    log.warning("sign with: linuxkit-py build --sign-key %s --sign-cert %s ...", keys.directory / "db.key",
+                keys.directory / "db.crt")
     return 0
 
 
@@ -440,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "metadata":
             write_metadata_iso(args.iso, args.data.encode())
             return 0
+        if args.command == "keys":
+            return _cmd_keys(args)
         if args.command == "serve":
             return serve_directory(args.directory, args.port)
         if args.command == "completion":

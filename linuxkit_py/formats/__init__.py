@@ -66,6 +66,7 @@ class Format:
     description: str = ""
     arches: tuple[str, ...] = ("amd64", "arm64")  # the architectures it has an image for
     assets: tuple[str, ...] = ()  # boot assets it needs (see FormatOptions.assets)
+    signs: bool = False  # writes EFI binaries that --sign-key signs (UKI, EFI disks, EFI ISOs)
 
     def check_arch(self, arch: str) -> None:
         """A one-line UserError when this format has no image for `arch` (BIOS formats on arm64)."""

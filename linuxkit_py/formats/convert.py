@@ -204,7 +204,7 @@ def _register_conversion(name: str, suffix: str, conversion: Conversion, descrip
     bios = conversion.firmware == "bios"
     register(Format(name=name, suffixes=(suffix,), write=_converter(conversion, name),
                     tools=(*(BIOS_TOOLS if bios else EFI_TOOLS), QEMU_IMG), description=description,
-                    arches=BIOS_ARCHES if bios else EFI_ARCHES, assets=() if bios else EFI_ASSETS))
+                    arches=BIOS_ARCHES if bios else EFI_ARCHES, assets=() if bios else EFI_ASSETS, signs=not bios))
 
 
 _register_conversion("qcow2-bios", ".qcow2", Conversion("bios", "qcow2"), "the raw-bios disk as qcow2")

@@ -26,8 +26,19 @@ from linuxkit_py.archive.entry import ContentReader
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.bootfiles import BootFiles, boot_files
-from linuxkit_py.formats.iso_grub import GRUB_ASSET, GRUB_TOOLS, GrubBoot, GrubTarget, grub_config, write_efi_boot_image
-from linuxkit_py.media.iso9660 import IsoImage
+from linuxkit_py.formats.iso_grub import (
+    EFI_IMAGE_LABEL,
+    GRUB_ASSET,
+    GRUB_TOOLS,
+    GrubBoot,
+    GrubTarget,
+    grub_config,
+    write_efi_boot_image,
+)
+from linuxkit_py.formats.raw import EFI_ASSETS
+from linuxkit_py.formats.uki import stub_path, write_uki
+from linuxkit_py.media import fat
+from linuxkit_py.media.iso9660 import MAX_LOAD_SECTORS, SECTOR, IsoImage
 from linuxkit_py.tools import require_file
 
 VOLUME_ID = "LINUXKIT"
@@ -82,8 +93,9 @@ def _workdir(out: BinaryIO) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _add_boot_files(iso: IsoImage, bf: BootFiles, kernel: str, initrd: str) -> None:
-    iso.add_file(kernel, bf.kernel.data or b"")
+def _add_boot_files(iso: IsoImage, bf: BootFiles, kernel: str, initrd: str, signed: Path | None = None) -> None:
+    """The kernel (`signed`: its signed copy), the initrd and the extra files (root image) on the ISO."""
+    iso.add_file(kernel, signed or bf.kernel.data or b"")
     iso.add_file(initrd, bf.initrd)
     for name, path in bf.extra:
         iso.add_file(name, path)
@@ -96,14 +108,52 @@ def _add_isolinux(iso: IsoImage, cmdline: str) -> None:
     iso.add_bios_boot(f"{ISOLINUX_DIR}/isolinux.bin", BOOT_CATALOG)
 
 
-def _add_grub(iso: IsoImage, grub: GrubBoot, work: Path, rootfs: Rootfs, image: str, catalog: str) -> None:
-    """GRUB's config and id file in the ISO 9660 tree, and the El Torito UEFI entry for its FAT image."""
+def _add_grub(iso: IsoImage, grub: GrubBoot, work: Path, rootfs: Rootfs, image: str, catalog: str,
+              bf: BootFiles) -> None:
+    """GRUB's config and id file in the ISO 9660 tree, and the El Torito UEFI entry for its FAT image.
+    Signed (--sign-key), the FAT image holds a signed UKI of the boot files instead of GRUB: Debian's GRUB
+    starts no kernel under Secure Boot without shim ("shim_lock protocol not found")."""
     iso.add_file(f"{grub.directory}/grub.cfg", grub_config(grub).encode())
     iso.add_file(grub.id_file, grub.id_file.rsplit("/", 1)[1].encode() + b"\n")
     efi_image = work / "efiboot.img"
-    size = write_efi_boot_image(efi_image, grub, epoch=rootfs.epoch, target=GrubTarget.for_options(rootfs.options))
+    if rootfs.options.signer is not None:
+        size = _write_uki_boot_image(efi_image, rootfs, bf)
+    else:
+        size = write_efi_boot_image(efi_image, grub, epoch=rootfs.epoch,
+                                    target=GrubTarget.for_options(rootfs.options))
     iso.add_file(image, efi_image)
     iso.add_efi_boot(image, catalog, size)
+
+
+def _write_uki_boot_image(out: Path, rootfs: Rootfs, bf: BootFiles) -> int:
+    """The El Torito UEFI image of a signed ISO: a FAT holding a signed UKI at the removable-media path."""
+    options = rootfs.options
+    uki = out.with_name("uki.efi")
+    write_uki(uki, kernel=bf.kernel.data or b"", initrd=bf.initrd, cmdline=bf.cmdline, epoch=rootfs.epoch,
+              stub=stub_path(options), objcopy=options.arch_info.objcopy(), signer=options.signer)
+    try:
+        size = fat.fat_min_size([uki.stat().st_size], directories=2)
+        if -(-size // SECTOR) > MAX_LOAD_SECTORS:
+            raise UserError(f"a signed ISO boots UEFI from a UKI in its El Torito image, which holds at most "
+                            f"{MAX_LOAD_SECTORS * SECTOR >> 20} MiB; this one needs {size >> 20} MiB",
+                            hint="add --root squashfs (the UKI then holds only stage one), or use raw-efi")
+        return fat.write_fat(out, [(options.arch_info.efi_boot_path, uki)], label=EFI_IMAGE_LABEL,
+                             epoch=rootfs.epoch, size=size)
+    finally:
+        uki.unlink()
+
+
+def _signed_kernel(rootfs: Rootfs, bf: BootFiles, work: Path) -> Path | None:
+    """With --sign-key: the kernel (an EFI stub: GRUB hands it to the firmware, which checks it) signed in
+    `work`; a kernel that is signed already (Debian's) keeps that signature and gets ours besides."""
+    if rootfs.options.signer is None:
+        return None
+    path = work / "kernel.signed"
+    with open(path, "wb") as f, ContentReader() as reader:
+        for chunk in reader.chunks(bf.kernel.data):
+            f.write(chunk)
+    rootfs.options.signer.sign_pe(path)
+    return path
 
 
 def write_iso_bios(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
@@ -126,10 +176,10 @@ def write_iso_efi(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
         seed = content_seed("iso-efi", bf)
         grub = GrubBoot(directory=GRUB_DIR, kernel=KERNEL, initrd=INITRD, cmdline=bf.cmdline, seed=seed)
         with IsoImage(volume_id=VOLUME_ID, epoch=rootfs.epoch, seed=seed) as iso:
-            _add_boot_files(iso, bf, KERNEL, INITRD)
+            _add_boot_files(iso, bf, KERNEL, INITRD, _signed_kernel(rootfs, bf, work))
             if bios:
                 _add_isolinux(iso, bf.cmdline)  # first: the isohybrid MBR code starts the first entry
-            _add_grub(iso, grub, work, rootfs, EFI_IMAGE, BOOT_CATALOG)
+            _add_grub(iso, grub, work, rootfs, EFI_IMAGE, BOOT_CATALOG, bf)
             if bios:
                 iso.make_hybrid(efi=True)
             iso.write(out)
@@ -146,8 +196,8 @@ def write_iso_efi_initrd(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
         grub = GrubBoot(directory=INITRD_ISO_GRUB_DIR, kernel=INITRD_ISO_KERNEL, initrd=INITRD_ISO_INITRD,
                         cmdline=bf.cmdline, seed=seed)
         with IsoImage(volume_id=VOLUME_ID, epoch=rootfs.epoch, seed=seed) as iso:
-            _add_boot_files(iso, bf, INITRD_ISO_KERNEL, INITRD_ISO_INITRD)
-            _add_grub(iso, grub, work, rootfs, INITRD_ISO_EFI_IMAGE, INITRD_ISO_CATALOG)
+            _add_boot_files(iso, bf, INITRD_ISO_KERNEL, INITRD_ISO_INITRD, _signed_kernel(rootfs, bf, work))
+            _add_grub(iso, grub, work, rootfs, INITRD_ISO_EFI_IMAGE, INITRD_ISO_CATALOG, bf)
             iso.write(out)
 
 
@@ -160,17 +210,19 @@ register(Format(
 ))
 register(Format(
     name="iso-efi",
+    signs=True,
     suffixes=("-efi.iso",),
     write=write_iso_efi,
     tools=GRUB_TOOLS,
-    assets=(GRUB_ASSET,),
+    assets=(GRUB_ASSET, *EFI_ASSETS),
     description="hybrid ISO booting kernel + initrd with GRUB under UEFI (and ISOLINUX under BIOS)",
 ))
 register(Format(
     name="iso-efi-initrd",
+    signs=True,
     suffixes=("-efi-initrd.iso",),
     write=write_iso_efi_initrd,
     tools=GRUB_TOOLS,
-    assets=(GRUB_ASSET,),
+    assets=(GRUB_ASSET, *EFI_ASSETS),
     description="UEFI CD with /kernel and /initrd.img started by GRUB (LinuxKit's layout)",
 ))

@@ -168,7 +168,7 @@ def write_efi_disk(bf: BootFiles, path: Path, workdir: Path, *, epoch: int, size
     boot_path = options.arch_info.efi_boot_path  # what UEFI firmware boots from removable media (UEFI 2.10 3.5.1.1)
     uki = workdir / options.arch_info.efi_boot_file
     write_uki(uki, kernel=bf.kernel.data or b"", initrd=bf.initrd, cmdline=bf.cmdline, epoch=epoch,
-              stub=stub_path(options), objcopy=options.arch_info.objcopy())
+              stub=stub_path(options), objcopy=options.arch_info.objcopy(), signer=options.signer)
     files: list[tuple[str, Source]] = [(boot_path, uki), *bf.extra]
     disk_size, fat_size = _partition_size(files, PARTITION_ALIGNMENT + GPT_TAIL, (), 0, size, size_unit, fmt)
     disk_sectors = disk_size // SECTOR
@@ -229,6 +229,7 @@ register(Format(
 ))
 register(Format(
     name="raw-efi",
+    signs=True,
     suffixes=("-efi.img",),
     write=_disk_writer("efi", "raw-efi"),
     tools=EFI_TOOLS,

@@ -11,7 +11,6 @@ The `uki` format (NAME.efi) is this file alone.
 
 from __future__ import annotations
 
-import array
 import os
 import shutil
 import struct
@@ -24,6 +23,8 @@ from linuxkit_py.archive.entry import ContentReader, Data
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, FormatOptions, Rootfs, register
 from linuxkit_py.formats.bootfiles import boot_files
+from linuxkit_py.sign import Signer
+from linuxkit_py.sign.pe import update_checksum
 from linuxkit_py.tools import require, require_file, run
 
 OBJCOPY = "objcopy"
@@ -80,35 +81,13 @@ def pe_layout(header: bytes) -> PeLayout:
     return PeLayout(image_base, end, coff + COFF_TIME_DATE_STAMP, optional + OPTIONAL_CHECKSUM)
 
 
-def pe_checksum(path: Path, checksum_offset: int) -> int:
-    """The PE image checksum: 16-bit words summed with end-around carry, the CheckSum field counted as
-    zero, plus the file size."""
-    total = 0
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            if size <= checksum_offset < size + len(chunk):
-                at = checksum_offset - size
-                chunk = chunk[:at] + bytes(4) + chunk[at + 4 :]
-            size += len(chunk)
-            if len(chunk) % 2:  # only the last chunk can be odd: chunks are 1 MiB
-                chunk += b"\0"
-            total += sum(array.array("H", chunk))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total + size
-
-
 def set_pe_time_stamp(path: Path, epoch: int) -> None:
     """Set the PE TimeDateStamp (objcopy 2.40 writes the current time there) and fix the checksum."""
     with open(path, "r+b") as f:
         layout = pe_layout(f.read(4096))
         f.seek(layout.time_stamp_offset)
         f.write(struct.pack("<I", epoch & 0xFFFFFFFF))
-    checksum = pe_checksum(path, layout.checksum_offset)
-    with open(path, "r+b") as f:
-        f.seek(layout.checksum_offset)
-        f.write(struct.pack("<I", checksum))
+    update_checksum(path, layout.checksum_offset)
 
 
 def section_addresses(layout: PeLayout, sizes: list[int]) -> list[int]:
@@ -132,10 +111,12 @@ def stub_path(options: FormatOptions | None = None) -> Path:
 
 def write_uki(out: BinaryIO | Path, *, kernel: Data, initrd: Path, cmdline: str,
               os_release: bytes = OS_RELEASE, epoch: int = 0, stub: Path | None = None,
-              objcopy: str = OBJCOPY) -> None:
+              objcopy: str = OBJCOPY, signer: Signer | None = None) -> None:
     """Write a UKI of `kernel`, `initrd`, `cmdline` and `os_release` to `out` (a file or an open file);
     its PE time stamp is `epoch`; `stub` is systemd's EFI stub (default: the host's amd64 one), `objcopy`
-    one that knows the stub's architecture (Arch.objcopy())."""
+    one that knows the stub's architecture (Arch.objcopy()); `signer` signs it for Secure Boot (which
+    covers the command line and initrd inside: systemd-stub ignores a command line given by the loader
+    when Secure Boot is on)."""
     stub = stub or stub_path()
     require(objcopy)
     with tempfile.TemporaryDirectory(prefix="linuxkit-py-uki-") as tmp:
@@ -156,6 +137,8 @@ def write_uki(out: BinaryIO | Path, *, kernel: Data, initrd: Path, cmdline: str,
         target = out if isinstance(out, Path) else work / "uki.efi"
         run([*argv, stub, target], capture=True, env={**os.environ, "LC_ALL": "C", "TZ": "UTC"})
         set_pe_time_stamp(target, epoch)
+        if signer is not None:
+            signer.sign_pe(target)
         if not isinstance(out, Path):
             with open(target, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
@@ -171,11 +154,13 @@ def write_uki_format(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
             raise UserError(f"a UKI is one file and cannot carry {names}",
                             hint="use raw-efi, whose ESP holds the UKI and these files")
         write_uki(out, kernel=bf.kernel.data or b"", initrd=bf.initrd, cmdline=bf.cmdline,
-                  epoch=rootfs.epoch, stub=stub_path(rootfs.options), objcopy=rootfs.options.arch_info.objcopy())
+                  epoch=rootfs.epoch, stub=stub_path(rootfs.options), objcopy=rootfs.options.arch_info.objcopy(),
+                  signer=rootfs.options.signer)
 
 
 register(Format(
     name="uki",
+    signs=True,
     suffixes=(".efi",),
     write=write_uki_format,
     tools=(OBJCOPY,),

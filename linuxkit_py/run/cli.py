@@ -71,6 +71,10 @@ def add_run_parser(subparsers: Any) -> None:
     p.add_argument("--cpus", type=int, default=1, help="number of CPUs (default 1)")
     p.add_argument("--uefi", action="store_true", help="boot through UEFI firmware (OVMF)")
     p.add_argument("--fw", type=Path, metavar="FILE", help="UEFI firmware (default: Debian's OVMF_CODE_4M.fd)")
+    p.add_argument("--fw-vars", type=Path, metavar="FILE", help="UEFI variable store to start from, e.g. one with "
+                   "your Secure Boot keys enrolled (`keys create` writes DIR/OVMF_VARS_4M.fd); copied per run")
+    p.add_argument("--secure-boot", action="store_true", help="UEFI with Secure Boot enforced (OVMF secboot, "
+                   "q35 with SMM); keys from --fw-vars, default Debian's snakeoil set")
     p.add_argument("--disk", action="append", default=[], metavar=DISK_SYNTAX,
                    help="attach a disk, created when missing and a size is given (repeatable)")
     p.add_argument("--state", type=Path, metavar="DIR",
@@ -154,6 +158,8 @@ def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
         extra_append=args.append,
         uefi=args.uefi,
         firmware=args.fw,
+        fw_vars=args.fw_vars,
+        secure_boot=args.secure_boot,
         networking=args.networking,
         # --arch, else what the output's bytes say (arm64 Image, UKI machine, BOOTAA64.EFI), else the host's
         arch=normalize_arch(args.arch or sniff_arch(image)),

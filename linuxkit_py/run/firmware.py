@@ -15,6 +15,11 @@ OVMF_PACKAGE = "ovmf"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_BIOS = Path("/usr/share/ovmf/OVMF.fd")  # code and variables in one image
+# Secure Boot (amd64): OVMF built with SMM (q35, smm=on, secure pflash), and Debian's variable store with
+# its snakeoil PK/KEK/db enrolled and Secure Boot on, used when `run --secure-boot` gets no --fw-vars.
+OVMF_SECBOOT_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_SNAKEOIL_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
+SECURE_BOOT_MACHINE = ("-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,20 @@ def find_firmware(fw: Path | None = None, arch: Arch | None = None) -> Firmware:
         return Firmware(OVMF_BIOS)
     raise UserError(f"no UEFI firmware: looked for {OVMF_CODE} with {OVMF_VARS}, and {OVMF_BIOS}",
                     hint=install_hint(OVMF_PACKAGE))
+
+
+def secure_boot_firmware(arch: Arch | None, vars_file: Path | None) -> Firmware:
+    """OVMF with Secure Boot enforced and `vars_file` (a variable store with your keys enrolled, e.g. from
+    `linuxkit-py keys create`), else Debian's snakeoil store."""
+    if arch is not None and arch.name != "amd64":
+        raise UserError(f"run --secure-boot: only amd64 (OVMF with SMM) is set up, not {arch.name}",
+                        hint="boot arm64 images without --secure-boot, or give --fw and --fw-vars yourself")
+    if not OVMF_SECBOOT_CODE.is_file():
+        raise UserError(f"run --secure-boot: {OVMF_SECBOOT_CODE} not found", hint=install_hint(OVMF_PACKAGE))
+    template = vars_file or OVMF_SNAKEOIL_VARS
+    if not template.is_file():
+        raise UserError(f"run --secure-boot: the variable store {template} not found")
+    return Firmware(OVMF_SECBOOT_CODE, template)
 
 
 def copy_vars(firmware: Firmware, directory: Path) -> Path | None:

@@ -28,7 +28,14 @@ from linuxkit_py.arch import Arch, get_arch
 from linuxkit_py.boards import BOARDS, QEMU_BOARD, Board
 from linuxkit_py.errors import UserError
 from linuxkit_py.run.disks import Disk, as_disk, create_missing_disks
-from linuxkit_py.run.firmware import Firmware, copy_vars, find_firmware
+from linuxkit_py.run.firmware import (
+    OVMF_SNAKEOIL_VARS,
+    SECURE_BOOT_MACHINE,
+    Firmware,
+    copy_vars,
+    find_firmware,
+    secure_boot_firmware,
+)
 from linuxkit_py.run.image import BootImage, kernel_image
 from linuxkit_py.run.kvm import choose_accel
 from linuxkit_py.run.rpi import PiBoot, prepare_pi_boot
@@ -53,6 +60,8 @@ class QemuOptions:
     extra_append: str = ""  # appended to the kernel command line (kernel boots only)
     uefi: bool = False  # boot through OVMF instead of SeaBIOS (implied by -efi in the image's name)
     firmware: Path | None = None  # UEFI firmware instead of Debian's OVMF (see firmware.py)
+    fw_vars: Path | None = None  # the UEFI variable store to start from (a copy is used per run)
+    secure_boot: bool = False  # OVMF with Secure Boot enforced (q35 with SMM); implies uefi
     networking: str = "user"  # user (qemu's user-mode network) or none
     reboot: bool = False  # let the guest reboot; otherwise a reboot or a panic ends qemu
     arch: str = "amd64"  # the guest's architecture (arch.py names); arm64 boots on -M virt
@@ -113,7 +122,7 @@ def qemu_file_arg(path: Path | str) -> str:
 
 
 def uses_uefi(image: BootImage, options: QemuOptions) -> bool:
-    return options.uefi or image.uefi
+    return options.uefi or options.secure_boot or image.uefi
 
 
 def check_options(image: BootImage, options: QemuOptions) -> None:
@@ -143,7 +152,7 @@ def _machine_args(options: QemuOptions, accel: str) -> list[str]:
         if "-cpu" in machine:
             del machine[machine.index("-cpu"):machine.index("-cpu") + 2]
         machine += ["-cpu", "host"]
-    args += machine
+    args += SECURE_BOOT_MACHINE if options.secure_boot else machine
     args += ["-m", str(options.mem), "-smp", str(options.cpus)]
     if not options.reboot:
         args.append("-no-reboot")
@@ -318,6 +327,19 @@ def prepare_esp(uki: Path, directory: Path, arch: Arch | None = None) -> Path:
     return esp
 
 
+def _firmware(options: QemuOptions, arch: Arch) -> Firmware:
+    if options.secure_boot:
+        if options.firmware is not None:
+            return Firmware(find_firmware(options.firmware, arch).code, options.fw_vars or OVMF_SNAKEOIL_VARS)
+        return secure_boot_firmware(arch, options.fw_vars)
+    firmware = find_firmware(options.firmware, arch)
+    if options.fw_vars is not None:
+        if not options.fw_vars.is_file():
+            raise UserError(f"--fw-vars {options.fw_vars}: no such file")
+        return replace(firmware, vars_template=options.fw_vars)
+    return firmware
+
+
 @contextlib.contextmanager
 def _prepared_command(image: BootImage, options: QemuOptions, console: Sequence[str]) -> Iterator[list[str]]:
     """Check the inputs, create missing disks, choose the accelerator and set up per-run files (UEFI
@@ -329,7 +351,7 @@ def _prepared_command(image: BootImage, options: QemuOptions, console: Sequence[
     require(qemu)
     arch = get_arch(options.arch)
     uefi = uses_uefi(image, options)
-    firmware = find_firmware(options.firmware, arch) if uefi else None
+    firmware = _firmware(options, arch) if uefi else None
     create_missing_disks([as_disk(disk) for disk in options.disks])
     options = replace(options, accel=choose_accel(options.accel, qemu))
     with tempfile.TemporaryDirectory(prefix="linuxkit-py-run-") as tmp:

@@ -15,12 +15,12 @@ from linuxkit_py.formats.uki import (
     OS_RELEASE,
     SECTION_ALIGNMENT,
     PeLayout,
-    pe_checksum,
     pe_layout,
     section_addresses,
     stub_path,
     write_uki,
 )
+from linuxkit_py.sign.pe import pe_checksum
 
 EPOCH = 1_492_533_000
 
