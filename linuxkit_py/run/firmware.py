@@ -15,11 +15,22 @@ OVMF_PACKAGE = "ovmf"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_BIOS = Path("/usr/share/ovmf/OVMF.fd")  # code and variables in one image
-# Secure Boot (amd64): OVMF built with SMM (q35, smm=on, secure pflash), and Debian's variable store with
-# its snakeoil PK/KEK/db enrolled and Secure Boot on, used when `run --secure-boot` gets no --fw-vars.
-OVMF_SECBOOT_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
-OVMF_SNAKEOIL_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
-SECURE_BOOT_MACHINE = ("-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on")
+# Secure Boot: per architecture, firmware that enforces it, Debian's variable store with its snakeoil PK/KEK/db
+# enrolled and Secure Boot on (used when `run --secure-boot` gets no --fw-vars), and the machine it needs.
+# OVMF's secboot build needs SMM (q35, smm=on, secure pflash); AAVMF enforces it on qemu's virt as it is.
+@dataclass(frozen=True)
+class SecureBoot:
+    code: Path
+    snakeoil_vars: Path
+    machine: tuple[str, ...] = ()  # replaces the architecture's -machine/-cpu arguments when not empty
+
+
+SECURE_BOOT = {
+    "amd64": SecureBoot(Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+                        Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"),
+                        ("-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on")),
+    "arm64": SecureBoot(Path("/usr/share/AAVMF/AAVMF_CODE.fd"), Path("/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd")),
+}
 
 
 @dataclass(frozen=True)
@@ -57,18 +68,19 @@ def find_firmware(fw: Path | None = None, arch: Arch | None = None) -> Firmware:
                     hint=install_hint(OVMF_PACKAGE))
 
 
-def secure_boot_firmware(arch: Arch | None, vars_file: Path | None) -> Firmware:
-    """OVMF with Secure Boot enforced and `vars_file` (a variable store with your keys enrolled, e.g. from
-    `linuxkit-py keys create`), else Debian's snakeoil store."""
-    if arch is not None and arch.name != "amd64":
-        raise UserError(f"run --secure-boot: only amd64 (OVMF with SMM) is set up, not {arch.name}",
-                        hint="boot arm64 images without --secure-boot, or give --fw and --fw-vars yourself")
-    if not OVMF_SECBOOT_CODE.is_file():
-        raise UserError(f"run --secure-boot: {OVMF_SECBOOT_CODE} not found", hint=install_hint(OVMF_PACKAGE))
-    template = vars_file or OVMF_SNAKEOIL_VARS
-    if not template.is_file():
-        raise UserError(f"run --secure-boot: the variable store {template} not found")
-    return Firmware(OVMF_SECBOOT_CODE, template)
+def secure_boot_firmware(arch: Arch, code: Path | None, vars_file: Path | None) -> Firmware:
+    """Firmware enforcing Secure Boot for `arch` (or `code`) with `vars_file` (a variable store with your keys
+    enrolled, e.g. from `linuxkit-py keys create`), else Debian's snakeoil store."""
+    table = SECURE_BOOT.get(arch.name)
+    if table is None:
+        raise UserError(f"run --secure-boot: no Secure Boot firmware is set up for {arch.name}")
+    code = code or table.code
+    template = vars_file or table.snakeoil_vars
+    for path, what, given in ((code, "firmware", code is not table.code), (template, "variable store", vars_file)):
+        if not path.is_file():
+            raise UserError(f"run --secure-boot: the {what} {path} not found",
+                            hint=None if given else install_hint(arch.uefi_package or OVMF_PACKAGE))
+    return Firmware(code, template)
 
 
 def copy_vars(firmware: Firmware, directory: Path) -> Path | None:

@@ -29,8 +29,7 @@ from linuxkit_py.boards import BOARDS, QEMU_BOARD, Board
 from linuxkit_py.errors import UserError
 from linuxkit_py.run.disks import Disk, as_disk, create_missing_disks
 from linuxkit_py.run.firmware import (
-    OVMF_SNAKEOIL_VARS,
-    SECURE_BOOT_MACHINE,
+    SECURE_BOOT,
     Firmware,
     copy_vars,
     find_firmware,
@@ -152,7 +151,8 @@ def _machine_args(options: QemuOptions, accel: str) -> list[str]:
         if "-cpu" in machine:
             del machine[machine.index("-cpu"):machine.index("-cpu") + 2]
         machine += ["-cpu", "host"]
-    args += SECURE_BOOT_MACHINE if options.secure_boot else machine
+    secure = SECURE_BOOT.get(options.arch) if options.secure_boot else None
+    args += secure.machine if secure and secure.machine else machine
     args += ["-m", str(options.mem), "-smp", str(options.cpus)]
     if not options.reboot:
         args.append("-no-reboot")
@@ -329,9 +329,7 @@ def prepare_esp(uki: Path, directory: Path, arch: Arch | None = None) -> Path:
 
 def _firmware(options: QemuOptions, arch: Arch) -> Firmware:
     if options.secure_boot:
-        if options.firmware is not None:
-            return Firmware(find_firmware(options.firmware, arch).code, options.fw_vars or OVMF_SNAKEOIL_VARS)
-        return secure_boot_firmware(arch, options.fw_vars)
+        return secure_boot_firmware(arch, options.firmware, options.fw_vars)
     firmware = find_firmware(options.firmware, arch)
     if options.fw_vars is not None:
         if not options.fw_vars.is_file():

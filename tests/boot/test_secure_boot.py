@@ -44,9 +44,8 @@ class Keys:
     def cert(self) -> Path:
         return self.directory / "db.crt"
 
-    @property
-    def vars(self) -> Path:
-        return self.directory / "OVMF_VARS_4M.fd"
+    def vars(self, arch: str = "amd64") -> Path:
+        return self.directory / ("AAVMF_VARS.fd" if arch == "arm64" else "OVMF_VARS_4M.fd")
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,9 @@ def built(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
     _build(cache_dir, root / "again", "-f", formats, "--sign-key", keys.key, "--sign-cert", keys.cert)
     _build(cache_dir, root / "other", "-f", "raw-efi", "--sign-key", other.key, "--sign-cert", other.cert)
     _build(cache_dir, root / "unsigned", "-f", "raw-efi")
+    sign = ("--sign-key", keys.key, "--sign-cert", keys.cert)
+    _build(cache_dir, root / "arm64-signed", "--arch", "arm64", "-f", "raw-efi", *sign)
+    _build(cache_dir, root / "arm64-unsigned", "--arch", "arm64", "-f", "raw-efi")
     return Built(root, keys, other)
 
 
@@ -89,10 +91,10 @@ Boot = Callable[..., str]
 @pytest.fixture
 def boot(built: Built, tmp_path: Path) -> Boot:
     """Boot a copy of an image under OVMF with Secure Boot enforced and `built.keys` enrolled, until a line."""
-    def run(image: Path, until: str, timeout: int = 120) -> str:
+    def run(image: Path, until: str, timeout: int = 120, arch: str = "amd64") -> str:
         copy = tmp_path / image.name
         shutil.copyfile(image, copy)
-        result = run_cli("run", "--accel", "tcg", "--secure-boot", "--fw-vars", built.keys.vars,
+        result = run_cli("run", "--accel", "tcg", "--secure-boot", "--fw-vars", built.keys.vars(arch),
                          "--timeout", str(timeout), "--until", until, copy, stdin=b"")
         console = result.stdout.decode(errors="replace").replace("\r\n", "\n")
         assert result.returncode == 0, (result.stderr.decode(), console[-3000:])
@@ -122,6 +124,15 @@ def test_firmware_refuses_an_image_not_signed_by_the_enrolled_db(built: Built, b
     console = boot(built.output(variant, "raw-efi"), REFUSED, timeout=60)
     assert REFUSED in console
     assert "Linux version" not in console and "EFI stub" not in console
+
+
+@pytest.mark.boot
+def test_arm64_signed_disk_boots_and_unsigned_is_refused_by_aavmf(built: Built, boot: Boot) -> None:
+    """The same on arm64 (qemu virt, Debian's AAVMF with the keys of `keys create` in DIR/AAVMF_VARS.fd)."""
+    console = boot(built.output("arm64-signed", "raw-efi"), STARTED, arch="arm64")
+    assert SECURE_BOOT_ON in console and "EFI stub: UEFI Secure Boot is enabled." in console
+    refused = boot(built.output("arm64-unsigned", "raw-efi"), REFUSED, timeout=60, arch="arm64")
+    assert "EFI stub" not in refused
 
 
 def test_signed_outputs_are_reproducible(built: Built) -> None:
