@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from linuxkit_py.archive.entry import Entry
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs
 from linuxkit_py.formats.initrd import _block_cache, split_boot, write_initrd
-from linuxkit_py.formats.rootimage import IMAGE_NAMES, ROOT_FILESYSTEMS, root_image_id, write_root_image
+from linuxkit_py.formats.rootimage import IMAGE_NAMES, ROOT_FILESYSTEMS, file_sha256, root_image_id, write_root_image
 from linuxkit_py.formats.stage1 import RootLocation, write_stage1_initrd
 
 MEDIA = ("cdrom", "disk")
@@ -33,8 +33,9 @@ class BootFiles:
 
 
 @contextlib.contextmanager
-def boot_files(rootfs: Rootfs, medium: str, workdir: Path) -> Iterator[BootFiles]:
-    """Write the initrd (and root image) into `workdir` and describe what goes on the medium."""
+def boot_files(rootfs: Rootfs, medium: str, workdir: Path, *, whole_image_id: bool = False) -> Iterator[BootFiles]:
+    """Write the initrd (and root image) into `workdir` and describe what goes on the medium. With
+    `whole_image_id` stage one also checks the sha256 of the whole image (A/B slots: formats/ab.py)."""
     if medium not in MEDIA:
         raise ValueError(f"unknown medium {medium!r}")
     boot = split_boot(rootfs.entries)
@@ -52,6 +53,8 @@ def boot_files(rootfs: Rootfs, medium: str, workdir: Path) -> Iterator[BootFiles
     image = workdir / name
     write_root_image(rootfs, image, root)
     location = RootLocation(root, root_image_id(image), image_path=name)
+    if whole_image_id:
+        location = replace(location, size=image.stat().st_size, sha256=file_sha256(image))
     with open(initrd, "wb") as out:
         write_stage1_initrd(rootfs, out, location=location, medium=medium)
     yield BootFiles(kernel=boot.kernel, initrd=initrd, cmdline=cmdline, extra=[(name, image)])

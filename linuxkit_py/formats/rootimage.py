@@ -87,6 +87,15 @@ def root_image_id(path: Path) -> str:
         return hashlib.sha256(f.read(ROOT_ID_BYTES)).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of the whole file at `path`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def tool_env(epoch: int | None) -> dict[str, str]:
     """UTC, C locale and SOURCE_DATE_EPOCH=`epoch`; None leaves it out (mksquashfs refuses it together with
     its own time options, which say the same)."""

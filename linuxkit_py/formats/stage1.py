@@ -72,6 +72,10 @@ class RootLocation:
     fs: str  # squashfs or erofs
     root_id: str  # sha256 (hex) of the image's first 4 KiB (rootimage.root_image_id)
     image_path: str = ""  # the image as a file on the medium; "" when the image is a whole block device
+    # When set, a device is the image only if its first `size` bytes have this sha256 (hex) too: tells apart
+    # images whose first 4 KiB are the same, as two versions of one spec in the slots of an A/B disk.
+    size: int = 0
+    sha256: str = ""
 
 
 def _head(data: Data | None, size: int) -> bytes:
@@ -268,6 +272,8 @@ def _conf(location: RootLocation, medium: str, load: Sequence[str], softdeps: Se
         "ROOT_WAIT": str(ROOT_WAIT_SECONDS),
         "INIT": DEFAULT_INIT,
     }
+    if location.sha256:  # only then: the other images' stage1.conf stays as it was
+        values |= {"ROOT_SIZE": str(location.size), "ROOT_SHA256": location.sha256}
     lines = ["# written by linuxkit-py: what stage one (/init) looks for"]
     lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
     return ("\n".join(lines) + "\n").encode()
@@ -385,10 +391,14 @@ coldplug() {
     done
 }
 
-# has_root_id FILE: the first 4 KiB of FILE are those of the root image
+# has_root_id FILE: the first 4 KiB of FILE are those of the root image (and, with ROOT_SHA256, its
+# first ROOT_SIZE bytes are the whole image)
 has_root_id() {
-    set -- $(head -c 4096 "$1" 2>/dev/null | sha256sum)
-    [ "$1" = "$ROOT_ID" ]
+    set -- "$1" $(head -c 4096 "$1" 2>/dev/null | sha256sum)
+    [ "$2" = "$ROOT_ID" ] || return 1
+    [ -n "$ROOT_SHA256" ] || return 0
+    set -- $(head -c "$ROOT_SIZE" "$1" 2>/dev/null | sha256sum)
+    [ "$1" = "$ROOT_SHA256" ]
 }
 
 # find_root: sets root_device (and leaves the medium on /medium when the image is a file on it)
