@@ -12,7 +12,9 @@ from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.cache.layers import unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import Format, FormatOptions, Rootfs, all_formats, get_format
+from linuxkit_py.formats import AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
+from linuxkit_py.formats.ab import AB_FORMATS
+from linuxkit_py.formats.ab import image_entries as ab_image_entries
 from linuxkit_py.fsutil import atomic_outputs
 from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
@@ -56,6 +58,9 @@ class BuildOptions:
     sign_key: Path | None = None  # --sign-key/--sign-cert: Secure Boot signing of every EFI binary
     sign_cert: Path | None = None
     verity: bool = False  # --verity: dm-verity over the root image
+    ab: bool = False  # --ab: A/B disk layout for raw-efi/qcow2-efi, update bundles (docs/updates.md)
+    image_version: str | None = None  # --image-version; default: the build's epoch
+    slot_size: int | None = None  # --slot-size, bytes
 
 
 def source_date_epoch() -> int:
@@ -120,6 +125,29 @@ def _formats(opts: BuildOptions) -> list[Format]:
     return formats
 
 
+def ab_version(opts: BuildOptions, epoch: int) -> str:
+    """--image-version, else the build's epoch (so that later builds of CI are newer)."""
+    return opts.image_version or str(epoch)
+
+
+def _ab_layout(opts: BuildOptions, epoch: int) -> AbLayout | None:
+    if not opts.ab and "update" not in opts.formats and not any("update" in f.split(",") for f in opts.formats):
+        return None
+    return AbLayout(version=ab_version(opts, epoch), slot_size=opts.slot_size)
+
+
+def _check_ab(opts: BuildOptions, formats: list[Format]) -> None:
+    """--ab is a layout of the EFI disks; the other formats have no slots."""
+    if not opts.ab:
+        return
+    others = [fmt.name for fmt in formats if fmt.name not in AB_FORMATS]
+    if others:
+        raise UserError(f"--ab: {', '.join(others)} {'has' if len(others) == 1 else 'have'} no A/B layout",
+                        hint=f"--ab is for {', '.join(AB_FORMATS)}")
+    if opts.root not in ("squashfs", "erofs"):
+        raise UserError(f"--ab keeps the root filesystem in a slot: use --root squashfs or erofs, not {opts.root}")
+
+
 def _check_signing(formats: list[Format]) -> None:
     """--sign-key with formats that write no EFI binary: an error when none does, else a note per format."""
     unsigned = [fmt.name for fmt in formats if not fmt.signs]
@@ -141,6 +169,7 @@ def build(opts: BuildOptions) -> list[Path]:
     signer = load_signer(opts.sign_key, opts.sign_cert)  # a bad key or certificate stops the build here
     if signer is not None:
         _check_signing(formats)
+    _check_ab(opts, formats)
     packages = PackageRefs(cache, arch)
     spec = resolve_spec(load_specs(opts.paths), packages.reference)
     if opts.dry_run:
@@ -156,10 +185,12 @@ def build(opts: BuildOptions) -> list[Path]:
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     if opts.decompress_kernel:
         entries = decompressed_kernel(entries, cache.derived_dir)
+    if opts.ab or any(fmt.name == "update" for fmt in formats):
+        entries = [*entries, *ab_image_entries(ab_version(opts, epoch), arch, signer, epoch)]
     assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
-                                          verity=opts.verity))
+                                          verity=opts.verity, ab=_ab_layout(opts, epoch)))
     if opts.output is not None:
         return _write_stream(formats[0], rootfs, opts.output)
     name = opts.name or default_name(opts.paths)

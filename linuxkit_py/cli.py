@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--sign-key", type=Path, metavar="KEY.pem",
                    help="sign every EFI binary with this RSA key (PEM) for Secure Boot; needs --sign-cert")
     b.add_argument("--sign-cert", type=Path, metavar="CERT.pem", help="the X.509 certificate of --sign-key (PEM)")
+    b.add_argument("--ab", action="store_true", help="raw-efi/qcow2-efi: an A/B disk (systemd-boot, two root slots, "
+                   "boot counting) that pkg/update updates from `-f update` bundles; implies --root squashfs")
+    b.add_argument("--image-version", metavar="VERSION", help="the version of an --ab image or update bundle "
+                   "(dotted numbers; default: the build's epoch, $SOURCE_DATE_EPOCH)")
+    b.add_argument("--slot-size", metavar="SIZE", help="--ab: size of each root slot (default: twice the root image)")
     b.add_argument("--verity", action="store_true",
                    help="protect the root image with dm-verity (with --root squashfs|erofs, kernel+squashfs/erofs)")
     b.add_argument("--dry-run", action="store_true", help="print the merged, resolved spec and stop")
@@ -107,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-layer-entries", metavar="N",
                    help="refuse a layer with more than N entries (default 1000000; $LINUXKIT_PY_MAX_LAYER_ENTRIES)")
     b.add_argument("--size", help="disk image size, e.g. 1G or 512M (default: what fits plus headroom)")
-    b.add_argument("--root", choices=("ram", "squashfs", "erofs"), default="ram",
+    b.add_argument("--root", choices=("ram", "squashfs", "erofs"), default=None,
                    help="ISO and disk formats: boot from an initrd in RAM (default), or keep the root "
                         "filesystem on the medium as squashfs/erofs (for images larger than memory)")
     _add_cache_option(b)
@@ -195,6 +200,7 @@ def _option_values() -> dict[str, list[str]]:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from linuxkit_py.build import BuildOptions, build, parse_size
+    from linuxkit_py.formats.ab import check_version
 
     # The limits live in the environment so that every layer reader (also in worker threads) sees them.
     if args.max_layer_size:
@@ -220,7 +226,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         registry=_registry_options(args),
         dry_run=args.dry_run,
         size=parse_size(args.size) if args.size else None,
-        root=args.root,
+        root=args.root or ("squashfs" if args.ab or "update" in ",".join(args.formats).split(",") else "ram"),
         input_tar=Path(args.input_tar) if args.input_tar else None,
         decompress_kernel=args.decompress_kernel,
         sbom=not args.no_sbom,
@@ -229,6 +235,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         sign_key=args.sign_key,
         sign_cert=args.sign_cert,
         verity=args.verity,
+        ab=args.ab,
+        image_version=check_version(args.image_version) if args.image_version is not None else None,
+        slot_size=parse_size(args.slot_size) if args.slot_size else None,
     )
     for path in build(opts):
         log.warning("wrote %s", path)

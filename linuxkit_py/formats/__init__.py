@@ -20,6 +20,14 @@ from linuxkit_py.sign import Signer
 ROOT_MODES = ("ram", "squashfs", "erofs")
 
 
+@dataclass(frozen=True)
+class AbLayout:
+    """`--ab`: an A/B disk (docs/updates.md)."""
+
+    version: str  # --image-version: what the boot menu sorts by and what updates compare
+    slot_size: int | None = None  # --slot-size, bytes; None: twice the root image, in whole MiB
+
+
 @dataclass
 class FormatOptions:
     """Options of the disk and ISO formats (documented per format in docs/formats.md)."""
@@ -32,6 +40,7 @@ class FormatOptions:
     assets: dict[str, Path] = field(default_factory=dict)
     signer: Signer | None = None  # --sign-key/--sign-cert: every EFI binary written is signed with it
     verity: bool = False  # --verity: the root image carries a dm-verity hash tree, its root hash on the cmdline
+    ab: AbLayout | None = None  # --ab: the EFI disks get two root slots and systemd-boot (formats/ab.py)
 
     @property
     def arch_info(self) -> Arch:
@@ -100,6 +109,7 @@ def all_formats() -> dict[str, Format]:
 
 def _load_writers() -> None:
     # Importing a writer module registers its rows.
+    import linuxkit_py.formats.ab  # noqa: F401
     import linuxkit_py.formats.convert  # noqa: F401
     import linuxkit_py.formats.docker  # noqa: F401
     import linuxkit_py.formats.iso  # noqa: F401

@@ -64,7 +64,7 @@ BIOS_TOOLS = (*FAT_TOOLS, SYSLINUX, MATTRIB)
 EFI_TOOLS = (*FAT_TOOLS, OBJCOPY)
 BIOS_ARCHES = ("amd64",)  # SeaBIOS/syslinux: PC only
 EFI_ARCHES = ("amd64", "arm64")
-EFI_ASSETS = ("efi-stub",)  # the UKI's systemd stub for the target architecture
+EFI_ASSETS = ("efi-stub", "systemd-boot")  # the UKI's systemd stub; systemd-boot for --ab (formats/ab.py)
 BIOS_LABEL = "LINUXKIT"
 ESP_LABEL = "EFI"
 ESP_NAME = "EFI System"
@@ -203,6 +203,10 @@ def write_raw_disk(rootfs: Rootfs, path: Path, firmware: str, workdir: Path, *, 
                         hint="use raw-efi or qcow2-efi")
     boot = workdir / "boot"  # boot_files' own files, apart from ours
     boot.mkdir()
+    if firmware == "efi" and rootfs.options.ab is not None:
+        from linuxkit_py.formats.ab import write_ab_disk  # ab.py builds on this module
+
+        return write_ab_disk(rootfs, path, workdir, size_unit=size_unit, fmt=fmt)
     with boot_files(rootfs, "disk", boot) as bf:
         if firmware == "bios":
             return write_bios_disk(bf, path, epoch=rootfs.epoch, size=rootfs.options.size, size_unit=size_unit,

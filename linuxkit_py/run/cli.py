@@ -96,6 +96,8 @@ def add_run_parser(subparsers: Any) -> None:
     p.add_argument("--isolated", action="store_true",
                    help="the guest reaches nothing but --publish and --guestfwd ports (qemu's restrict=on; "
                         "DHCP gives no router: use --net 169.254.0.0/16 for 169.254.169.254)")
+    p.add_argument("--reboot", action="store_true", help="let the guest reboot (default: a reboot or a kernel panic "
+                   "ends qemu, except in an interactive run)")
     p.add_argument("--console-log", type=Path, metavar="FILE", help="also write the console to FILE")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="stop the guest after SECONDS (exit status 124); implies non-interactive")
@@ -168,6 +170,7 @@ def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
         guestfwd=dict(_guest_forward(text) for text in args.guestfwd),
         net=args.net,
         isolated=args.isolated,
+        reboot=args.reboot,
     )
 
 
