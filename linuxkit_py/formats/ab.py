@@ -62,6 +62,7 @@ ENTRY = "linuxkit-{slot}.efi"  # the UKI of a slot; an update's gets +TRIES befo
 SLOT_NAME = "linuxkit-{slot}"  # GPT partition names
 LOADER_CONF = b"timeout 0\neditor no\nauto-entries no\nauto-firmware no\n"
 IMAGE_ID = "linuxkit-py"
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"  # systemd-boot's EFI variables (LoaderEntrySelected, ...)
 ESP_LABEL = "EFI"
 ESP_NAME = "EFI System"
 # The ESP keeps room for a second UKI this much larger than the first (the next version's).
@@ -214,23 +215,27 @@ def manifest(version: str, arch: str, slot: Slot) -> bytes:
     return "".join(f"{key}={value}\n" for key, value in values.items()).encode()
 
 
+def write_bundle(out: BinaryIO, slot: Slot, version: str, arch: str, signer: Signer, epoch: int) -> None:
+    """The bundle of `slot` (module docstring) to `out`: manifest, its signature by `signer`, root image, UKI."""
+    text = manifest(version, arch, slot)
+    signature = read_key(signer.key).sign(text, padding.PKCS1v15(), hashes.SHA256())
+    entries = [Entry(name, Kind.FILE, 0o644, size=len(data), data=data)
+               for name, data in ((MANIFEST, text), (SIGNATURE, signature))]
+    for name, path in ((ROOT_IMAGE, slot.image), (UKI, slot.uki)):
+        size = path.stat().st_size
+        entries.append(Entry(name, Kind.FILE, 0o644, size=size, data=FileRegion(str(path), 0, size)))
+    write_tar(entries, out, epoch)
+
+
 def write_update(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
     """`update`: NAME.update, the signed bundle of one slot."""
     (out,) = outs
     options = rootfs.options
     if options.signer is None:
         raise UserError("-f update needs --sign-key and --sign-cert: devices refuse unsigned bundles")
-    version = _version(rootfs, "update")
     with work_directory(out) as workdir:
         slot = build_slot(rootfs, workdir, "update")
-        text = manifest(version, options.arch, slot)
-        signature = read_key(options.signer.key).sign(text, padding.PKCS1v15(), hashes.SHA256())
-        members = [(MANIFEST, text), (SIGNATURE, signature)]
-        entries = [Entry(name, Kind.FILE, 0o644, size=len(data), data=data) for name, data in members]
-        for name, path in ((ROOT_IMAGE, slot.image), (UKI, slot.uki)):
-            size = path.stat().st_size
-            entries.append(Entry(name, Kind.FILE, 0o644, size=size, data=FileRegion(str(path), 0, size)))
-        write_tar(entries, out, rootfs.epoch)
+        write_bundle(out, slot, _version(rootfs, "update"), options.arch, options.signer, rootfs.epoch)
 
 
 register(Format(

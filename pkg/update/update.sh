@@ -8,20 +8,21 @@
 # Environment: UPDATE_HEALTH_SECONDS (30), UPDATE_POLL_SECONDS (300), UPDATE_TRIES (3).
 # Every refusal is one line on stderr and writes nothing; the running slot is never written.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
-IMAGE=/etc/linuxkit-py/image          # version= and arch= of the running image (in its verity root)
-CERT=/etc/linuxkit-py/update.crt      # what bundles must be signed by
-SERVICES=/run/linuxkit-py/services    # the runtime's per-service state (host's /run)
-WORK=/tmp/update
+IMAGE=${UPDATE_IMAGE:-/etc/linuxkit-py/image}       # version= and arch= of the running image (in its root)
+CERT=${UPDATE_CERT:-/etc/linuxkit-py/update.crt}    # what bundles must be signed by
+SERVICES=/run/linuxkit-py/services                   # the runtime's per-service state (host's /run)
+WORK=${UPDATE_WORK:-/tmp/update}
 ESP=/run/update-esp
-EFIVARS=/run/update-efivars
+EFIVARS=${UPDATE_EFIVARS:-/run/update-efivars}      # efivarfs, mounted here when it is not yet
+CONSOLE=${UPDATE_CONSOLE:-/dev/console}
 LOADER_GUID=4a67b082-0a4c-41cf-b6c7-440b29bb8c4f   # systemd-boot's variables (Boot Loader Interface)
 BUNDLE_FORMAT=linuxkit-py-update/1
 HEALTH=${UPDATE_HEALTH_SECONDS:-30}
 POLL=${UPDATE_POLL_SECONDS:-300}
 TRIES=${UPDATE_TRIES:-3}
 
-say() { echo "update: $*" >/dev/console 2>/dev/null || echo "update: $*"; echo "update: $*" >&2; }
-refuse() { echo "update: refused: $*" >&2; echo "update: refused: $*" >/dev/console 2>/dev/null; cleanup; exit 1; }
+say() { echo "update: $*" >"$CONSOLE" 2>/dev/null; echo "update: $*" >&2; }
+refuse() { echo "update: refused: $*" >&2; echo "update: refused: $*" >"$CONSOLE" 2>/dev/null; cleanup; exit 1; }
 cleanup() {
     umount "$ESP" 2>/dev/null
     rm -rf "$WORK"
@@ -50,7 +51,7 @@ mount_esp() {
 # loader_entry: the ESP file systemd-boot booted (LoaderEntrySelected), e.g. linuxkit-b+2-1.efi
 loader_entry() {
     local var="$EFIVARS/LoaderEntrySelected-$LOADER_GUID"
-    if [ ! -f "$var" ]; then
+    if [ ! -f "$var" ] && [ -z "$UPDATE_EFIVARS" ]; then
         mkdir -p "$EFIVARS"
         mount -t efivarfs efivarfs "$EFIVARS" 2>/dev/null
     fi
@@ -141,6 +142,11 @@ apply() {
     if [ -z "$allow_downgrade" ] && ! newer "$version" "$(version_now)"; then
         refuse "$src is version $version, not newer than the running $(version_now) (--allow-downgrade to install it)"
     fi
+    # the contents, checked before anything is written
+    [ "$(cd "$WORK" && tar -xOf bundle root.img 2>/dev/null | sha256sum | cut -d' ' -f1)" = \
+        "$(value root_sha256 "$WORK/manifest")" ] || refuse "$src: its root image does not match its manifest"
+    [ "$(cd "$WORK" && tar -xOf bundle uki.efi 2>/dev/null | sha256sum | cut -d' ' -f1)" = \
+        "$(value uki_sha256 "$WORK/manifest")" ] || refuse "$src: its UKI does not match its manifest"
     running=$(running_slot) || refuse "cannot tell the running slot (no LoaderEntrySelected: not booted by systemd-boot?)"
     target=$(other "$running")
     dev=$(partition "linuxkit-$target") || refuse "no partition linuxkit-$target"
@@ -157,7 +163,7 @@ apply() {
     (cd "$WORK" && tar -xOf bundle root.img) | dd of="$dev" bs=1M conv=fsync 2>/dev/null ||
         refuse "writing $dev failed"
     root_sha=$(head -c "$size" "$dev" | sha256sum | cut -d' ' -f1)
-    [ "$root_sha" = "$(value root_sha256 "$WORK/manifest")" ] || refuse "$src: the root image does not match its manifest"
+    [ "$root_sha" = "$(value root_sha256 "$WORK/manifest")" ] || refuse "slot $target ($dev) does not read back what was written"
     (cd "$WORK" && tar -xOf bundle uki.efi) >"$ESP/EFI/Linux/.linuxkit-$target.new" || refuse "writing the UKI failed"
     uki_sha=$(sha256sum "$ESP/EFI/Linux/.linuxkit-$target.new" | cut -d' ' -f1)
     if [ "$uki_sha" != "$(value uki_sha256 "$WORK/manifest")" ]; then
