@@ -159,6 +159,23 @@ def _check_signing(formats: list[Format]) -> None:
         log.warning("--sign-key: %s has no EFI binary; it is written unsigned", name)
 
 
+def _check_verity(formats: list[Format], opts: BuildOptions) -> None:
+    """--verity protects a root image: a one-line error for a format that writes none."""
+    from linuxkit_py.formats.bootfiles import ROOT_MEDIA_FORMATS
+    from linuxkit_py.formats.rootimage import ROOT_IMAGE_FORMATS
+
+    if not opts.verity:
+        return
+    for fmt in formats:
+        if fmt.name in ROOT_IMAGE_FORMATS or (fmt.name in ROOT_MEDIA_FORMATS and opts.root != "ram"):
+            continue
+        if fmt.name in ROOT_MEDIA_FORMATS:
+            raise UserError(f"--verity: {fmt.name} with --root {opts.root} has no root image to protect",
+                            hint="add --root squashfs (or --root erofs)")
+        raise UserError(f"--verity: {fmt.name} has no root image to protect",
+                        hint="use a disk or ISO format with --root squashfs (e.g. raw-efi), or kernel+squashfs")
+
+
 def build(opts: BuildOptions) -> list[Path]:
     """Run a build; returns the files written (nothing for --dry-run or -o -)."""
     cache = Cache(opts.cache_dir or default_cache())
@@ -166,6 +183,7 @@ def build(opts: BuildOptions) -> list[Path]:
     formats = [] if opts.dry_run else _formats(opts)
     for fmt in formats:  # before anything is built or pulled
         fmt.check_arch(arch)
+    _check_verity(formats, opts)
     signer = load_signer(opts.sign_key, opts.sign_cert)  # a bad key or certificate stops the build here
     if signer is not None:
         _check_signing(formats)

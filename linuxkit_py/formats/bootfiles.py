@@ -4,7 +4,8 @@ the root filesystem image. Every medium format gets these from `boot_files`, so 
 `--root ram` (default): the initrd is the whole root filesystem, as kernel+initrd's. `--root squashfs|erofs`:
 the root filesystem is an image file on the medium (`extra`: rootfs.squashfs or rootfs.erofs at the top of
 the medium) and the initrd is the small stage-one initramfs (formats/stage1.py) that finds the image by
-its content id, loop-mounts it under a tmpfs overlay and switch_roots; the command line is the spec's.
+its content id, loop-mounts it under a tmpfs overlay and switch_roots; the command line is the spec's
+(with `--verity`, plus `linuxkit.verity=ROOTHASH`: the image carries its dm-verity tree, formats/stage1.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ from linuxkit_py.archive.entry import Entry
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs
 from linuxkit_py.formats.initrd import _block_cache, split_boot, write_initrd
-from linuxkit_py.formats.rootimage import IMAGE_NAMES, ROOT_FILESYSTEMS, file_sha256, root_image_id, write_root_image
-from linuxkit_py.formats.stage1 import RootLocation, write_stage1_initrd
+from linuxkit_py.formats.rootimage import IMAGE_NAMES, ROOT_FILESYSTEMS, file_sha256, root_location, write_root_image
+from linuxkit_py.formats.stage1 import verity_cmdline, write_stage1_initrd
 
 MEDIA = ("cdrom", "disk")
+# The formats whose medium carries the root image with --root squashfs|erofs (all through boot_files or,
+# raw-rpi, the same root_location), so --verity protects it.
+ROOT_MEDIA_FORMATS = frozenset({"iso-bios", "iso-efi", "raw-bios", "raw-efi", "aws", "qcow2-bios", "qcow2-efi",
+                                "vhd", "dynamic-vhd", "vmdk", "gcp", "raw-rpi", "rpi3", "update"})
 
 
 @dataclass
@@ -52,7 +57,8 @@ def boot_files(rootfs: Rootfs, medium: str, workdir: Path, *, whole_image_id: bo
     name = IMAGE_NAMES[root]
     image = workdir / name
     write_root_image(rootfs, image, root)
-    location = RootLocation(root, root_image_id(image), image_path=name)
+    location = root_location(rootfs, image, root, image_path=name)  # with --verity, the tree appended
+    cmdline = verity_cmdline(cmdline, location)
     if whole_image_id:
         location = replace(location, size=image.stat().st_size, sha256=file_sha256(image))
     with open(initrd, "wb") as out:

@@ -16,6 +16,9 @@ The outputs `kernel+squashfs` and `kernel+erofs` are LinuxKit's NAME-kernel, NAM
 NAME-squashfs.img / NAME-erofs.img, plus NAME-squashfs-initrd.img / NAME-erofs-initrd.img: the stage-one
 initramfs (formats/stage1.py) that loads the modules a Debian kernel needs and mounts the image, which
 the boot attaches as a disk.
+
+With `--verity` the image file gets its dm-verity hash tree appended (media/verity.py, `root_location`),
+and the command line the root hash (`linuxkit.verity=`); stage one verifies the image before mounting it.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.initrd import split_boot
-from linuxkit_py.formats.stage1 import RootLocation, write_stage1_initrd
+from linuxkit_py.formats.stage1 import RootLocation, verity_cmdline, write_stage1_initrd
+from linuxkit_py.media.verity import append_verity_tree
 from linuxkit_py.tools import require, run, start, stop
 
 ROOT_FILESYSTEMS = ("squashfs", "erofs")
@@ -47,6 +51,7 @@ ROOT_FILESYSTEMS = ("squashfs", "erofs")
 IMAGE_NAMES = {"squashfs": "rootfs.squashfs", "erofs": "rootfs.erofs"}
 IMAGE_SUFFIXES = {"squashfs": "-squashfs.img", "erofs": "-erofs.img"}
 STAGE1_SUFFIXES = {"squashfs": "-squashfs-initrd.img", "erofs": "-erofs-initrd.img"}
+ROOT_IMAGE_FORMATS = ("kernel+squashfs", "kernel+erofs")  # a root image whatever --root says
 ROOT_ID_BYTES = 4096  # the root id is the sha256 of the image's first bytes (squashfs/erofs superblock)
 ROOT_DIR_MODE = 0o755
 
@@ -85,6 +90,13 @@ def root_image_id(path: Path) -> str:
     """What stage one compares to find the image: sha256 (hex) of its first ROOT_ID_BYTES bytes."""
     with open(path, "rb") as f:
         return hashlib.sha256(f.read(ROOT_ID_BYTES)).hexdigest()
+
+
+def root_location(rootfs: Rootfs, image: Path, fs: str, image_path: str = "") -> RootLocation:
+    """What stage one looks for to find the root image written at `image` (`image_path`: its name on the
+    medium); with --verity, first append the image's hash tree, which the location then carries."""
+    tree = append_verity_tree(image) if rootfs.options.verity else None
+    return RootLocation(fs, root_image_id(image), image_path=image_path, verity=tree)
 
 
 def file_sha256(path: Path) -> str:
@@ -230,10 +242,14 @@ def _write_kernel_root(rootfs: Rootfs, outs: list[BinaryIO], fs: str) -> None:
     with ContentReader() as reader:
         for chunk in reader.chunks(boot.kernel.data):
             kernel_out.write(chunk)
-    cmdline_out.write(boot.cmdline)
     image = Path(image_out.name)
     write_root_image(rootfs, image, fs)
-    write_stage1_initrd(rootfs, stage1_out, location=RootLocation(fs, root_image_id(image)), medium="virtio")
+    location = root_location(rootfs, image, fs)
+    if location.verity is None:
+        cmdline_out.write(boot.cmdline)
+    else:
+        cmdline_out.write(verity_cmdline(boot.cmdline.decode(errors="replace").strip(), location).encode())
+    write_stage1_initrd(rootfs, stage1_out, location=location, medium="virtio")
 
 
 def write_kernel_squashfs(rootfs: Rootfs, outs: list[BinaryIO]) -> None:

@@ -34,8 +34,8 @@ from linuxkit_py.formats import Format, Rootfs, register
 from linuxkit_py.formats.bootfiles import BootFiles, boot_files
 from linuxkit_py.formats.initrd import split_boot
 from linuxkit_py.formats.raw import work_directory
-from linuxkit_py.formats.rootimage import IMAGE_NAMES, ROOT_FILESYSTEMS, root_image_id, write_root_image
-from linuxkit_py.formats.stage1 import RootLocation, write_stage1_initrd
+from linuxkit_py.formats.rootimage import IMAGE_NAMES, ROOT_FILESYSTEMS, root_location, write_root_image
+from linuxkit_py.formats.stage1 import verity_cmdline, write_stage1_initrd
 from linuxkit_py.media.fat import (
     FAT32_MIN_SIZE,
     HEADROOM,
@@ -177,9 +177,11 @@ def card_boot_files(rootfs: Rootfs, workdir: Path) -> Iterator[tuple[BootFiles, 
     write_root_image(rootfs, image, root)
     initrd = workdir / INITRD_FILE
     with open(initrd, "wb") as out:
-        write_stage1_initrd(rootfs, out, location=RootLocation(root, root_image_id(image)), medium=ROOT_MEDIUM)
+        location = root_location(rootfs, image, root)  # with --verity, the hash tree appended
+        write_stage1_initrd(rootfs, out, location=location, medium=ROOT_MEDIUM)
     boot = split_boot(rootfs.entries)
-    yield BootFiles(kernel=boot.kernel, initrd=initrd, cmdline=boot.cmdline.decode(errors="replace").strip()), image
+    cmdline = verity_cmdline(boot.cmdline.decode(errors="replace").strip(), location)
+    yield BootFiles(kernel=boot.kernel, initrd=initrd, cmdline=cmdline), image
 
 
 def _write_raw_rpi(rootfs: Rootfs, outs: list[BinaryIO]) -> None:

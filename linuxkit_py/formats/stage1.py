@@ -13,6 +13,11 @@ squashfs on a CD. Stage one is a small generated newc cpio (gzip, ucode first li
   id's sha256) or holds the image as a file on an ISO 9660 / FAT filesystem, loop-mounts it read-only,
   puts a tmpfs overlay on it, moves /dev /proc /sys there and switch_roots to /sbin/init. Every
   failure prints what was looked for and powers off (or opens a shell with `linuxkit.stage1=shell`).
+
+With `--verity` (the image carries its dm-verity hash tree, media/verity.py) stage one also holds the
+image's dmsetup with its ELF closure and the dm-verity modules; it opens the image as a read-only
+dm-verity device with the root hash of the kernel command line (`linuxkit.verity=`), reads it once from
+end to end, and mounts the verified device instead of the image.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from linuxkit_py.archive.entry import ContentReader, Data, Entry, Kind, read_dat
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs
 from linuxkit_py.formats.initrd import split_boot, write_initrd
-from linuxkit_py.kernel.elf import read_elf
+from linuxkit_py.kernel.elf import FileView, check_elf_files, read_elf
 from linuxkit_py.kernel.modules import module_name
+from linuxkit_py.media.verity import BLOCK_SIZE, HASH_ALGORITHM, VerityTree
 
 MEDIA = ("cdrom", "disk", "virtio")  # virtio: the image is a whole disk (kernel+squashfs/erofs)
 BUSYBOX_PATH = "bin/busybox"
@@ -48,6 +54,14 @@ DIR_MODE, FILE_MODE, EXEC_MODE, CONSOLE_MODE = 0o755, 0o644, 0o755, 0o600
 MOUNT_POINTS = ("dev", "lower", "medium", "newroot", "overlay", "proc", "sys")
 APPLETS = ("cat", "find", "grep", "head", "ls", "mkdir", "modprobe", "mount", "poweroff", "sh", "sha256sum",
            "sleep", "sort", "switch_root", "umount", "wc", "xargs")
+# --verity: the kernel command line parameter with the root hash, dmsetup (Debian's, dynamic) where the
+# image may have it, the device-mapper name of the verified root, the modules (dm_mod, dm_bufio: deps)
+VERITY_PARAM = "linuxkit.verity"
+DMSETUP_PATHS = ("sbin/dmsetup", "usr/sbin/dmsetup")
+DMSETUP_HINT = "add Debian's dmsetup to an init image: pkg/init has it, e.g. init: [\"@pkg:pkg/init\"]"
+VERITY_DEVICE = "linuxkit-root"
+VERITY_MODULES = ("dm_mod", "dm_bufio", "dm_verity")
+VERITY_APPLETS = ("losetup",)  # an image that is a file on the medium becomes a block device for dmsetup
 
 # Loaded by modalias when the hardware is there; taken when the kernel has them as modules.
 STORAGE_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "sr_mod", "ata_piix", "ata_generic",
@@ -76,6 +90,14 @@ class RootLocation:
     # images whose first 4 KiB are the same, as two versions of one spec in the slots of an A/B disk.
     size: int = 0
     sha256: str = ""
+    verity: VerityTree | None = None  # --verity: the tree appended to the image, opened with dmsetup
+
+
+def verity_cmdline(cmdline: str, location: RootLocation) -> str:
+    """The kernel command line with the root hash stage one checks the image against (with --verity)."""
+    if location.verity is None:
+        return cmdline
+    return f"{cmdline} {VERITY_PARAM}={location.verity.root_hash}".strip()
 
 
 def _head(data: Data | None, size: int) -> bytes:
@@ -226,9 +248,10 @@ def softdep_modules(modules: _KernelModules, paths: Sequence[str]) -> tuple[list
     return names, closure
 
 
-def _wanted_modules(fs: str, medium: str, image_on_medium: bool) -> tuple[list[str], list[str], list[str]]:
+def _wanted_modules(fs: str, medium: str, image_on_medium: bool,
+                    verity: bool = False) -> tuple[list[str], list[str], list[str]]:
     """(required, loaded at start when present, loaded by modalias when present) module names."""
-    required = [fs, "overlay"]
+    required = [fs, "overlay", *(VERITY_MODULES if verity else ())]
     optional: list[str] = []
     medium_fs = MEDIUM_FILESYSTEMS[medium]
     if medium_fs is not None:
@@ -240,9 +263,10 @@ def _wanted_modules(fs: str, medium: str, image_on_medium: bool) -> tuple[list[s
     return required, optional, list(STORAGE_MODULES)
 
 
-def choose_modules(modules: _KernelModules, fs: str, medium: str, image_on_medium: bool) -> tuple[list[str], list[str]]:
+def choose_modules(modules: _KernelModules, fs: str, medium: str, image_on_medium: bool,
+                   verity: bool = False) -> tuple[list[str], list[str]]:
     """(module paths to copy with their dependencies, names stage one loads at start)."""
-    required, optional, storage = _wanted_modules(fs, medium, image_on_medium)
+    required, optional, storage = _wanted_modules(fs, medium, image_on_medium, verity)
     missing = [name for name in required if name not in modules.paths and name not in modules.builtin]
     if missing:
         raise UserError(f"the kernel {modules.version} has no {', '.join(missing)} (neither a module in "
@@ -260,7 +284,50 @@ def choose_modules(modules: _KernelModules, fs: str, medium: str, image_on_mediu
     return sorted(chosen), load
 
 
-def _conf(location: RootLocation, medium: str, load: Sequence[str], softdeps: Sequence[str] = ()) -> bytes:
+def verity_tool_entries(entries: Sequence[Entry], arch: str) -> tuple[str, list[Entry]]:
+    """(dmsetup's path, the entries stage one needs to run it): dmsetup, its program interpreter and
+    shared libraries as the image has them (symlinks kept), each one checked for `arch`."""
+    image: dict[str, Entry] = {}
+    for entry in entries:
+        image.setdefault(entry.path, entry)
+    view = FileView(image)
+    found = next(((path, view.resolve(path)) for path in DMSETUP_PATHS if view.resolve(path) is not None), None)
+    if found is None:
+        raise UserError(f"the image has no /{DMSETUP_PATHS[0]} (nor /{DMSETUP_PATHS[1]}) for --verity",
+                        hint=DMSETUP_HINT)
+    path, resolved = found
+    assert resolved is not None
+    real, walk = resolved
+    if read_elf(view.data_entry(real)) is None:
+        raise UserError(f"/{real} is not an ELF executable: --verity needs Debian's dmsetup", hint=DMSETUP_HINT)
+    wanted = [p for p in walk if p != real]
+    wanted += check_elf_files({real: view.data_entry(real)}, arch, pool=image,
+                              hint="the image must have the libraries of its dmsetup (Debian's dmsetup "
+                                   "package and its dependencies; pkg/init has them)")
+    tools = [view.data_entry(real)]
+    for p in dict.fromkeys(wanted):
+        entry = image[p]
+        tools.append(entry if entry.kind is Kind.SYMLINK else view.data_entry(p))
+    return "/" + path, [Entry(e.path, e.kind, e.mode, size=e.size, data=e.data, linkname=e.linkname)
+                        if e.kind is Kind.FILE else Entry(e.path, Kind.SYMLINK, 0o777, linkname=e.linkname)
+                        for e in tools]
+
+
+def _verity_conf(tree: VerityTree, dmsetup: str) -> dict[str, str]:
+    return {
+        "VERITY_ROOT_HASH": tree.root_hash,  # the kernel command line's linuxkit.verity= must be this
+        "VERITY_SALT": tree.salt,
+        "VERITY_DATA_BLOCKS": str(tree.data_blocks),
+        "VERITY_HASH_START": str(tree.hash_start_block),  # in hash blocks, from the start of the image
+        "VERITY_BLOCK_SIZE": str(BLOCK_SIZE),
+        "VERITY_HASH_ALGORITHM": HASH_ALGORITHM,
+        "VERITY_NAME": VERITY_DEVICE,
+        "DMSETUP": dmsetup,
+    }
+
+
+def _conf(location: RootLocation, medium: str, load: Sequence[str], softdeps: Sequence[str] = (),
+          dmsetup: str = "") -> bytes:
     medium_fs = MEDIUM_FILESYSTEMS[medium]
     values = {
         "ROOT_FSTYPE": location.fs,
@@ -274,6 +341,8 @@ def _conf(location: RootLocation, medium: str, load: Sequence[str], softdeps: Se
     }
     if location.sha256:  # only then: the other images' stage1.conf stays as it was
         values |= {"ROOT_SIZE": str(location.size), "ROOT_SHA256": location.sha256}
+    if location.verity is not None:
+        values |= _verity_conf(location.verity, dmsetup)
     lines = ["# written by linuxkit-py: what stage one (/init) looks for"]
     lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
     return ("\n".join(lines) + "\n").encode()
@@ -307,12 +376,18 @@ def stage1_entries(rootfs: Rootfs, location: RootLocation, medium: str) -> list[
         Entry("sbin/modprobe", Kind.SYMLINK, 0o777, linkname="../bin/busybox"),  # for the kernel's requests
         Entry(INIT_PATH, Kind.FILE, EXEC_MODE, size=len(INIT_SCRIPT.encode()), data=INIT_SCRIPT.encode()),
     ]
+    dmsetup = ""
+    if location.verity is not None:
+        dmsetup, tools = verity_tool_entries(boot.initrd, rootfs.options.arch)
+        files += tools
+        files += [Entry(f"bin/{applet}", Kind.SYMLINK, 0o777, linkname="busybox") for applet in VERITY_APPLETS]
     load: list[str] = []
     softdeps: list[str] = []
     version = modules_version(tree, boot.kernel)
     if version is not None:
         modules = read_kernel_modules(tree, version)
-        paths, load = choose_modules(modules, location.fs, medium, bool(location.image_path))
+        paths, load = choose_modules(modules, location.fs, medium, bool(location.image_path),
+                                     location.verity is not None)
         softdeps, extra = softdep_modules(modules, paths)
         paths = sorted({*paths, *extra})
         base = f"{MODULES_DIR}/{version}"
@@ -327,7 +402,7 @@ def stage1_entries(rootfs: Rootfs, location: RootLocation, medium: str) -> list[
         alias = "".join(line + "\n" for name, line in modules.alias_lines if name in names)
         for name, text in ((MODULES_DEP, dep), (MODULES_ALIAS, alias)):
             files.append(Entry(f"{base}/{name}", Kind.FILE, FILE_MODE, size=len(text.encode()), data=text.encode()))
-    conf = _conf(location, medium, load, softdeps)
+    conf = _conf(location, medium, load, softdeps, dmsetup)
     files.append(Entry(CONF_PATH, Kind.FILE, FILE_MODE, size=len(conf), data=conf))
     dirs = (_parents(entry.path for entry in files) | set(MOUNT_POINTS)) - {entry.path for entry in files}
     return sorted([*map(_dir, dirs), *files], key=lambda entry: entry.path)
@@ -346,7 +421,8 @@ INIT_SCRIPT = r"""#!/bin/sh
 #   linuxkit.stage1=shell       on failure open a shell instead of powering off
 #   linuxkit.stage1=debug       trace every command
 #   init=PATH                   what to start in the root filesystem (default /sbin/init)
-export PATH=/bin:/sbin
+#   linuxkit.verity=ROOTHASH    with VERITY_* in stage1.conf: the dm-verity root hash the image must have
+export PATH=/bin:/sbin:/usr/sbin
 . /etc/stage1.conf
 
 say() {
@@ -445,11 +521,42 @@ until find_root; do
     coldplug
 done
 
+# open_verity FILE|DEVICE: the read-only dm-verity device over the image (data and hash tree in one, the
+# table from stage1.conf and the command line's root hash), read once from end to end so that a changed
+# byte anywhere stops the boot here rather than later; sets source to the device
+open_verity() {
+    local image=$1 dev=$1 hash= arg table
+    for arg in $(cat /proc/cmdline); do
+        case $arg in linuxkit.verity=*) hash=${arg#*=} ;; esac
+    done
+    [ -n "$hash" ] ||
+        fail "the kernel command line has no linuxkit.verity= root hash: the root image is not mounted unverified"
+    [ "$hash" = "$VERITY_ROOT_HASH" ] || fail "the root image fails dm-verity verification: linuxkit.verity= on" \
+        "the kernel command line is not its root hash (the command line or the image was changed after the build)"
+    if [ -f "$image" ]; then
+        dev=$(losetup -f) && losetup -r "$dev" "$image" || fail "cannot attach $image to a loop device"
+    fi
+    # <start> <sectors> verity <version> <data dev> <hash dev> <data block> <hash block> <data blocks>
+    # <hash start block> <algorithm> <root hash> <salt>  (the kernel's device-mapper/verity.rst)
+    table="0 $((VERITY_DATA_BLOCKS * VERITY_BLOCK_SIZE / 512)) verity 1 $dev $dev $VERITY_BLOCK_SIZE"
+    table="$table $VERITY_BLOCK_SIZE $VERITY_DATA_BLOCKS $VERITY_HASH_START $VERITY_HASH_ALGORITHM $hash $VERITY_SALT"
+    DM_DISABLE_UDEV=1 "$DMSETUP" create --readonly --noudevsync "$VERITY_NAME" --table "$table" ||
+        fail "cannot open $image as a dm-verity device"
+    source=/dev/mapper/$VERITY_NAME
+    [ -b "$source" ] || fail "dmsetup made no $source"
+    cat "$source" >/dev/null 2>&1 || fail "the root image fails dm-verity verification: it was changed after the build"
+    say "dm-verity: $image verified (root hash ${hash%"${hash#????????????????}"})"
+}
+
 if [ -n "$ROOT_IMAGE" ] && [ -f "/medium/$ROOT_IMAGE" ]; then
     source="/medium/$ROOT_IMAGE"
     options=ro,loop
 else
     source=$root_device
+    options=ro
+fi
+if [ -n "$VERITY_ROOT_HASH" ]; then
+    open_verity "$source"
     options=ro
 fi
 mount -t "$ROOT_FSTYPE" -o "$options" "$source" /lower || fail "cannot mount $source ($ROOT_FSTYPE)"
