@@ -1,0 +1,239 @@
+"""A/B updates end to end, on one disk image that persists across reboots (qemu TCG, OVMF with Secure Boot
+enforced and our keys enrolled): a device built with `build --ab` runs version 1 from slot A; its update agent
+(pkg/update) polls the host's HTTP server, refuses a bundle signed by another key, installs version 2 into slot
+B, reboots into it and marks it good after the health check; a version 3 whose service exits at once fails its
+health check on each of its three tries, after which systemd-boot starts version 2 again by itself, and the
+agent does not install 3 again. A power cut while a bundle is written leaves the running version bootable.
+
+The guest reaches the host's server at 10.0.2.2 (qemu user networking). Each image is built once per module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from linuxkit_py.formats.ab import ENTRY_DIR
+from tests.boot.test_specs import REPO, package
+from tests.boot.test_specs import cache_dir as cache_dir  # the module-scoped, deb-seeded cache
+from tests.imagetools import file_sha256
+from tests.integration.conftest import run_cli
+
+NAME = "device"
+MIB = 1 << 20
+HEALTH_SECONDS = 5
+POLL_SECONDS = 3
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+class Server:
+    """What the host's update server serves at /device.update (None: 404), and who asked."""
+
+    def __init__(self) -> None:
+        self.payload: bytes | None = None
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                outer.requests += 1
+                payload = outer.payload
+                if self.path != f"/{NAME}.update" or payload is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                # the agent's poll reads only the manifest, then closes the connection
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@dataclass
+class Built:
+    keys: Path
+    disk: Path  # version 1, --ab raw-efi
+    bundles: dict[str, Path] = field(default_factory=dict)  # "2", "3-broken", "2-other-key", "2-again"
+
+
+def _spec(path: Path, port: int, broken: bool = False) -> Path:
+    services: list[dict[str, object]] = [
+        {"name": "getty", "image": package("getty"), "env": ["INSECURE=true"]},
+        {"name": "update", "image": package("update"),
+         "command": ["/usr/bin/update", "agent", f"http://10.0.2.2:{port}/{NAME}.update"],
+         "env": [f"UPDATE_HEALTH_SECONDS={HEALTH_SECONDS}", f"UPDATE_POLL_SECONDS={POLL_SECONDS}"]},
+    ]
+    if broken:  # a service that exits at once: the health check fails
+        services.insert(0, {"name": "broken", "image": package("getty"), "command": ["/bin/sh", "-c", "exit 1"]})
+    spec = {
+        "kernel": {"image": f"@pkg:{REPO / 'kernels' / 'default'}", "cmdline": "console=ttyS0"},
+        "init": [package("init"), package("runc")],
+        "onboot": [{"name": "dhcpcd", "image": package("dhcpcd"),
+                    "command": ["/sbin/udhcpc", "-i", "eth0", "-q", "-n", "-t", "5", "-T", "1"]}],
+        "services": services,
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _build(cache: Path, out: Path, spec: Path, keys: Path, *args: str) -> None:
+    result = run_cli("build", "--cache", cache, "--dir", out, "--name", NAME, "--no-sbom", "--sign-key",
+                     keys / "db.key", "--sign-cert", keys / "db.crt", *args, spec, stdin=b"")
+    assert result.returncode == 0, result.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    srv = Server()
+    yield srv
+    srv.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def built(cache_dir: Path, server: Server, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    root = tmp_path_factory.mktemp("ab")
+    for name in ("keys", "other-keys"):
+        assert run_cli("keys", "create", root / name, stdin=b"").returncode == 0
+    keys = root / "keys"
+    spec = _spec(root / "device.yml", server.port)
+    _build(cache_dir, root / "v1", spec, keys, "--ab", "--image-version", "1", "-f", "raw-efi")
+    built = Built(keys, root / "v1" / f"{NAME}-efi.img")
+    for label, version, spec_path, signer in (
+            ("2", "2", spec, keys),
+            ("2-again", "2", spec, keys),
+            ("3-broken", "3", _spec(root / "broken.yml", server.port, broken=True), keys),
+            ("2-other-key", "2", spec, root / "other-keys")):
+        _build(cache_dir, root / label, spec_path, signer, "--image-version", version, "-f", "update")
+        built.bundles[label] = root / label / f"{NAME}.update"
+    return built
+
+
+class Device:
+    """`linuxkit-py run` of a disk with reboots allowed; its console, as it comes."""
+
+    def __init__(self, disk: Path, keys: Path, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "linuxkit_py", "run", "--accel", "tcg", "--reboot", "--secure-boot",
+             "--fw-vars", str(keys / "OVMF_VARS_4M.fd"), "--timeout", "600", "--console-log", str(log), str(disk)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def console(self) -> str:
+        return self.log.read_bytes().decode(errors="replace").replace("\r\n", "\n") if self.log.exists() else ""
+
+    def wait_for(self, text: str, after: int = 0, timeout: float = 120) -> int:
+        """The position of `text` in the console at or after `after`, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.console().find(text, after)
+            if found >= 0:
+                return found
+            assert self.proc.poll() is None, f"qemu ended before {text!r}:\n{self.console()[-3000:]}"
+            time.sleep(0.2)
+        raise AssertionError(f"no {text!r} within {timeout:g} s:\n{self.console()[after:][-4000:]}")
+
+    def power_cut(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[list[Device]]:
+    started: list[Device] = []
+    yield started
+    for dev in started:
+        if dev.proc.poll() is None:
+            dev.power_cut()
+
+
+def _esp_entries(disk: Path) -> list[str]:
+    out = subprocess.run(["mdir", "-b", "-i", f"{disk}@@{MIB}", f"::/{ENTRY_DIR}"], capture_output=True, text=True,
+                         env=MTOOLS_ENV, check=True).stdout
+    return sorted(line.rsplit("/", 1)[-1] for line in out.split() if line.endswith(".efi"))
+
+
+@pytest.mark.boot
+def test_update_then_a_broken_version_rolls_back_by_itself(built: Built, server: Server, tmp_path: Path,
+                                                           device: list[Device]) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(built.disk.read_bytes())
+    server.payload = None
+    dev = Device(disk, built.keys, tmp_path / "console.log")
+    device.append(dev)
+    at = dev.wait_for("update: running version 1 from slot a")
+    assert "secureboot: Secure boot enabled" in dev.console()
+
+    server.payload = built.bundles["2-other-key"].read_bytes()
+    at = dev.wait_for("update: refused: ", at)
+    assert "the signature does not verify with /etc/linuxkit-py/update.crt" in dev.console()[at:at + 300]
+
+    server.payload = built.bundles["2"].read_bytes()
+    at = dev.wait_for("update: version 2 is in slot b; it boots next, with 3 tries", at)
+    at = dev.wait_for("stage1: root: /dev/vda3", at)  # slot B
+    at = dev.wait_for("update: version 2 (slot b) marked good", at)
+
+    server.payload = built.bundles["3-broken"].read_bytes()
+    at = dev.wait_for("update: version 3 is in slot a", at)
+    first_try = dev.wait_for("update: running version 3 from slot a", at)
+    back = dev.wait_for("update: running version 2 from slot b", first_try, timeout=300)
+    console = dev.console()
+    assert console.count("update: running version 3 from slot a", first_try, back) == 3  # its three tries
+    assert console.count("failed its health check (service broken: exited", first_try, back) == 3
+    time.sleep(3 * POLL_SECONDS)  # version 3 is still offered: the agent leaves it alone
+    assert "update: version 3 is available" not in dev.console()[back:]
+    dev.power_cut()
+    assert _esp_entries(disk) == ["linuxkit-a+0-3.efi", "linuxkit-b.efi"]
+
+
+@pytest.mark.boot
+def test_a_power_cut_while_writing_leaves_the_running_version(built: Built, server: Server, tmp_path: Path,
+                                                              device: list[Device]) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(built.disk.read_bytes())
+    server.payload = built.bundles["2"].read_bytes()
+    first = Device(disk, built.keys, tmp_path / "first.log")
+    device.append(first)
+    first.wait_for("update: writing version 2 to slot b")
+    first.power_cut()
+    assert _esp_entries(disk) == ["linuxkit-a.efi"]  # slot B has no entry: it cannot boot half-written
+    server.payload = None
+    second = Device(disk, built.keys, tmp_path / "second.log")
+    device.append(second)
+    second.wait_for("update: running version 1 from slot a")
+    assert "stage1: root: /dev/vda2" in second.console()
+
+
+def test_ab_disk_layout_and_reproducible_outputs(built: Built, cache_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(built.disk)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    names = [part.get("name") for part in table["partitions"]]
+    assert names == ["EFI System", "linuxkit-a", "linuxkit-b"]
+    root_x86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+    assert [part["type"] for part in table["partitions"][1:]] == [root_x86_64, root_x86_64]
+    assert _esp_entries(built.disk) == ["linuxkit-a.efi"]
+    assert file_sha256(built.bundles["2"]) == file_sha256(built.bundles["2-again"])
+    spec = tmp_path / "device.yml"
+    spec.write_text((built.disk.parents[1] / "device.yml").read_text())
+    _build(cache_dir, tmp_path / "again", spec, built.keys, "--ab", "--image-version", "1", "-f", "raw-efi")
+    assert file_sha256(tmp_path / "again" / f"{NAME}-efi.img") == file_sha256(built.disk)
