@@ -1,0 +1,142 @@
+"""--verity booted under TCG: the root image carries its dm-verity tree, stage one verifies it before mounting.
+
+specs/minimal.yml (as tests/boot/test_root_on_media.py builds it) is built once for this module as raw-efi
+with a squashfs root and kernel+erofs, both with --verity. Both boot to the services (raw-efi under plain
+OVMF); the kernel+erofs image with one byte flipped (in its data, in its tree) or with another root hash on
+the command line stops at stage one with one line and powers off. Two builds give the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from linuxkit_py.run.image import BootImage, detect_image
+from linuxkit_py.run.qemu import QemuOptions, boot_image
+from tests.boot.test_root_on_media import MEM_MIB, boot_until_getty, check_boot, minimal_spec
+from tests.boot.test_specs import cache_dir
+from tests.imagetools import file_sha256
+from tests.integration.conftest import run_cli
+
+__all__ = ["cache_dir"]  # the module-scoped, deb-seeded cache of test_specs
+
+NAME = "verity"
+FORMATS = ("raw-efi", "kernel+erofs")
+VERIFIED = re.compile(r"^stage1: dm-verity: (\S+) verified \(root hash ([0-9a-f]{16})\)$", re.M)
+CHANGED = "stage1: error: the root image fails dm-verity verification: it was changed after the build"
+OTHER_HASH = ("stage1: error: the root image fails dm-verity verification: linuxkit.verity= on the kernel command "
+              "line is not its root hash (the command line or the image was changed after the build)")
+NO_HASH = ("stage1: error: the kernel command line has no linuxkit.verity= root hash: the root image is not mounted "
+           "unverified")
+POWERING_OFF = "stage1: powering off (linuxkit.stage1=shell on the kernel command line gives a shell instead)"
+BLOCK = 4096
+
+
+def build_verity(cache: Path, out: Path, spec: Path) -> Path:
+    args = [a for fmt in FORMATS for a in ("-f", fmt)]
+    result = run_cli("build", "--cache", cache, "--dir", out, "--name", NAME, "--root", "squashfs", "--verity",
+                     *args, spec, stdin=b"")
+    assert result.returncode == 0, result.stderr.decode()
+    return out / NAME
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return minimal_spec(tmp_path_factory.mktemp("verity-spec") / "minimal.yml")
+
+
+@pytest.fixture(scope="module")
+def outputs(cache_dir: Path, spec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prefix of the module's verity build (raw-efi --root squashfs, kernel+erofs)."""
+    return build_verity(cache_dir, tmp_path_factory.mktemp("verity") / "out", spec)
+
+
+def root_hash(prefix: Path) -> str:
+    (value,) = re.findall(r"linuxkit\.verity=([0-9a-f]{64})", Path(f"{prefix}-cmdline").read_text())
+    return value
+
+
+@pytest.mark.boot
+def test_verity_raw_efi_boots_to_the_services_under_ovmf(outputs: Path) -> None:
+    console = boot_until_getty(detect_image(Path(f"{outputs}-efi.img")))
+
+    verified = VERIFIED.search(console)
+    assert verified and verified.group(1) == "/medium/rootfs.squashfs", console[-3000:]
+    check_boot(console, "/dev/mapper/linuxkit-root", "/dev/vda1", "squashfs")
+    assert console.find("stage1: dm-verity: ") < console.find("stage1: root: ")
+
+
+@pytest.mark.boot
+def test_verity_kernel_erofs_boots_with_the_root_hash_from_its_cmdline(outputs: Path) -> None:
+    image = detect_image(Path(f"{outputs}-erofs.img"))
+    assert f"linuxkit.verity={root_hash(outputs)}" in image.cmdline.split()
+
+    console = boot_until_getty(image)
+
+    verified = VERIFIED.search(console)
+    assert verified and verified.groups() == ("/dev/vda", root_hash(outputs)[:16]), console[-3000:]
+    check_boot(console, "/dev/mapper/linuxkit-root", None, "erofs")
+
+
+def boot_to_refusal(image: BootImage) -> str:
+    """Boot an image stage one must refuse: it powers off by itself; the console."""
+    result = boot_image(image, QemuOptions(accel="tcg", mem=MEM_MIB), timeout=120)
+    assert result.exit_code == 0 and not result.timed_out, result.output[-3000:]  # qemu exited: power off
+    console = result.output
+    assert POWERING_OFF in console.splitlines() and "reboot: Power down" in console, console[-3000:]
+    assert "stage1: root: " not in console and "service " not in console and "onboot " not in console
+    return console
+
+
+def flipped_copy(image: Path, target: Path, offset: int) -> Path:
+    shutil.copyfile(image, target)
+    with open(target, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    return target
+
+
+# a byte of a file's data far from the superblock (stage one must still find the image by its first 4 KiB),
+# and a byte of the hash tree's lowest level
+@pytest.mark.boot
+@pytest.mark.parametrize("where", ["data", "tree"])
+def test_one_flipped_byte_stops_the_boot_at_stage_one(outputs: Path, tmp_path: Path, where: str) -> None:
+    image = Path(f"{outputs}-erofs.img")
+    size = image.stat().st_size
+    offset = (size // 2) // BLOCK * BLOCK + 1234 if where == "data" else size - BLOCK + 7
+    bad = flipped_copy(image, tmp_path / "bad-erofs.img", offset)
+    assert file_sha256(bad) != file_sha256(image)
+
+    console = boot_to_refusal(dataclasses.replace(detect_image(image), image=bad))
+
+    assert CHANGED in console.splitlines()
+    assert [line for line in console.splitlines() if line.startswith("stage1: error: ")] == [CHANGED]
+    assert "device-mapper: verity: " in console and " is corrupted" in console  # the kernel's own account
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("change", ["other", "none"])
+def test_a_changed_or_missing_root_hash_on_the_command_line_stops_at_stage_one(outputs: Path, change: str) -> None:
+    image = detect_image(Path(f"{outputs}-erofs.img"))
+    good = root_hash(outputs)
+    other = good[:-1] + ("0" if good[-1] != "0" else "1")
+    cmdline = image.cmdline.replace(f"linuxkit.verity={good}", f"linuxkit.verity={other}" if change == "other" else "")
+
+    console = boot_to_refusal(dataclasses.replace(image, cmdline=cmdline))
+
+    assert (OTHER_HASH if change == "other" else NO_HASH) in console.splitlines()
+
+
+def test_two_verity_builds_give_the_same_bytes(outputs: Path, cache_dir: Path, spec: Path, tmp_path: Path) -> None:
+    again = build_verity(cache_dir, tmp_path / "out", spec)
+    names = sorted(path.name for path in outputs.parent.iterdir())
+    assert names == sorted(path.name for path in again.parent.iterdir())
+    assert {f"{NAME}-efi.img", f"{NAME}-erofs.img", f"{NAME}-erofs-initrd.img", f"{NAME}-cmdline"} <= set(names)
+    for name in names:
+        assert file_sha256(outputs.parent / name) == file_sha256(again.parent / name), name

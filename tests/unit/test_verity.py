@@ -1,0 +1,234 @@
+"""--verity: the dm-verity hash tree of media/verity.py against cryptsetup's veritysetup, and what stage one
+(formats/stage1.py) and the build get from it. The boots are tests/boot/test_verity.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from linuxkit_py.archive.entry import Entry, Kind
+from linuxkit_py.errors import UserError
+from linuxkit_py.formats import Rootfs
+from linuxkit_py.formats.stage1 import INIT_SCRIPT, RootLocation, verity_cmdline
+from linuxkit_py.media.verity import BLOCK_SIZE, VerityTree, append_verity_tree, level_sizes
+from tests.debian import DebianKernel
+from tests.unit.test_stage1 import (
+    IMAGE_MODULES,
+    ROOT_ID,
+    busybox,
+    bytes_entry,
+    conf,
+    file_entry,
+    image,
+    kernel_entries,
+    make_kernel_entries,
+    module_names,
+    stage_one,
+)
+
+__all__ = ["busybox", "kernel_entries"]  # test_stage1's module fixtures, used here too
+
+VERITYSETUP = shutil.which("veritysetup") or "/usr/sbin/veritysetup"
+needs_veritysetup = pytest.mark.skipif(not os.access(VERITYSETUP, os.X_OK),
+                                       reason="veritysetup (Debian's cryptsetup-bin) is not installed")
+SALT = bytes(range(32))
+
+
+def data_file(path: Path, size: int, seed: int = 1) -> Path:
+    """`size` bytes that differ from block to block (so a misplaced block changes the tree)."""
+    with open(path, "wb") as f:
+        block = 0
+        while f.tell() < size:
+            f.write(hashlib.sha256(f"{seed}:{block}".encode()).digest() * (BLOCK_SIZE // 32))
+            block += 1
+        f.truncate(size)
+    return path
+
+
+def veritysetup(*args: str | Path) -> str:
+    return subprocess.run([VERITYSETUP, *map(str, args)], capture_output=True, text=True, check=True).stdout
+
+
+# 1 block: no tree, the root hash is the block's; 128/129: one full and one partial level-0 block;
+# 128*128+1: three levels
+@needs_veritysetup
+@pytest.mark.parametrize("blocks", [1, 2, 128, 129, 128 * 128 + 1])
+def test_tree_and_root_hash_are_veritysetups(tmp_path: Path, blocks: int) -> None:
+    ours = data_file(tmp_path / "ours.img", blocks * BLOCK_SIZE)
+    theirs = Path(shutil.copyfile(ours, tmp_path / "data.img"))
+
+    tree = append_verity_tree(ours, salt=SALT)
+    printed = veritysetup("format", "--no-superblock", "--salt", SALT.hex(), theirs, tmp_path / "hash.img")
+
+    root = re.search(r"^Root hash:\s+([0-9a-f]{64})$", printed, re.M)
+    assert root and tree.root_hash == root.group(1)
+    assert tree.salt == SALT.hex() and tree.data_blocks == blocks and tree.hash_offset == blocks * BLOCK_SIZE
+    with open(ours, "rb") as f:
+        f.seek(tree.hash_offset)
+        assert f.read() == (tmp_path / "hash.img").read_bytes()
+    assert tree.hash_blocks == sum(level_sizes(blocks)) == (tmp_path / "hash.img").stat().st_size // BLOCK_SIZE
+
+
+@needs_veritysetup
+def test_veritysetup_verify_accepts_the_image_with_its_tree_and_refuses_a_flipped_byte(tmp_path: Path) -> None:
+    path = data_file(tmp_path / "root.img", 300 * BLOCK_SIZE)
+    tree = append_verity_tree(path)
+    args: list[str | Path] = ["verify", "--no-superblock", f"--hash-offset={tree.hash_offset}",
+                              f"--data-blocks={tree.data_blocks}", f"--salt={tree.salt}", path, path, tree.root_hash]
+    veritysetup(*args)
+    with open(path, "r+b") as f:
+        f.seek(123 * BLOCK_SIZE + 45)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        veritysetup(*args)
+    assert "Verification failed at position" in failed.value.stderr
+
+
+@needs_veritysetup
+def test_a_size_not_a_multiple_of_4096_is_padded_with_zeros_and_verified_with_them(tmp_path: Path) -> None:
+    path = data_file(tmp_path / "odd.img", 5 * BLOCK_SIZE + 1000)
+    padded = Path(shutil.copyfile(path, tmp_path / "padded.img"))
+    os.truncate(padded, 6 * BLOCK_SIZE)
+
+    tree = append_verity_tree(path)
+
+    assert tree.data_blocks == 6 and tree.hash_offset == 6 * BLOCK_SIZE
+    assert path.read_bytes()[:tree.hash_offset] == padded.read_bytes()
+    veritysetup("verify", "--no-superblock", f"--hash-offset={tree.hash_offset}", "--data-blocks=6",
+                f"--salt={tree.salt}", path, path, tree.root_hash)
+
+
+def test_the_salt_follows_the_content_so_the_same_image_gives_the_same_bytes(tmp_path: Path) -> None:
+    trees, digests = [], []
+    for name in ("a", "b"):
+        path = data_file(tmp_path / name, 200 * BLOCK_SIZE)
+        trees.append(append_verity_tree(path))
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    other = append_verity_tree(data_file(tmp_path / "c", 200 * BLOCK_SIZE, seed=2))
+
+    assert trees[0] == trees[1] and digests[0] == digests[1]
+    assert trees[0].salt == hashlib.sha256(data_file(tmp_path / "d", 200 * BLOCK_SIZE).read_bytes()).hexdigest()
+    assert other.salt != trees[0].salt and other.root_hash != trees[0].root_hash
+
+
+def test_an_empty_image_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(ValueError, match="an empty image has no dm-verity tree"):
+        append_verity_tree(tmp_path / "empty")
+
+
+def test_the_table_is_the_kernels_verity_target_line() -> None:
+    tree = VerityTree(root_hash="ab" * 32, salt="cd" * 32, data_blocks=5978, hash_offset=5978 * BLOCK_SIZE,
+                      hash_blocks=49)
+    assert tree.table("/dev/vda", "/dev/vda") == (
+        f"0 47824 verity 1 /dev/vda /dev/vda 4096 4096 5978 5978 sha256 {'ab' * 32} {'cd' * 32}")
+
+
+# -- stage one ---------------------------------------------------------------------------------------------
+
+TREE = VerityTree(root_hash="ab" * 32, salt="cd" * 32, data_blocks=100, hash_offset=100 * BLOCK_SIZE, hash_blocks=1)
+HOST_DMSETUP = Path("/sbin/dmsetup")
+needs_dmsetup = pytest.mark.skipif(not HOST_DMSETUP.exists(), reason="the host has no dmsetup (Debian's dmsetup)")
+
+
+def dmsetup_entries(drop: str = "") -> list[Entry]:
+    """The host's dmsetup at sbin/dmsetup with its interpreter and libraries where ldd finds them."""
+    ldd = subprocess.run(["ldd", str(HOST_DMSETUP)], capture_output=True, text=True, check=True).stdout
+    paths = re.findall(r"(/\S+) \(0x", ldd)
+    entries = [file_entry("sbin/dmsetup", Path(os.path.realpath(HOST_DMSETUP)), 0o755)]
+    entries += [file_entry(p.lstrip("/"), Path(os.path.realpath(p))) for p in paths
+                if not p.startswith("/lib64/") and (not drop or drop not in p)]
+    # the loader as libc6 lays it out: in the multiarch directory, PT_INTERP's /lib64 name a symlink to it
+    loader = next(p for p in paths if p.startswith("/lib64/"))
+    name = loader.rsplit("/", 1)[-1]
+    entries += [file_entry(f"lib/x86_64-linux-gnu/{name}", Path(os.path.realpath(loader)), 0o755),
+                Entry(f"lib64/{name}", Kind.SYMLINK, 0o777, linkname=f"/lib/x86_64-linux-gnu/{name}")]
+    return entries
+
+
+@pytest.fixture(scope="module")
+def verity_kernel(debian_kernel: DebianKernel) -> list[Entry]:
+    """The kernel image's modules plus the dm-verity ones (kernels/cloud-amd64 has both)."""
+    return make_kernel_entries(debian_kernel, (*IMAGE_MODULES, "dm_verity"))
+
+
+@needs_dmsetup
+def test_verity_stage_one_holds_dmsetup_its_libraries_the_dm_modules_and_the_table_parameters(
+        verity_kernel: list[Entry], busybox: Entry, tmp_path: Path) -> None:
+    tools = dmsetup_entries()
+    members = stage_one(image(verity_kernel, busybox, *tools), RootLocation("erofs", ROOT_ID, verity=TREE),
+                        "virtio", tmp_path)
+
+    assert {entry.path for entry in tools} <= set(members)
+    assert members["sbin/dmsetup"].data == HOST_DMSETUP.read_bytes()
+    assert {"dm_mod", "dm_bufio", "dm_verity", "reed_solomon"} <= module_names(members)
+    assert members["bin/losetup"].data == b"busybox"
+    text = conf(members)
+    assert "MODULES='erofs overlay dm_mod dm_bufio dm_verity'\n" in text
+    for line in (f"VERITY_ROOT_HASH={'ab' * 32}", f"VERITY_SALT={'cd' * 32}", "VERITY_DATA_BLOCKS=100",
+                 "VERITY_HASH_START=100", "VERITY_BLOCK_SIZE=4096", "VERITY_HASH_ALGORITHM=sha256",
+                 "VERITY_NAME=linuxkit-root", "DMSETUP=/sbin/dmsetup"):
+        assert line + "\n" in text
+
+
+def test_without_verity_stage_one_has_no_dmsetup(kernel_entries: list[Entry], busybox: Entry, tmp_path: Path) -> None:
+    members = stage_one(image(kernel_entries, busybox), RootLocation("squashfs", ROOT_ID), "virtio", tmp_path)
+    assert "sbin/dmsetup" not in members and "bin/losetup" not in members
+    assert "VERITY" not in conf(members) and "dm_verity" not in module_names(members)
+
+
+def verity_error(rootfs: Rootfs, tmp_path: Path) -> str:
+    with pytest.raises(UserError) as err:
+        stage_one(rootfs, RootLocation("squashfs", ROOT_ID, verity=TREE), "virtio", tmp_path)
+    return str(err.value)
+
+
+def test_an_image_without_dmsetup_is_one_error_naming_pkg_init(kernel_entries: list[Entry], busybox: Entry,
+                                                               tmp_path: Path) -> None:
+    assert verity_error(image(kernel_entries, busybox), tmp_path) == (
+        "the image has no /sbin/dmsetup (nor /usr/sbin/dmsetup) for --verity (hint: add Debian's dmsetup to an "
+        'init image: pkg/init has it, e.g. init: ["@pkg:pkg/init"])')
+
+
+@needs_dmsetup
+def test_a_missing_library_of_dmsetup_is_named(kernel_entries: list[Entry], busybox: Entry, tmp_path: Path) -> None:
+    rootfs = image(kernel_entries, busybox, *dmsetup_entries(drop="libdevmapper"))
+    assert verity_error(rootfs, tmp_path).startswith(
+        "/sbin/dmsetup needs libdevmapper.so.1.02.1, which is not in the image (hint: ")
+
+
+def test_a_dmsetup_that_is_no_elf_file_is_refused(kernel_entries: list[Entry], busybox: Entry, tmp_path: Path) -> None:
+    script = bytes_entry("usr/sbin/dmsetup", b"#!/bin/sh\necho fake\n", 0o755)
+    assert verity_error(image(kernel_entries, busybox, script), tmp_path).startswith(
+        "/usr/sbin/dmsetup is not an ELF executable: --verity needs Debian's dmsetup")
+
+
+@needs_dmsetup
+def test_a_kernel_without_dm_verity_is_one_error(kernel_entries: list[Entry], busybox: Entry,
+                                                 debian_kernel: DebianKernel, tmp_path: Path) -> None:
+    version = debian_kernel.version
+    assert verity_error(image(kernel_entries, busybox, *dmsetup_entries()), tmp_path) == (
+        f"the kernel {version} has no dm_mod, dm_bufio, dm_verity (neither a module in lib/modules/{version} nor "
+        "built in): root on media needs it (hint: add the module to the kernel image, e.g. "
+        "kernels/cloud-amd64/build.yml)")
+
+
+def test_the_root_hash_goes_on_the_command_line_only_with_verity() -> None:
+    assert verity_cmdline("console=ttyS0", RootLocation("squashfs", ROOT_ID)) == "console=ttyS0"
+    assert verity_cmdline("console=ttyS0", RootLocation("squashfs", ROOT_ID, verity=TREE)) == (
+        f"console=ttyS0 linuxkit.verity={'ab' * 32}")
+
+
+def test_the_init_script_reads_the_whole_device_and_says_one_line_on_a_mismatch() -> None:
+    assert 'cat "$source" >/dev/null 2>&1 || fail "the root image fails dm-verity verification: it was changed ' \
+           'after the build"' in INIT_SCRIPT
+    assert "DM_DISABLE_UDEV=1" in INIT_SCRIPT and "--readonly --noudevsync" in INIT_SCRIPT
