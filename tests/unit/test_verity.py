@@ -19,6 +19,7 @@ from linuxkit_py.formats import Rootfs
 from linuxkit_py.formats.stage1 import INIT_SCRIPT, RootLocation, verity_cmdline
 from linuxkit_py.media.verity import BLOCK_SIZE, VerityTree, append_verity_tree, level_sizes
 from tests.debian import DebianKernel
+from tests.integration.conftest import run_cli
 from tests.unit.test_stage1 import (
     IMAGE_MODULES,
     ROOT_ID,
@@ -232,3 +233,27 @@ def test_the_init_script_reads_the_whole_device_and_says_one_line_on_a_mismatch(
     assert 'cat "$source" >/dev/null 2>&1 || fail "the root image fails dm-verity verification: it was changed ' \
            'after the build"' in INIT_SCRIPT
     assert "DM_DISABLE_UDEV=1" in INIT_SCRIPT and "--readonly --noudevsync" in INIT_SCRIPT
+
+
+# -- the build: formats without a root image -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["-f", "raw-efi"], "linuxkit-py: --verity: raw-efi with --root ram has no root image to protect (hint: add "
+                        "--root squashfs (or --root erofs))"),
+    (["-f", "iso-efi", "--root", "ram"], "linuxkit-py: --verity: iso-efi with --root ram has no root image to "
+                                         "protect (hint: add --root squashfs (or --root erofs))"),
+    (["-f", "tar"], "linuxkit-py: --verity: tar has no root image to protect (hint: use a disk or ISO format with "
+                    "--root squashfs (e.g. raw-efi), or kernel+squashfs)"),
+    (["-f", "uki", "--root", "squashfs"],
+     "linuxkit-py: --verity: uki has no root image to protect (hint: use a disk or ISO format with --root squashfs "
+     "(e.g. raw-efi), or kernel+squashfs)"),
+])
+def test_verity_without_a_root_image_is_one_line_naming_the_format_and_the_fix(
+        tmp_path: Path, args: list[str], line: str) -> None:
+    spec = tmp_path / "s.yml"
+    spec.write_text("kernel: {image: linuxkit/kernel:6.6.13}\ninit: [linuxkit/init:v1.0.0]\n")
+    result = run_cli("build", "--cache", tmp_path / "cache", "--dir", tmp_path / "out", "--verity", *args, spec,
+                     stdin=b"")
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [line]
+    assert not (tmp_path / "out").exists()
