@@ -295,22 +295,32 @@ def verity_tool_entries(entries: Sequence[Entry], arch: str) -> tuple[str, list[
     if found is None:
         raise UserError(f"the image has no /{DMSETUP_PATHS[0]} (nor /{DMSETUP_PATHS[1]}) for --verity",
                         hint=DMSETUP_HINT)
-    path, resolved = found
+    _, resolved = found
     assert resolved is not None
-    real, walk = resolved
+    real, walk = resolved  # the file itself, and the symlinks (and hard link) that lead to it
     if read_elf(view.data_entry(real)) is None:
         raise UserError(f"/{real} is not an ELF executable: --verity needs Debian's dmsetup", hint=DMSETUP_HINT)
-    wanted = [p for p in walk if p != real]
-    wanted += check_elf_files({real: view.data_entry(real)}, arch, pool=image,
-                              hint="the image must have the libraries of its dmsetup (Debian's dmsetup "
-                                   "package and its dependencies; pkg/init has them)")
-    tools = [view.data_entry(real)]
-    for p in dict.fromkeys(wanted):
-        entry = image[p]
-        tools.append(entry if entry.kind is Kind.SYMLINK else view.data_entry(p))
-    return "/" + path, [Entry(e.path, e.kind, e.mode, size=e.size, data=e.data, linkname=e.linkname)
-                        if e.kind is Kind.FILE else Entry(e.path, Kind.SYMLINK, 0o777, linkname=e.linkname)
-                        for e in tools]
+    needed = check_elf_files({real: view.data_entry(real)}, arch, pool=image,
+                             hint="the image must have the libraries of its dmsetup (Debian's dmsetup package "
+                                  "and its dependencies; pkg/init has them)")
+    return "/" + real, [_copied(view, p) for p in dict.fromkeys([real, *walk, *needed])]
+
+
+def _copied(view: FileView, path: str) -> Entry:
+    """The image's `path` for stage one: a symlink as it is, a file (or hard link) with its contents."""
+    entry = view.get(path)
+    if entry is not None and entry.kind is Kind.SYMLINK:
+        return Entry(path, Kind.SYMLINK, 0o777, linkname=entry.linkname)
+    data = view.data_entry(path)
+    return Entry(path, Kind.FILE, data.mode, size=data.size, data=data.data)
+
+
+def _without_directory_symlinks(files: list[Entry]) -> list[Entry]:
+    """Drop the symlinks other entries are below (a merged-/usr image's `lib` -> `usr/lib`, which stage one's
+    own lib/modules needs as a directory): every file the walk reached through one is there at its real path,
+    where the loader looks too (its default directories are both /lib/<triplet> and /usr/lib/<triplet>)."""
+    parents = _parents(entry.path for entry in files)
+    return [entry for entry in files if not (entry.kind is Kind.SYMLINK and entry.path in parents)]
 
 
 def _verity_conf(tree: VerityTree, dmsetup: str) -> dict[str, str]:
@@ -404,6 +414,7 @@ def stage1_entries(rootfs: Rootfs, location: RootLocation, medium: str) -> list[
             files.append(Entry(f"{base}/{name}", Kind.FILE, FILE_MODE, size=len(text.encode()), data=text.encode()))
     conf = _conf(location, medium, load, softdeps, dmsetup)
     files.append(Entry(CONF_PATH, Kind.FILE, FILE_MODE, size=len(conf), data=conf))
+    files = _without_directory_symlinks(files)
     dirs = (_parents(entry.path for entry in files) | set(MOUNT_POINTS)) - {entry.path for entry in files}
     return sorted([*map(_dir, dirs), *files], key=lambda entry: entry.path)
 

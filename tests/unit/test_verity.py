@@ -1,5 +1,5 @@
 """--verity: the dm-verity hash tree of media/verity.py against cryptsetup's veritysetup, and what stage one
-(formats/stage1.py) and the build get from it. The boots are tests/boot/test_verity.py.
+(formats/stage1.py) and the build get from it. The boots are tests/boot/test_verity_boot.py.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -179,6 +180,19 @@ def test_verity_stage_one_holds_dmsetup_its_libraries_the_dm_modules_and_the_tab
                  "VERITY_HASH_START=100", "VERITY_BLOCK_SIZE=4096", "VERITY_HASH_ALGORITHM=sha256",
                  "VERITY_NAME=linuxkit-root", "DMSETUP=/sbin/dmsetup"):
         assert line + "\n" in text
+
+
+@needs_dmsetup
+def test_dmsetup_behind_a_merged_usr_sbin_symlink_is_run_from_its_real_path(
+        verity_kernel: list[Entry], busybox: Entry, tmp_path: Path) -> None:
+    tools = [Entry("usr/sbin/dmsetup", e.kind, e.mode, size=e.size, data=e.data) if e.path == "sbin/dmsetup" else e
+             for e in dmsetup_entries()]
+    members = stage_one(image(verity_kernel, busybox, *tools, Entry("sbin", Kind.SYMLINK, 0o777, linkname="usr/sbin")),
+                        RootLocation("erofs", ROOT_ID, verity=TREE), "virtio", tmp_path)
+
+    assert members["usr/sbin/dmsetup"].data == HOST_DMSETUP.read_bytes()
+    assert "DMSETUP=/usr/sbin/dmsetup\n" in conf(members)
+    assert stat.S_ISDIR(members["sbin"].mode) and "sbin/modprobe" in members  # stage one's own sbin stays a directory
 
 
 def test_without_verity_stage_one_has_no_dmsetup(kernel_entries: list[Entry], busybox: Entry, tmp_path: Path) -> None:
