@@ -16,7 +16,8 @@ import pytest
 
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import Rootfs
+from linuxkit_py.formats import FormatOptions, Rootfs
+from linuxkit_py.formats.rootimage import root_location
 from linuxkit_py.formats.stage1 import INIT_SCRIPT, RootLocation, verity_cmdline
 from linuxkit_py.media.verity import BLOCK_SIZE, VerityTree, append_verity_tree, level_sizes
 from tests.debian import DebianKernel
@@ -271,3 +272,15 @@ def test_verity_without_a_root_image_is_one_line_naming_the_format_and_the_fix(
     assert result.returncode == 1
     assert result.stderr.decode().splitlines() == [line]
     assert not (tmp_path / "out").exists()
+
+
+def test_root_location_appends_the_tree_only_with_verity_and_keeps_the_root_id(tmp_path: Path) -> None:
+    plain, protected = (data_file(tmp_path / name, 50 * BLOCK_SIZE) for name in ("plain.img", "verity.img"))
+    without = root_location(Rootfs([], 0, options=FormatOptions(verity=False)), plain, "squashfs", "rootfs.squashfs")
+    with_tree = root_location(Rootfs([], 0, options=FormatOptions(verity=True)), protected, "squashfs",
+                              "rootfs.squashfs")
+
+    assert without.verity is None and plain.stat().st_size == 50 * BLOCK_SIZE
+    assert with_tree.verity is not None and protected.stat().st_size == (50 + 1) * BLOCK_SIZE  # one hash block
+    assert with_tree.root_id == without.root_id  # the tree is after the superblock: stage one finds it the same
+    assert (with_tree.image_path, with_tree.verity.hash_offset) == ("rootfs.squashfs", 50 * BLOCK_SIZE)
