@@ -291,12 +291,10 @@ def verity_tool_entries(entries: Sequence[Entry], arch: str) -> tuple[str, list[
     for entry in entries:
         image.setdefault(entry.path, entry)
     view = FileView(image)
-    found = next(((path, view.resolve(path)) for path in DMSETUP_PATHS if view.resolve(path) is not None), None)
-    if found is None:
+    resolved = next((found for found in map(view.resolve, DMSETUP_PATHS) if found is not None), None)
+    if resolved is None:
         raise UserError(f"the image has no /{DMSETUP_PATHS[0]} (nor /{DMSETUP_PATHS[1]}) for --verity",
                         hint=DMSETUP_HINT)
-    _, resolved = found
-    assert resolved is not None
     real, walk = resolved  # the file itself, and the symlinks (and hard link) that lead to it
     if read_elf(view.data_entry(real)) is None:
         raise UserError(f"/{real} is not an ELF executable: --verity needs Debian's dmsetup", hint=DMSETUP_HINT)
@@ -316,9 +314,9 @@ def _copied(view: FileView, path: str) -> Entry:
 
 
 def _without_directory_symlinks(files: list[Entry]) -> list[Entry]:
-    """Drop the symlinks other entries are below (a merged-/usr image's `lib` -> `usr/lib`, which stage one's
-    own lib/modules needs as a directory): every file the walk reached through one is there at its real path,
-    where the loader looks too (its default directories are both /lib/<triplet> and /usr/lib/<triplet>)."""
+    """Drop the symlinks other entries are below (a merged-/usr image's `sbin` -> `usr/sbin`, which stage one's
+    own sbin/modprobe needs as a directory): every file reached through one is in stage one at its real path,
+    which is what stage one runs (DMSETUP) and where the loader looks too (/lib/<triplet> and /usr/lib/<triplet>)."""
     parents = _parents(entry.path for entry in files)
     return [entry for entry in files if not (entry.kind is Kind.SYMLINK and entry.path in parents)]
 
