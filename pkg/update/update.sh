@@ -28,6 +28,9 @@ cleanup() {
     rm -rf "$WORK"
 }
 
+# uptime: seconds since boot (two decimals)
+uptime_now() { cut -d' ' -f1 /proc/uptime; }
+
 # value KEY FILE: the value of KEY=... in FILE
 value() { sed -n "s/^$1=//p" "$2" | head -n 1; }
 
@@ -127,6 +130,8 @@ apply() {
         esac
     done
     [ -n "$src" ] || refuse "usage: update apply FILE|URL [--allow-downgrade] [--reboot]"
+    local started
+    started=$(uptime_now)
     [ -f "$CERT" ] || refuse "this image has no $CERT: it was built without --sign-cert and takes no updates"
     rm -rf "$WORK"; mkdir -p "$WORK"
     fetch "$src" "$WORK/bundle"
@@ -174,7 +179,8 @@ apply() {
     entry="linuxkit-$target+$TRIES.efi"
     mv "$ESP/EFI/Linux/.linuxkit-$target.new" "$ESP/EFI/Linux/$entry"   # the one step that makes it bootable
     sync
-    say "version $version is in slot $target; it boots next, with $TRIES tries"
+    say "version $version is in slot $target; it boots next, with $TRIES tries" \
+        "($(awk -v a="$started" -v b="$(uptime_now)" 'BEGIN { printf "%.1f", b - a }') s to fetch, check and write)"
     cleanup
     if [ -n "$reboot_after" ]; then
         say "rebooting into version $version"
@@ -190,7 +196,7 @@ mark_good() {
     case ${file##*/} in
         *+*.efi)
             mv "$file" "$ESP/EFI/Linux/linuxkit-$running.efi" && sync
-            say "version $(version_now) (slot $running) marked good" ;;
+            say "version $(version_now) (slot $running) marked good, $(uptime_now) s after the kernel started" ;;
         *) : ;;
     esac
     umount "$ESP"
