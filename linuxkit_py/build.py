@@ -52,9 +52,6 @@ class BuildOptions:
     root: str = "ram"  # --root
     input_tar: Path | None = None  # --input-tar: reuse the unchanged sections of this earlier tar output
     decompress_kernel: bool = False  # --decompress-kernel
-    sbom: bool = True  # --no-sbom turns it off
-    sbom_output: Path | None = None  # --sbom-output; default NAME.spdx.json in --dir
-    sbom_current_time: bool = False  # --sbom-current-time; default: the build's epoch
     sign_key: Path | None = None  # --sign-key/--sign-cert: Secure Boot signing of every EFI binary
     sign_cert: Path | None = None
     verity: bool = False  # --verity: dm-verity over the root image

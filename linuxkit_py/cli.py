@@ -92,10 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--decompress-kernel", action="store_true",
                    help="write the kernel decompressed (vmlinux), as LinuxKit's --decompress-kernel")
     b.add_argument("--docker", action="store_true", help="accepted for LinuxKit; no Docker is needed or used")
-    b.add_argument("--no-sbom", action="store_true", help="write no SBOM (default: NAME.spdx.json beside the outputs)")
-    b.add_argument("--sbom-output", type=Path, metavar="FILE", help="write the SBOM (SPDX 2.3 JSON) to FILE instead")
-    b.add_argument("--sbom-current-time", action="store_true",
-                   help="date the SBOM now (default: the build's epoch, so that it is reproducible)")
+    b.add_argument("--no-sbom", action="store_true", help="accepted for LinuxKit; no SBOM is written yet")
     b.add_argument("--sign-key", type=Path, metavar="KEY.pem",
                    help="sign every EFI binary with this RSA key (PEM) for Secure Boot; needs --sign-cert")
     b.add_argument("--sign-cert", type=Path, metavar="CERT.pem", help="the X.509 certificate of --sign-key (PEM)")
@@ -229,9 +226,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
         root=args.root or ("squashfs" if args.ab or "update" in ",".join(args.formats).split(",") else "ram"),
         input_tar=Path(args.input_tar) if args.input_tar else None,
         decompress_kernel=args.decompress_kernel,
-        sbom=not args.no_sbom,
-        sbom_output=args.sbom_output,
-        sbom_current_time=args.sbom_current_time,
         sign_key=args.sign_key,
         sign_cert=args.sign_cert,
         verity=args.verity,

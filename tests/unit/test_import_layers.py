@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli",),
     ("build",),
-    ("pkg", "formats", "run", "serve", "completion", "sbom"),
+    ("pkg", "formats", "run", "serve", "completion"),
     ("rootfs",),
     ("spec",),
     ("bundle", "registry"),
