@@ -5,25 +5,31 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from linuxkit_py.arch import get_arch, normalize_arch
+from linuxkit_py.archive.entry import Entry
+from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layers import unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
 from linuxkit_py.formats.ab import AB_FORMATS
 from linuxkit_py.formats.ab import image_entries as ab_image_entries
-from linuxkit_py.fsutil import atomic_outputs
+from linuxkit_py.fsutil import atomic_output, atomic_outputs
 from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
 from linuxkit_py.registry.pull import RegistryOptions, pull_images
 from linuxkit_py.rootfs.assemble import Assembly, assemble, metadata_writer
 from linuxkit_py.rootfs.kernelfile import decompressed_kernel
 from linuxkit_py.rootfs.reuse import needed_refs, reusable_sections
+from linuxkit_py.rootfs.sbom import SBOM_SUFFIX, SbomInput, build_sbom, sbom_entries
+from linuxkit_py.sbom.spdx import dumps
 from linuxkit_py.sign import load_signer
 from linuxkit_py.spec.load import load_specs, spec_to_yaml
+from linuxkit_py.spec.model import Spec
 from linuxkit_py.spec.resolve import resolve_spec
 from linuxkit_py.tools import require
 
@@ -58,6 +64,9 @@ class BuildOptions:
     ab: bool = False  # --ab: A/B disk layout for raw-efi/qcow2-efi, update bundles (docs/updates.md)
     image_version: str | None = None  # --image-version; default: the build's epoch
     slot_size: int | None = None  # --slot-size, bytes
+    sbom: bool = True  # NAME.spdx.json beside the outputs (--no-sbom: none)
+    sbom_output: str | None = None  # --sbom-output PATH: the SBOM also in the image at PATH, as LinuxKit puts it
+    sbom_current_time: bool = False  # --sbom-current-time: the SBOM's creation time is now, not the epoch
 
 
 def source_date_epoch() -> int:
@@ -202,6 +211,9 @@ def build(opts: BuildOptions) -> list[Path]:
         entries = decompressed_kernel(entries, cache.derived_dir)
     if opts.ab or any(fmt.name == "update" for fmt in formats):
         entries = [*entries, *ab_image_entries(ab_version(opts, epoch), arch, signer, epoch)]
+    sbom = _sbom(opts, spec, images, entries, cache, arch, epoch) if opts.sbom else None
+    if sbom is not None and opts.sbom_output:
+        entries = [*entries, *sbom_entries(opts.sbom_output, sbom, entries)]
     assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
@@ -216,7 +228,20 @@ def build(opts: BuildOptions) -> list[Path]:
         with atomic_outputs(targets) as files:
             fmt.write(rootfs, files)
         written.extend(targets)
+    if sbom is not None:
+        target = opts.directory / f"{name}{SBOM_SUFFIX}"
+        with atomic_output(target) as f:
+            f.write(sbom)
+        written.append(target)
     return written
+
+
+def _sbom(opts: BuildOptions, spec: Spec, images: dict[str, Image], entries: list[Entry], cache: Cache,
+          arch: str, epoch: int) -> bytes:
+    created = int(time.time()) if opts.sbom_current_time else epoch
+    version = ab_version(opts, epoch) if opts.ab or "update" in ",".join(opts.formats).split(",") else None
+    return dumps(build_sbom(SbomInput(opts.name or default_name(opts.paths), created, spec, images, entries, cache,
+                                      arch, version)))
 
 
 def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:

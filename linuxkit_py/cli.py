@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from linuxkit_py import __version__
 from linuxkit_py.cliparse import (
     VERBOSITY_LEVELS,
+    go_bool_options,
     is_argument,
     option_strings,
     parsers,
     single_dash_long_options,
+    switch_strings,
     verbosity,
 )
 from linuxkit_py.completion import SHELLS, completion_script
@@ -92,7 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--decompress-kernel", action="store_true",
                    help="write the kernel decompressed (vmlinux), as LinuxKit's --decompress-kernel")
     b.add_argument("--docker", action="store_true", help="accepted for LinuxKit; no Docker is needed or used")
-    b.add_argument("--no-sbom", action="store_true", help="accepted for LinuxKit; no SBOM is written yet")
+    b.add_argument("--no-sbom", action="store_true", help="write no SBOM (default: NAME.spdx.json, SPDX 2.3)")
+    b.add_argument("--sbom-output", metavar="PATH", help="also put the SBOM into the image at PATH "
+                   "(LinuxKit's place for it is sbom.spdx.json)")
+    b.add_argument("--sbom-current-time", action="store_true",
+                   help="date the SBOM now instead of the build's epoch (not reproducible)")
     b.add_argument("--sign-key", type=Path, metavar="KEY.pem",
                    help="sign every EFI binary with this RSA key (PEM) for Secure Boot; needs --sign-cert")
     b.add_argument("--sign-cert", type=Path, metavar="CERT.pem", help="the X.509 certificate of --sign-key (PEM)")
@@ -232,6 +238,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         ab=args.ab,
         image_version=check_version(args.image_version) if args.image_version is not None else None,
         slot_size=parse_size(args.slot_size) if args.slot_size else None,
+        sbom=not args.no_sbom,
+        sbom_output=args.sbom_output,
+        sbom_current_time=args.sbom_current_time,
     )
     for path in build(opts):
         log.warning("wrote %s", path)
@@ -450,6 +459,7 @@ def _log_level(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = single_dash_long_options(list(sys.argv[1:] if argv is None else argv), option_strings(parser))
+    argv = go_bool_options(argv, switch_strings(parser))
     args = _parse(parser, argv)
     logging.basicConfig(level=_log_level(args), format="%(message)s", stream=sys.stderr)
     try:

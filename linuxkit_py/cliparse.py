@@ -6,6 +6,7 @@
 * Options and arguments in any order (`run qemu --publish 8080:80 PATH`, `build a.yml -f tar b.yml`): the
   words argparse leaves over that are arguments are given to the verb's list of arguments.
 * `-v N` (LinuxKit's levels 0-3), and our own `-vv`.
+* `--flag=true|false` for an on/off option (Go's flag and cobra spell booleans so): `--flag` or nothing.
 """
 
 from __future__ import annotations
@@ -63,3 +64,23 @@ def single_dash_long_options(argv: list[str], known: set[str]) -> list[str]:
 def is_argument(word: str) -> bool:
     """A word argparse left over that is an argument (a path, `-` for stdin), not an unknown option."""
     return word == "-" or not word.startswith("-")
+
+
+def go_bool_options(argv: list[str], switches: set[str]) -> list[str]:
+    """`--no-sbom=true` -> `--no-sbom`, `--sbom-current-time=false` -> nothing, for the on/off `switches`."""
+    out = []
+    for word in argv:
+        name, equals, value = word.partition("=")
+        if equals and name in switches and value.lower() in ("true", "false", "1", "0", "t", "f"):
+            if value.lower() in ("true", "1", "t"):
+                out.append(name)
+            continue
+        out.append(word)
+    return out
+
+
+def switch_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """The long option strings of every on/off option (store_true) of the parser and its verbs."""
+    return {option for _, current in parsers(parser) for action in current._actions
+            if isinstance(action, argparse._StoreTrueAction) for option in action.option_strings
+            if option.startswith("--")}

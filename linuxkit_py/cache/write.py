@@ -151,14 +151,18 @@ def write_image(cache: Cache, layers: Sequence[Iterable[Entry]], *, arch: str, c
     return Image(ref=ref or "", digest=digest, manifest=manifest, config=image_config)
 
 
-def write_index(cache: Cache, ref: str, images: Sequence[Image]) -> str:
-    """Name an OCI image index of `images` (one per platform, already in the cache) `ref`; its digest."""
+def write_index(cache: Cache, ref: str, images: Sequence[Image],
+                extra: Sequence[dict[str, Any]] = ()) -> str:
+    """Name an OCI image index of `images` (one per platform, already in the cache) `ref`; its digest.
+
+    `extra` are more descriptors for the index after the images' (their attestation manifests)."""
     manifests = []
     for image in images:
         manifest_bytes = canonical_json(image.manifest)
         descriptor = _descriptor(MANIFEST_MEDIA_TYPE, manifest_bytes, image.digest)
         descriptor["platform"] = {"architecture": image.config["architecture"], "os": "linux"}
         manifests.append(descriptor)
+    manifests.extend(extra)
     index_bytes = canonical_json({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests})
     digest = cache.put_blob(index_bytes)
     cache.set_ref(ref, _descriptor(INDEX_MEDIA_TYPE, index_bytes, digest))

@@ -29,7 +29,7 @@ from linuxkit_py.tools import run
 
 log = logging.getLogger(__name__)
 
-RESOLUTION_FORMAT = 2  # bump when what a resolution holds or means changes
+RESOLUTION_FORMAT = 3  # bump when what a resolution holds or means changes
 MAX_LIBRARY_PACKAGES = 256  # a dependency closure larger than this is a mistake, not a package
 LIBRARY_SECTIONS = ("libs", "oldlibs")
 KERNEL_IMAGE_PREFIX = "linux-image-"
@@ -48,6 +48,7 @@ class Deb:
     depends: tuple[tuple[str, ...], ...]  # Pre-Depends and Depends: groups of alternative names
     sha256: str
     size: int
+    source: str = ""  # the Source field: `NAME` or `NAME (VERSION)`; empty when it is the package's own name
 
     @property
     def pin(self) -> str:
@@ -114,7 +115,8 @@ def parse_records(text: str) -> list[Deb]:
         debs.append(Deb(
             name=fields["Package"], version=fields["Version"], arch=fields.get("Architecture", ""),
             section=fields.get("Section", ""), depends=parse_depends(depends),
-            sha256=fields.get("SHA256", ""), size=int(fields.get("Size", "0") or 0)))
+            sha256=fields.get("SHA256", ""), size=int(fields.get("Size", "0") or 0),
+            source=fields.get("Source", "")))
     return debs
 
 

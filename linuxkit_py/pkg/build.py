@@ -19,6 +19,7 @@ from typing import Any
 from linuxkit_py.arch import host_arch, normalize_arch
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.archive.tree import Tree, parent_dirs
+from linuxkit_py.cache.attestation import write_attestation
 from linuxkit_py.cache.image import Image, load_cached_image
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.cache.write import write_image, write_index
@@ -31,6 +32,7 @@ from linuxkit_py.pkg.aptstate import AptState, apt_state_for
 from linuxkit_py.pkg.archdirs import package_directory_for
 from linuxkit_py.pkg.debs import deb_entries, download_debs, resolution_dir
 from linuxkit_py.pkg.definition import LABEL_CONFIG, Definition, load_definition
+from linuxkit_py.pkg.sbom import package_sbom
 from linuxkit_py.pkg.selection import select_entries
 from linuxkit_py.registry.reference import normalize_reference
 from linuxkit_py.spec.fields import quoted
@@ -39,7 +41,7 @@ from linuxkit_py.spec.model import child
 log = logging.getLogger(__name__)
 
 # Part of every tag: bump it when the same inputs would now give a different image.
-BUILDER_VERSION = "linuxkit-py pkg 4"
+BUILDER_VERSION = "linuxkit-py pkg 5"
 TAG_LENGTH = 40
 PACKAGE_EPOCH = 1492533000  # every entry's mtime: LinuxKit's fixed time, as `build` uses by default
 KERNEL_VERSION_LABEL = "org.linuxkit-py.kernel.version"
@@ -69,7 +71,7 @@ class PackagePlan:
 @dataclass(frozen=True)
 class BuiltPackage:
     plan: PackagePlan
-    digest: str  # of the manifest, or of the index for several arches
+    digest: str  # of the image index (each arch's manifest and its SBOM attestation)
     built: bool  # False when the cache already had it
 
 
@@ -244,15 +246,20 @@ def _image_config(a: _Assembly) -> dict[str, Any]:
     return config
 
 
-def _build_image(cache: Cache, plan: PackagePlan, resolution: Resolution, debs: dict[Deb, Path],
-                 ref: str | None) -> Image:
+def _build_image(cache: Cache, plan: PackagePlan, resolution: Resolution,
+                 debs: dict[Deb, Path]) -> tuple[Image, dict[str, Any]]:
+    """The image of one architecture, and the descriptor of its SBOM attestation."""
     a = _Assembly(cache, plan.definition, resolution, debs)
     _add_packages(a)
     _add_kernel(a)
     _add_own_files(a)
     _add_libraries(a)
-    return write_image(cache, [a.tree.entries()], arch=resolution.arch, config=_image_config(a),
-                       epoch=PACKAGE_EPOCH, ref=ref)
+    image = write_image(cache, [a.tree.entries()], arch=resolution.arch, config=_image_config(a),
+                        epoch=PACKAGE_EPOCH)
+    sbom = package_sbom(cache, plan.ref, PACKAGE_EPOCH, ((deb, debs[deb]) for deb in a.used_debs))
+    name, _, tag = plan.ref.rpartition(":")
+    subject = f"pkg:docker/{name}@{tag}?platform=linux%2F{resolution.arch}"
+    return image, write_attestation(cache, subject, image.digest, sbom)
 
 
 def _download(cache: Cache, plan: PackagePlan) -> dict[str, dict[Deb, Path]]:
@@ -289,9 +296,8 @@ def build_package(cache: Cache, directory: str | Path, *, force: bool = False,
         except UserError:
             raise failed from None
         debs = _download(cache, plan)
-    single = len(plan.resolutions) == 1
-    images = [_build_image(cache, plan, r, debs[r.arch], plan.ref if single else None) for r in plan.resolutions]
-    digest = images[0].digest if single else write_index(cache, plan.ref, images)
+    built = [_build_image(cache, plan, r, debs[r.arch]) for r in plan.resolutions]
+    digest = write_index(cache, plan.ref, [image for image, _ in built], [sbom for _, sbom in built])
     return BuiltPackage(plan, digest, built=True)
 
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm import tqdm
 
 from linuxkit_py.arch import normalize_arch, uname_arch
+from linuxkit_py.cache.attestation import MAX_STATEMENT, attestation_descriptor, spdx_layers
 from linuxkit_py.cache.image import Image, load_cached_image
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.cache.platform import INDEX_MEDIA_TYPES, select_platform
@@ -38,6 +40,8 @@ from linuxkit_py.registry.transport import RegistryFault
 
 __all__ = ["RegistryOptions", "parse_mirrors", "pull_image", "pull_images"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class _Plan:
@@ -49,6 +53,8 @@ class _Plan:
     root: Document  # what the tag or digest names: an index or a manifest
     manifest: Document  # the manifest for the requested platform
     blobs: list[dict[str, Any]]  # config and layer descriptors
+    attestation: Document | None = None  # the manifest's SBOM attestation manifest, when the index lists one
+    attestation_blobs: list[dict[str, Any]] = field(default_factory=list)  # its SPDX statements (optional)
 
     @property
     def digests(self) -> set[str]:
@@ -149,7 +155,29 @@ def _plan(client: RegistryClient, options: RegistryOptions, given: str, name: st
     except (KeyError, TypeError, ValueError):
         raise RegistryFault(f"{remote.peer}: manifest {manifest.digest} has a bad config or layer entry") \
             from None
-    return _Plan(given, name, remote, root, manifest, blobs)
+    plan = _Plan(given, name, remote, root, manifest, blobs)
+    if root is not manifest:
+        _plan_attestation(client, plan)
+    return plan
+
+
+def _plan_attestation(client: RegistryClient, plan: _Plan) -> None:
+    """Note the SBOM attestation of the chosen manifest, if the index has one (BuildKit's attestation storage).
+
+    It only feeds the SBOM: a missing or broken attestation is a debug line, never a failed pull."""
+    desc = attestation_descriptor(plan.root.json(), plan.manifest.digest)
+    digest = desc.get("digest") if desc else None
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        return
+    try:
+        document = client.fetch_manifest(plan.remote, digest)
+        layers = spdx_layers(document.json()) if document.digest == digest else []
+    except (RegistryFault, UserError, ValueError) as exc:
+        log.debug("%s: no SBOM attestation: %s", plan.given, exc)
+        return
+    plan.attestation = document
+    plan.attestation_blobs = [layer for layer in layers
+                              if DIGEST_RE.match(layer["digest"]) and 0 <= layer["size"] <= MAX_STATEMENT]
 
 
 def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.ThreadPoolExecutor,
@@ -157,10 +185,14 @@ def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.Thr
               futures: list[concurrent.futures.Future[Any]]) -> None:
     """Fetch every blob the plans need and the cache lacks, each once, in parallel."""
     needed: dict[str, tuple[_Plan, int]] = {}
+    optional: set[str] = set()  # SBOM statements: a failure leaves the image without its SBOM
     for plan in plans:
-        for blob in plan.blobs:
+        for blob in [*plan.blobs, *plan.attestation_blobs]:
             if blob["digest"] not in needed and not cache.has_blob(blob["digest"]):
                 needed[blob["digest"]] = (plan, blob["size"])
+                if blob in plan.attestation_blobs:
+                    optional.add(blob["digest"])
+    optional -= {blob["digest"] for plan in plans for blob in plan.blobs}
     if not needed:
         return
     total = sum(size for _, size in needed.values())
@@ -173,12 +205,15 @@ def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.Thr
         owner = {}
         for digest, (plan, size) in needed.items():
             future = pool.submit(fetch, digest, plan, size)
-            owner[future] = plan
+            owner[future] = (plan, digest)
             futures.append(future)
         for future in concurrent.futures.as_completed(owner):
             exc = future.exception()
-            if exc is not None:
-                raise _user_error(owner[future].given, exc) from None
+            plan, digest = owner[future]
+            if exc is not None and digest in optional and not isinstance(exc, KeyboardInterrupt):
+                log.debug("%s: SBOM attestation %s not fetched: %s", plan.given, digest, exc)
+            elif exc is not None:
+                raise _user_error(plan.given, exc) from None
 
 
 @contextlib.contextmanager
@@ -205,7 +240,10 @@ def _commit(cache: Cache, plan: _Plan, arch: str) -> Image:
     if image_arch and image_arch not in (arch, uname_arch(arch)):
         raise RegistryError(f"{plan.given}: image is for {config.get('os', 'linux')}/{image_arch}, "
                             f"not linux/{arch}", hint="choose another --arch")
-    for document in (plan.manifest, plan.root):
+    documents = [plan.manifest, plan.root]
+    if plan.attestation is not None:
+        documents.insert(0, plan.attestation)
+    for document in documents:
         if not cache.has_blob(document.digest):
             try:
                 cache.write_blob([document.data], document.digest, len(document.data))

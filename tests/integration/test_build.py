@@ -159,7 +159,8 @@ def test_kernel_initrd_outputs_and_reproducibility(tmp_path: Path, warm_cache: P
     assert result.returncode == 0, result.stderr.decode()
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["system-cmdline", "system-initrd.img", "system-initrd.tar", "system-kernel", "system.tar"]
+    assert names == ["system-cmdline", "system-initrd.img", "system-initrd.tar", "system-kernel",
+                     "system.spdx.json", "system.tar"]
     assert (out / "system-cmdline").read_text() == "console=ttyS0 quiet"
     first = {p.name: file_sha256(p) for p in out.iterdir()}
     # again from the warm cache, then from an empty cache filled anew

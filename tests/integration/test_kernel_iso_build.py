@@ -20,8 +20,9 @@ def test_kernel_iso_build(tmp_path: Path, warm_cache: Path) -> None:
     for out in ("one", "two"):
         built = run_cli("build", "--cache", warm_cache, "-f", "kernel+iso", "--dir", tmp_path / out, spec)
         assert built.returncode == 0, built.stderr.decode()
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["system-cmdline", "system-kernel", "system.iso"]
-    for name in ("system-cmdline", "system-kernel", "system.iso"):
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["system-cmdline", "system-kernel", "system.iso",
+                                                                      "system.spdx.json"]
+    for name in ("system-cmdline", "system-kernel", "system.iso", "system.spdx.json"):
         assert _sha(tmp_path / "one" / name) == _sha(tmp_path / "two" / name)
     initrd = run_cli("build", "--cache", warm_cache, "--dir", tmp_path / "initrd", spec)
     assert initrd.returncode == 0, initrd.stderr.decode()

@@ -30,7 +30,10 @@ def test_a_two_platform_package_is_one_index_in_the_registry(registry: RegistryP
 
     index = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{pushed}"))
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
-    assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]
+    platforms = [m["platform"]["architecture"] for m in index["manifests"]]
+    assert platforms == ["amd64", "arm64", "unknown", "unknown"]  # each image, then its SBOM attestation
+    assert [m["annotations"]["vnd.docker.reference.digest"] for m in index["manifests"][2:]] == \
+        [m["digest"] for m in index["manifests"][:2]]
     for arch in ("amd64", "arm64"):
         seen = json.loads(skopeo("--override-arch", arch, "inspect", "--tls-verify=false", f"docker://{pushed}"))
         assert seen["Architecture"] == arch

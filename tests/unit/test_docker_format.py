@@ -102,7 +102,7 @@ def test_build_writes_name_docker_and_streams_with_o(tmp_path: Path, kernel_imag
 
     for result in (built, to_file, to_stdout):
         assert result.returncode == 0, result.stderr.decode()
-    assert sorted(p.name for p in out.iterdir()) == ["app.docker"]
+    assert sorted(p.name for p in out.iterdir()) == ["app.docker", "app.spdx.json"]
     docker = (out / "app.docker").read_bytes()
     assert (tmp_path / "app.tar").read_bytes() == docker == to_stdout.stdout
     with tarfile.open(fileobj=io.BytesIO(docker)) as tar:

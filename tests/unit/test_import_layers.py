@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("spec",),
     ("bundle", "registry"),
     ("cache",),
-    ("kernel", "media", "sign"),
+    ("kernel", "media", "sign", "sbom"),
     ("archive",),
     ("arch", "boards", "fsutil", "tools", "cliparse"),
     ("errors", "__init__"),

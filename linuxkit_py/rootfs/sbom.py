@@ -1,0 +1,264 @@
+"""The build's SBOM: `NAME.spdx.json`, an SPDX 2.3 document of everything the image holds (docs/trust.md).
+
+- the image itself (SPDXRef-Image), with every regular file of its root filesystem (SHA1 and SHA256 each) and
+  the package verification code over them;
+- every image the spec uses (reference, manifest digest, platform, where it is used), with a `pkg:oci` URL;
+- the SBOMs those images carry as attestations, merged as LinuxKit merges them (their file names prefixed with
+  where the image's files are in the root filesystem); our `pkg build` images carry one listing their Debian
+  packages with versions, source packages and licences; for an image without one, the Debian packages its
+  `org.linuxkit-py.debs` label names;
+- the kernel (its release, from lib/modules/, and the sha256 of /boot/kernel).
+
+Files are hashed once per build; the hashes of files in cached layers are kept beside the layer
+(`<cache>/linuxkit-py/sbom/`), so a warm build reads only the files that changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from linuxkit_py import __version__
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.archive.regionfile import open_data
+from linuxkit_py.archive.tree import normalize_path, parent_dirs
+from linuxkit_py.cache.attestation import cached_sboms
+from linuxkit_py.cache.image import Image
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.errors import UserError
+from linuxkit_py.fsutil import atomic_output
+from linuxkit_py.registry.reference import parse_reference
+from linuxkit_py.sbom.debian import NOASSERTION
+from linuxkit_py.sbom.spdx import (
+    deb_purl,
+    document,
+    merge_into,
+    oci_purl,
+    package,
+    relationship,
+    spdx_id,
+)
+from linuxkit_py.spec.model import SECTIONS, Spec
+
+SBOM_SUFFIX = ".spdx.json"  # NAME.spdx.json beside the outputs
+IMAGE_ID = "SPDXRef-Image"
+KERNEL_ID = "SPDXRef-Kernel"
+DEBS_LABEL = "org.linuxkit-py.debs"
+CHUNK = 1 << 20
+_MODULES_DIR = re.compile(r"^lib/modules/([^/]+)/")
+
+
+@dataclass
+class SbomInput:
+    name: str  # the document's and the image's name (the build's NAME)
+    created: int  # creation time, seconds since the epoch (the build's epoch unless --sbom-current-time)
+    spec: Spec
+    images: dict[str, Image]  # reference as the spec writes it -> image
+    entries: list[Entry]  # the root filesystem as written
+    cache: Cache
+    arch: str
+    version: str | None = None  # --image-version, when the build has one
+
+
+def _uses(spec: Spec) -> dict[str, list[str]]:
+    """Image reference -> where the spec uses it (kernel, init, onboot/NAME, services/NAME, volumes/NAME)."""
+    uses: dict[str, list[str]] = {}
+    if spec.kernel.get("image"):
+        uses.setdefault(spec.kernel["image"], []).append("kernel")
+    for ref in spec.init:
+        uses.setdefault(ref, []).append("init")
+    for volume in spec.volumes:
+        if volume.get("image"):
+            uses.setdefault(volume["image"], []).append(f"volumes/{volume['name']}")
+    for section in SECTIONS:
+        for entry in getattr(spec, section):
+            uses.setdefault(entry["image"], []).append(f"{section}/{entry['name']}")
+    return uses
+
+
+def _content_dir(entries: Iterable[Entry]) -> dict[str, str]:
+    """Image reference -> the directory its files were first placed in (`containers/services/x/lower`)."""
+    dirs: dict[str, str] = {}
+    for entry in entries:
+        if entry.kind is Kind.FILE and entry.source and entry.location and entry.source not in dirs:
+            parts = entry.path.split("/")
+            if parts[0] == "containers" and len(parts) > 4 and parts[3] in ("rootfs", "lower"):
+                dirs[entry.source] = "/".join(parts[:4])
+            elif entry.location.startswith(("init", "kernel")):
+                dirs[entry.source] = ""
+    return dirs
+
+
+class _HashCache:
+    """SHA1 and SHA256 of files in cached, immutable layer tars: one JSON per tar, offset -> hashes."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.directory = cache.derived_dir / "sbom"
+        self.immutable = str(cache.derived_dir) + os.sep
+        self.loaded: dict[str, dict[str, list[str]]] = {}
+        self.dirty: set[str] = set()
+
+    def _table(self, path: str) -> dict[str, list[str]] | None:
+        if not path.startswith(self.immutable):
+            return None  # a host file (`files: source:`) may change: always read
+        if path not in self.loaded:
+            table: dict[str, list[str]] = {}
+            with contextlib.suppress(OSError, ValueError):
+                doc = json.loads((self.directory / self._key(path)).read_bytes())
+                if isinstance(doc, dict):
+                    table = doc
+            self.loaded[path] = table
+        return self.loaded[path]
+
+    @staticmethod
+    def _key(path: str) -> str:
+        return hashlib.sha256(path.encode()).hexdigest()[:32] + ".json"
+
+    def hashes(self, entry: Entry) -> tuple[str, str]:
+        data = entry.data
+        table = self._table(data.path) if isinstance(data, FileRegion) else None
+        key = f"{data.offset}:{data.size}" if isinstance(data, FileRegion) else ""
+        if table is not None and isinstance(known := table.get(key), list) and len(known) == 2:
+            return known[0], known[1]
+        sha1, sha256 = hashlib.sha1(usedforsecurity=False), hashlib.sha256()
+        with open_data(data) as f:
+            while chunk := f.read(CHUNK):
+                sha1.update(chunk)
+                sha256.update(chunk)
+        result = (sha1.hexdigest(), sha256.hexdigest())
+        if table is not None and isinstance(data, FileRegion):
+            table[key] = list(result)
+            self.dirty.add(data.path)
+        return result
+
+    def save(self) -> None:
+        """Keep the new hashes for the next build (only a speed-up: a failure is ignored)."""
+        for path in sorted(self.dirty):
+            with contextlib.suppress(OSError, UserError):
+                self.directory.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError, UserError), atomic_output(self.directory / self._key(path)) as f:
+                f.write(json.dumps(self.loaded[path], sort_keys=True, separators=(",", ":")).encode())
+
+
+def _verification_code(sha1s: Iterable[str]) -> dict[str, str]:
+    """SPDX's package verification code: the SHA1 of the sorted SHA1s of the package's files."""
+    return {"packageVerificationCodeValue":
+            hashlib.sha1("".join(sorted(sha1s)).encode(), usedforsecurity=False).hexdigest()}
+
+
+def _analysed(pkg: dict[str, Any], files: list[dict[str, Any]]) -> None:
+    """Mark `pkg` as having `files` (SPDX's hasFiles, which implies CONTAINS)."""
+    pkg["filesAnalyzed"] = True
+    pkg["packageVerificationCode"] = _verification_code(f["checksums"][0]["checksumValue"] for f in files)
+    pkg["licenseInfoFromFiles"] = [NOASSERTION]
+    pkg["hasFiles"] = [f["SPDXID"] for f in files]
+
+
+def _files(entries: list[Entry], hashes: _HashCache) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """SPDX files of every regular file (SHA1 first) and the source image of each file id."""
+    files, sources = [], {}
+    for entry in sorted((e for e in entries if e.kind is Kind.FILE), key=lambda e: e.path):
+        sha1, sha256 = hashes.hashes(entry)
+        raw = entry.path.encode("utf-8", "surrogateescape")  # a name need not be UTF-8
+        file_id = spdx_id("File", hashlib.sha256(raw).hexdigest()[:24])
+        files.append({"fileName": "./" + raw.decode("utf-8", "backslashreplace"), "SPDXID": file_id,
+                      "checksums": [{"algorithm": "SHA1", "checksumValue": sha1},
+                                    {"algorithm": "SHA256", "checksumValue": sha256}],
+                      "licenseConcluded": NOASSERTION, "copyrightText": NOASSERTION})
+        if entry.source:
+            sources[file_id] = entry.source
+    return files, sources
+
+
+def _image_package(index: int, ref: str, image: Image, uses: list[str], arch: str) -> dict[str, Any]:
+    parsed = parse_reference(ref)
+    repository = f"{parsed.registry}/{parsed.repository}"
+    return package(spdx_id("Package", "image", str(index), parsed.repository), repository,
+                   version=parsed.tag or image.digest, sha256=image.digest.removeprefix("sha256:"),
+                   purl=oci_purl(repository, image.digest, arch, parsed.tag), purpose="CONTAINER",
+                   comment=f"{ref} for linux/{arch}, used by: {', '.join(uses)}")
+
+
+def _label_debs(image: Image, owner: str, arch: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Packages and CONTAINS relationships from the `org.linuxkit-py.debs` label (name=version ...)."""
+    label = image.labels.get(DEBS_LABEL)
+    packages, relationships = [], []
+    for pin in str(label or "").split():
+        name, _, version = pin.partition("=")
+        if name and version:
+            pkg = package(spdx_id("Package", owner.removeprefix("SPDXRef-Package-"), "deb", name), name,
+                          version=version, purl=deb_purl(name, version, arch), supplier="Organization: Debian")
+            packages.append(pkg)
+            relationships.append(relationship(owner, "CONTAINS", pkg["SPDXID"]))
+    return packages, relationships
+
+
+def _kernel(entries: list[Entry], hashes: _HashCache) -> dict[str, Any] | None:
+    kernel = next((e for e in entries if e.path == "boot/kernel" and e.kind is Kind.FILE), None)
+    if kernel is None:
+        return None
+    release = next((m.group(1) for e in entries if (m := _MODULES_DIR.match(e.path + "/"))), None)
+    return package(KERNEL_ID, "linux", version=release, sha256=hashes.hashes(kernel)[1], licence="GPL-2.0-only",
+                   purpose="OPERATING-SYSTEM",
+                   comment=f"the kernel /boot/kernel, from {kernel.source}" if kernel.source else None)
+
+
+def build_sbom(inp: SbomInput) -> dict[str, Any]:
+    """The SPDX document of the build."""
+    hashes = _HashCache(inp.cache)
+    files, sources = _files(inp.entries, hashes)
+    root = package(IMAGE_ID, inp.name, version=inp.version, purpose="OPERATING-SYSTEM",
+                   comment=f"the linux/{inp.arch} image built by linuxkit-py")
+    _analysed(root, files)
+    parts: dict[str, list[dict[str, Any]]] = {"packages": [root], "files": files, "relationships": [],
+                                              "hasExtractedLicensingInfos": []}
+    kernel = _kernel(inp.entries, hashes)
+    if kernel is not None:
+        parts["packages"].append(kernel)
+        parts["relationships"].append(relationship(IMAGE_ID, "CONTAINS", KERNEL_ID))
+    uses, dirs = _uses(inp.spec), _content_dir(inp.entries)
+    owners: dict[str, str] = {}
+    for index, (ref, where) in enumerate(uses.items(), start=1):
+        image = inp.images.get(ref)
+        if image is None:
+            continue  # reused from --input-tar: not pulled, described by its files only
+        pkg = _image_package(index, ref, image, where, inp.arch)
+        owner = owners[ref] = pkg["SPDXID"]
+        _analysed(pkg, [f for f in files if sources.get(f["SPDXID"]) == ref])
+        parts["packages"].append(pkg)
+        parts["relationships"].append(relationship(IMAGE_ID, "CONTAINS", owner))
+        if kernel is not None and "kernel" in where:
+            parts["relationships"].append(relationship(owner, "CONTAINS", KERNEL_ID))
+        sboms = cached_sboms(inp.cache, image.ref, image.digest)
+        for n, sbom in enumerate(sboms):
+            merge_into(parts, sbom, prefix=f"{owner.removeprefix('SPDXRef-')}-{n}", stands_for=owner,
+                       path_prefix=dirs.get(ref, ""))
+        if not sboms:
+            packages, relationships = _label_debs(image, owner, inp.arch)
+            parts["packages"].extend(packages)
+            parts["relationships"].extend(relationships)
+    hashes.save()
+    return document(inp.name, inp.created, packages=parts["packages"], relationships=parts["relationships"],
+                    files=parts["files"], licences=parts["hasExtractedLicensingInfos"], describes=[IMAGE_ID],
+                    tool=f"linuxkit-py-{__version__}")
+
+
+def sbom_entries(path: str, sbom: bytes, entries: list[Entry]) -> list[Entry]:
+    """The SBOM as a file of the image (`--sbom-output PATH`; LinuxKit puts `sbom.spdx.json` at the root),
+    after the directories above it that the image lacks."""
+    target = normalize_path(path)
+    if not target:
+        raise UserError(f"--sbom-output {path!r}: not a file name in the image")
+    have = {e.path for e in entries}
+    if target in have:
+        raise UserError(f"--sbom-output {path!r}: the image already has /{target}")
+    made = [Entry(parent, Kind.DIR, 0o755, source="linuxkit-py", location="sbom")
+            for parent in parent_dirs(target) if parent not in have]
+    return [*made, Entry(target, Kind.FILE, 0o644, size=len(sbom), data=sbom, source="linuxkit-py",
+                         location="sbom")]
