@@ -10,14 +10,14 @@ docs/benchmarks.md, pass `--spec bench/.work/specs/full.yml --cache bench/.work/
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench import workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,14 +30,10 @@ def build(cache: Path, out: Path, spec: Path, *extra: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = workdir.parser()
     parser.add_argument("--spec", type=Path, default=ROOT / "specs" / "webserver.yml")
-    parser.add_argument("--cache", type=Path, help="cache directory (default: a new temporary one)")
-    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        cache = args.cache or work / "cache"
+    with workdir.workdir(args) as (work, cache):
         build(cache, work / "warmup", args.spec)
         hashes = cache / "linuxkit-py" / "sbom"
 

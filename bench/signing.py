@@ -9,12 +9,12 @@ A new key set (`keys create`) signs; one build fills the cache first. Prints a m
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench import workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "specs" / "webserver.yml"
@@ -37,13 +37,9 @@ def boot(image: Path, *extra: str | Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--cache", type=Path, help="cache directory (default: a new temporary one)")
-    parser.add_argument("--runs", type=int, default=3)
+    parser = workdir.parser()
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        cache = args.cache or work / "cache"
+    with workdir.workdir(args) as (work, cache):
         cli("keys", "create", work / "keys")
         sign = ("--sign-key", work / "keys" / "db.key", "--sign-cert", work / "keys" / "db.crt")
         build(cache, work / "warmup", ",".join(FORMATS))

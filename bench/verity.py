@@ -10,15 +10,14 @@ stretch each other's timings).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from bench import workdir
 from linuxkit_py.media.verity import append_verity_tree
 from linuxkit_py.run.image import detect_image
 from linuxkit_py.run.qemu import QemuOptions, boot_image
@@ -63,13 +62,9 @@ def tree_only(image: Path, work: Path) -> tuple[float, int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--cache", type=Path, help="cache directory (default: a new temporary one)")
-    parser.add_argument("--runs", type=int, default=3)
+    parser = workdir.parser()
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        cache = args.cache or work / "cache"
+    with workdir.workdir(args) as (work, cache):
         build(cache, work / "warmup", "--verity")
         plain = min(build(cache, work / "plain") for _ in range(args.runs))
         verity = min(build(cache, work / "verity", "--verity") for _ in range(args.runs))
