@@ -243,6 +243,10 @@ def build_sbom(inp: SbomInput) -> dict[str, Any]:
             packages, relationships = _label_debs(image, owner, inp.arch)
             parts["packages"].extend(packages)
             parts["relationships"].extend(relationships)
+    if kernel is not None:  # the Debian package the kernel came from, when an image's SBOM names it
+        deb = f"linux-image-{kernel.get('versionInfo')}"
+        parts["relationships"].extend(relationship(p["SPDXID"], "CONTAINS", KERNEL_ID)
+                                      for p in parts["packages"] if p.get("name") == deb)
     hashes.save()
     return document(inp.name, inp.created, packages=parts["packages"], relationships=parts["relationships"],
                     files=parts["files"], licences=parts["hasExtractedLicensingInfos"], describes=[IMAGE_ID],

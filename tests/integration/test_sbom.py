@@ -97,7 +97,7 @@ def test_every_debian_package_is_listed_with_version_source_licence_and_purl(bui
     assert packages["busybox-static"]["sourceInfo"].startswith("built package from: busybox ")
 
 
-def test_images_and_kernel_are_packages_of_the_image(built: Path) -> None:
+def test_images_and_kernel_are_packages_of_the_image(built: Path, cache_dir: Path) -> None:
     doc = sbom(built)
     packages = by_name(doc)
     runc = packages["docker.io/linuxkit-py/runc"]
@@ -115,6 +115,12 @@ def test_images_and_kernel_are_packages_of_the_image(built: Path) -> None:
     linux = packages["linux"]
     assert (linux["versionInfo"], linux["checksums"][0]["checksumValue"]) == (release, hashlib.sha256(kernel)
                                                                              .hexdigest())
+    debs = {p.name.split("_")[0]: p for p in debs_dir(Cache(cache_dir)).glob(f"linux-image-*_{host_arch()}.deb")}
+    debian_version = subprocess.run(["dpkg-deb", "-f", debs[f"linux-image-{release}"], "Version"], check=True,
+                                    capture_output=True, text=True).stdout.strip()
+    image_deb = packages[f"linux-image-{release}"]  # from the kernel package's SBOM, with its Debian version
+    assert image_deb["versionInfo"] == debian_version
+    assert (image_deb["SPDXID"], "SPDXRef-Kernel") in contains
     files = {f["SPDXID"]: f["fileName"] for f in doc["files"]}
     assert "./containers/services/httpd/rootfs/bin/busybox" in {files[i] for i in
                                                                packages["docker.io/linuxkit-py/httpd"]["hasFiles"]}
