@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from linuxkit_py.arch import get_arch, normalize_arch
-from linuxkit_py.archive.entry import Entry
-from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layers import unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
@@ -26,10 +24,9 @@ from linuxkit_py.rootfs.assemble import Assembly, assemble, metadata_writer
 from linuxkit_py.rootfs.kernelfile import decompressed_kernel
 from linuxkit_py.rootfs.reuse import needed_refs, reusable_sections
 from linuxkit_py.rootfs.sbom import SBOM_SUFFIX, SbomInput, build_sbom, sbom_entries
-from linuxkit_py.sbom.spdx import dumps
+from linuxkit_py.sbom.spdx import dumps, write_document
 from linuxkit_py.sign import load_signer
 from linuxkit_py.spec.load import load_specs, spec_to_yaml
-from linuxkit_py.spec.model import Spec
 from linuxkit_py.spec.resolve import resolve_spec
 from linuxkit_py.tools import require
 
@@ -211,9 +208,11 @@ def build(opts: BuildOptions) -> list[Path]:
         entries = decompressed_kernel(entries, cache.derived_dir)
     if opts.ab or any(fmt.name == "update" for fmt in formats):
         entries = [*entries, *ab_image_entries(ab_version(opts, epoch), arch, signer, epoch)]
-    sbom = _sbom(opts, spec, images, entries, cache, arch, epoch) if opts.sbom else None
-    if sbom is not None and opts.sbom_output:
-        entries = [*entries, *sbom_entries(opts.sbom_output, sbom, entries)]
+    sbom = SbomInput(opts.name or default_name(opts.paths), int(time.time()) if opts.sbom_current_time else epoch,
+                     spec, images, entries, cache, arch, _sbom_version(opts, epoch)) if opts.sbom else None
+    in_image = dumps(build_sbom(sbom)) if sbom is not None and opts.sbom_output else None
+    if in_image is not None and opts.sbom_output:
+        entries = [*entries, *sbom_entries(opts.sbom_output, in_image, entries)]
     assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
@@ -228,20 +227,20 @@ def build(opts: BuildOptions) -> list[Path]:
         with atomic_outputs(targets) as files:
             fmt.write(rootfs, files)
         written.extend(targets)
-    if sbom is not None:
+    if sbom is not None:  # made after the formats, so that its memory and theirs are not needed at once
         target = opts.directory / f"{name}{SBOM_SUFFIX}"
         with atomic_output(target) as f:
-            f.write(sbom)
+            if in_image is not None:
+                f.write(in_image)
+            else:
+                write_document(build_sbom(sbom), f)
         written.append(target)
     return written
 
 
-def _sbom(opts: BuildOptions, spec: Spec, images: dict[str, Image], entries: list[Entry], cache: Cache,
-          arch: str, epoch: int) -> bytes:
-    created = int(time.time()) if opts.sbom_current_time else epoch
-    version = ab_version(opts, epoch) if opts.ab or "update" in ",".join(opts.formats).split(",") else None
-    return dumps(build_sbom(SbomInput(opts.name or default_name(opts.paths), created, spec, images, entries, cache,
-                                      arch, version)))
+def _sbom_version(opts: BuildOptions, epoch: int) -> str | None:
+    """The image's version in its SBOM: that of an A/B image or update bundle."""
+    return ab_version(opts, epoch) if opts.ab or "update" in ",".join(opts.formats).split(",") else None
 
 
 def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:

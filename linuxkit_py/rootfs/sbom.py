@@ -36,6 +36,7 @@ from linuxkit_py.fsutil import atomic_output
 from linuxkit_py.registry.reference import parse_reference
 from linuxkit_py.sbom.debian import NOASSERTION
 from linuxkit_py.sbom.spdx import (
+    FileList,
     deb_purl,
     document,
     merge_into,
@@ -152,25 +153,22 @@ def _verification_code(sha1s: Iterable[str]) -> dict[str, str]:
             hashlib.sha1("".join(sorted(sha1s)).encode(), usedforsecurity=False).hexdigest()}
 
 
-def _analysed(pkg: dict[str, Any], files: list[dict[str, Any]]) -> None:
+def _analysed(pkg: dict[str, Any], files: list[tuple[str, str, str, str]]) -> None:
     """Mark `pkg` as having `files` (SPDX's hasFiles, which implies CONTAINS)."""
     pkg["filesAnalyzed"] = True
-    pkg["packageVerificationCode"] = _verification_code(f["checksums"][0]["checksumValue"] for f in files)
+    pkg["packageVerificationCode"] = _verification_code(sha1 for _, _, sha1, _ in files)
     pkg["licenseInfoFromFiles"] = [NOASSERTION]
-    pkg["hasFiles"] = [f["SPDXID"] for f in files]
+    pkg["hasFiles"] = [spdxid for _, spdxid, _, _ in files]
 
 
-def _files(entries: list[Entry], hashes: _HashCache) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """SPDX files of every regular file (SHA1 first) and the source image of each file id."""
+def _files(entries: list[Entry], hashes: _HashCache) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
+    """(fileName, SPDXID, SHA1, SHA256) of every regular file, and the source image of each file id."""
     files, sources = [], {}
     for entry in sorted((e for e in entries if e.kind is Kind.FILE), key=lambda e: e.path):
         sha1, sha256 = hashes.hashes(entry)
         raw = entry.path.encode("utf-8", "surrogateescape")  # a name need not be UTF-8
         file_id = spdx_id("File", hashlib.sha256(raw).hexdigest()[:24])
-        files.append({"fileName": "./" + raw.decode("utf-8", "backslashreplace"), "SPDXID": file_id,
-                      "checksums": [{"algorithm": "SHA1", "checksumValue": sha1},
-                                    {"algorithm": "SHA256", "checksumValue": sha256}],
-                      "licenseConcluded": NOASSERTION, "copyrightText": NOASSERTION})
+        files.append(("./" + raw.decode("utf-8", "backslashreplace"), file_id, sha1, sha256))
         if entry.source:
             sources[file_id] = entry.source
     return files, sources
@@ -216,8 +214,8 @@ def build_sbom(inp: SbomInput) -> dict[str, Any]:
     root = package(IMAGE_ID, inp.name, version=inp.version, purpose="OPERATING-SYSTEM",
                    comment=f"the linux/{inp.arch} image built by linuxkit-py")
     _analysed(root, files)
-    parts: dict[str, list[dict[str, Any]]] = {"packages": [root], "files": files, "relationships": [],
-                                              "hasExtractedLicensingInfos": []}
+    parts: dict[str, Any] = {"packages": [root], "files": FileList(files), "relationships": [],
+                             "hasExtractedLicensingInfos": []}
     kernel = _kernel(inp.entries, hashes)
     if kernel is not None:
         parts["packages"].append(kernel)
@@ -230,7 +228,7 @@ def build_sbom(inp: SbomInput) -> dict[str, Any]:
             continue  # reused from --input-tar: not pulled, described by its files only
         pkg = _image_package(index, ref, image, where, inp.arch)
         owner = owners[ref] = pkg["SPDXID"]
-        _analysed(pkg, [f for f in files if sources.get(f["SPDXID"]) == ref])
+        _analysed(pkg, [f for f in files if sources.get(f[1]) == ref])
         parts["packages"].append(pkg)
         parts["relationships"].append(relationship(IMAGE_ID, "CONTAINS", owner))
         if kernel is not None and "kernel" in where:
