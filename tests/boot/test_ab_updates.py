@@ -39,6 +39,8 @@ POLL_SECONDS = 3
 DATA_SIZE_MIB = 32
 DATA_SCRIPT = ("sed -n 's/^version=//p' /etc/linuxkit-py/image >>/data/versions && sync && "
                "echo \"versions on the data partition: $(tr '\\n' ' ' </data/versions)\"")
+HEALTH_HOOK = ("#!/bin/sh\ngrep -q ' /var/lib/data ' /proc/1/mounts || { echo 'no data partition'; exit 1; }\n"
+               "echo 'health.d: the data partition is mounted' >/dev/console\n")
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
@@ -71,6 +73,8 @@ def _spec(path: Path, registry: str, broken: bool = False) -> Path:
                     "binds": ["/var/lib/data:/data", "/etc/linuxkit-py:/etc/linuxkit-py:ro"],
                     "command": ["/bin/sh", "-c", DATA_SCRIPT]}],
         "services": services,
+        # the image's own health check: run by the agent in its container, where the host's mounts are pid 1's
+        "files": [{"path": "etc/linuxkit-py/health.d/10-data", "mode": "0755", "contents": HEALTH_HOOK}],
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -179,7 +183,8 @@ def test_update_then_a_broken_version_rolls_back_by_itself(built: Built, registr
     _publish(registry, built.bundles["2"])
     at = dev.wait_for("update: version 2 is in slot b; it boots next, with 3 tries", at)
     at = dev.wait_for("stage1: root: /dev/vda3", at)  # slot B
-    at = dev.wait_for("update: version 2 (slot b) marked good", at)
+    hook = dev.wait_for("health.d: the data partition is mounted", at)  # the image's own check passed
+    at = dev.wait_for("update: version 2 (slot b) marked good", hook)
     assert "versions on the data partition: 1 2 \n" in dev.console()  # the update left the data alone
 
     _publish(registry, built.bundles["3-broken"])
