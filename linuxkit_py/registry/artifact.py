@@ -85,8 +85,9 @@ def push_bundle(bundle: Path, destination: str, options: RegistryOptions) -> str
     """Push NAME.update as an artifact to `destination` (REGISTRY/REPO[:TAG]); the manifest's digest."""
     info = bundle_info(bundle)
     host = destination.split("/", 1)[0]
-    if "/" not in destination:
-        raise UserError(f"{destination}: give REGISTRY/REPOSITORY[:TAG]", hint="e.g. 127.0.0.1:5000/device:2")
+    if "/" not in destination or "@" in destination:
+        raise UserError(f"{destination}: give REGISTRY/REPOSITORY[:TAG]", hint="e.g. 127.0.0.1:5000/device:2 (the "
+                        "digest is the bundle's, printed after the push)")
     dest = parse_reference(registry_destination(host, destination.split("/", 1)[1]))
     bundle_digest = _sha256(bundle)
     data = artifact_manifest(bundle, bundle_digest, info)

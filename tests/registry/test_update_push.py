@@ -67,12 +67,18 @@ def test_what_is_no_update_artifact_is_refused(registry: RegistryProcess, images
     assert line.endswith("is not an update artifact (no application/vnd.linuxkit-py.update.v1.tar layer)")
 
 
-def test_pushing_what_is_no_bundle_or_to_no_registry_is_one_line(registry: RegistryProcess, tmp_path: Path) -> None:
+def test_pushing_what_is_no_bundle_or_to_no_registry_is_one_line(registry: RegistryProcess, keys: Keys,
+                                                                 tmp_path: Path) -> None:
     junk = tmp_path / "junk.update"
     junk.write_bytes(b"not a tar" * 100)
     result = _push(junk, f"{registry.host}/updates/junk:1")
     assert result.returncode == 1
     assert result.stderr.decode().strip().splitlines() == [
         f"linuxkit-py: {junk} is not an update bundle (hint: make one with `linuxkit-py build -f update`)"]
-    result = _push(junk, "device:1")
-    assert result.returncode == 1 and len(result.stderr.decode().strip().splitlines()) == 1
+    bundle = _bundle(tmp_path / "device.update", keys[0])
+    for ref in ("device:1", f"{registry.host}/updates/device@sha256:{'0' * 64}"):
+        result = _push(bundle, ref)
+        assert result.returncode == 1
+        assert result.stderr.decode().strip().splitlines() == [
+            f"linuxkit-py: {ref}: give REGISTRY/REPOSITORY[:TAG] (hint: e.g. 127.0.0.1:5000/device:2 (the digest is "
+            "the bundle's, printed after the push))"]
