@@ -9,9 +9,12 @@ proof that it was accepted. Applying one on a real A/B disk is tests/boot/test_a
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -162,3 +165,21 @@ def test_the_images_own_health_checks_decide_with_the_services(tmp_path: Path) -
     assert slow.stdout == "unhealthy: health check 10-slow: exit 124: did not finish within 1s\n"
     restarted = _health(tmp_path / "restarted", {"10-web": "exit 1"}, {"web": ("running", "2")})
     assert restarted.stdout == "unhealthy: service web: running, 2 restarts\n"  # the services are checked first
+
+
+def test_a_bundle_over_http_is_checked_like_a_file(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    ours, _ = keys
+    served = tmp_path / "served"
+    served.mkdir()
+    _bundle(served / "v2.update", ours)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert _refusal(_apply(tmp_path, ours, f"{url}/v2.update")) == ACCEPTED
+        missing = f"{url}/v3.update"
+        assert _refusal(_apply(tmp_path, ours, missing)) == f"update: refused: cannot download {missing}"
+    finally:
+        server.shutdown()
