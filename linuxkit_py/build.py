@@ -64,6 +64,7 @@ class BuildOptions:
     sbom: bool = True  # NAME.spdx.json beside the outputs (--no-sbom: none)
     sbom_output: str | None = None  # --sbom-output PATH: the SBOM also in the image at PATH, as LinuxKit puts it
     sbom_current_time: bool = False  # --sbom-current-time: the SBOM's creation time is now, not the epoch
+    data_size: int | None = None  # --data-size, bytes: the --ab disk's data partition
 
 
 def source_date_epoch() -> int:
@@ -136,12 +137,15 @@ def ab_version(opts: BuildOptions, epoch: int) -> str:
 def _ab_layout(opts: BuildOptions, epoch: int) -> AbLayout | None:
     if not opts.ab and "update" not in opts.formats and not any("update" in f.split(",") for f in opts.formats):
         return None
-    return AbLayout(version=ab_version(opts, epoch), slot_size=opts.slot_size)
+    return AbLayout(version=ab_version(opts, epoch), slot_size=opts.slot_size, data_size=opts.data_size)
 
 
 def _check_ab(opts: BuildOptions, formats: list[Format]) -> None:
     """--ab is a layout of the EFI disks; the other formats have no slots."""
     if not opts.ab:
+        if opts.data_size:
+            raise UserError("--data-size is a partition of an --ab disk",
+                            hint="add --ab (with -f raw-efi or qcow2-efi)")
         return
     others = [fmt.name for fmt in formats if fmt.name not in AB_FORMATS]
     if others:

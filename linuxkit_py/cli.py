@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--image-version", metavar="VERSION", help="the version of an --ab image or update bundle "
                    "(dotted numbers; default: the build's epoch, $SOURCE_DATE_EPOCH)")
     b.add_argument("--slot-size", metavar="SIZE", help="--ab: size of each root slot (default: twice the root image)")
+    b.add_argument("--data-size", metavar="SIZE", help="--ab: add a data partition of SIZE (ext4, mounted on "
+                   "/var/lib/data; updates never write it)")
     b.add_argument("--verity", action="store_true",
                    help="protect the root image with dm-verity (with --root squashfs|erofs, kernel+squashfs/erofs)")
     b.add_argument("--dry-run", action="store_true", help="print the merged, resolved spec and stop")
@@ -166,6 +168,13 @@ def _parser() -> argparse.ArgumentParser:
     kcreate.add_argument("--name", default="linuxkit-py", help="common name prefix of the certificates "
                          "(default linuxkit-py: 'linuxkit-py PK', ...)")
     kcreate.add_argument("--days", type=int, default=3650, help="validity of the certificates (default 3650)")
+    update = sub.add_parser("update", help="A/B update bundles (docs/updates.md)")
+    usub = update.add_subparsers(dest="update_command", required=True)
+    upush = usub.add_parser("push", help="push NAME.update (`build -f update`) to a registry as an OCI artifact, "
+                            "for `update apply oci://REGISTRY/REPO:TAG` on a device")
+    upush.add_argument("bundle", type=Path, metavar="NAME.update")
+    upush.add_argument("ref", metavar="REGISTRY/REPO[:TAG]")
+    _add_registry_options(upush, mirror=False)
     sub.add_parser("version", help="print the version")
     _add_persistent_log_options(parser)
     return parser
@@ -241,6 +250,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         sbom=not args.no_sbom,
         sbom_output=args.sbom_output,
         sbom_current_time=args.sbom_current_time,
+        data_size=parse_size(args.data_size) if args.data_size else None,
     )
     for path in build(opts):
         log.warning("wrote %s", path)
@@ -476,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "keys":
             return _cmd_keys(args)
+        if args.command == "update":
+            from linuxkit_py.registry.artifact import push_bundle
+
+            print(f"{args.ref.split('@')[0]}@{push_bundle(args.bundle, args.ref, _registry_options(args))}")
+            return 0
         if args.command == "serve":
             return serve_directory(args.directory, args.port)
         if args.command == "completion":

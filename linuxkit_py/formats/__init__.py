@@ -26,6 +26,7 @@ class AbLayout:
 
     version: str  # --image-version: what the boot menu sorts by and what updates compare
     slot_size: int | None = None  # --slot-size, bytes; None: twice the root image, in whole MiB
+    data_size: int | None = None  # --data-size, bytes: a data partition after the slots; None: none
 
 
 @dataclass

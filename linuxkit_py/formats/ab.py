@@ -10,7 +10,10 @@ An A/B disk is a GPT disk with an EFI System Partition and two root slots:
   and an entry with no tries left sorts after the others, so the previous version boots again);
 * slot A (GPT name `linuxkit-a`) holds the root image (squashfs or erofs, with its dm-verity tree under
   --verity), slot B (`linuxkit-b`) is empty. Stage one (in every UKI) finds its own root image by content,
-  so a UKI boots whichever slot holds its image.
+  so a UKI boots whichever slot holds its image;
+* with --data-size, a data partition (GPT name `linuxkit-data`) after the slots: an ext4 filesystem made
+  here (fixed UUID, hash seed and times: the same bytes every build) that pkg/init mounts on /var/lib/data
+  and that updates never write.
 
 An update bundle, NAME.update, is a tar of `manifest` (key=value lines: version, architecture, sizes and
 sha256 of the root image and the UKI), `manifest.sig` (an RSA PKCS #1 v1.5 sha256 signature of the manifest
@@ -20,6 +23,7 @@ reads the rest. pkg/update applies it (docs/updates.md).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import uuid
@@ -52,7 +56,7 @@ from linuxkit_py.media.partitions import (
 )
 from linuxkit_py.sign import Signer
 from linuxkit_py.sign.keys import read_cert, read_key
-from linuxkit_py.tools import require_file
+from linuxkit_py.tools import require_file, run
 
 BUNDLE_FORMAT = "linuxkit-py-update/1"
 AB_FORMATS = ("raw-efi", "qcow2-efi", "update")  # what --ab applies to (update: the bundle of such a disk)
@@ -71,6 +75,11 @@ MIN_ESP = 64 * MIB
 # Discoverable Partitions Specification: the root partition types, per architecture.
 ROOT_TYPES = {"amd64": uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
               "arm64": uuid.UUID("b921b045-1df0-41c3-af44-4c6f280d3fae")}
+# The data partition: the GPT type "Linux filesystem data", not the Discoverable Partitions "var" type, which
+# means the whole of /var and is for systemd to mount (bound to the machine id); ours is /var/lib/data.
+DATA_TYPE = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4")
+DATA_NAME = "linuxkit-data"  # the GPT partition name (what pkg/init looks for) and the ext4 label
+MIN_DATA = 8 * MIB
 HOST_SYSTEMD_BOOT = "usr/lib/systemd/boot/efi/systemd-boot{efi}.efi"
 SYSTEMD_BOOT_ASSET = "systemd-boot"
 # In the root filesystem of an A/B image or a bundle (added by the build, covered by verity): what the
@@ -173,13 +182,18 @@ def write_ab_disk(rootfs: Rootfs, path: Path, workdir: Path, *, size_unit: int =
     esp_start = PARTITION_ALIGNMENT
     slot_a = esp_start + esp_size
     slot_b = slot_a + slot_size
-    needed = slot_b + slot_size + GPT_TAIL
+    data_start = slot_b + slot_size
+    data_size = _data_size(layout.data_size if layout else None)
+    needed = data_start + data_size + GPT_TAIL
     if options.size is not None and options.size < needed:
-        raise UserError(f"{fmt} --ab: the disk needs at least {needed // MIB} MiB (ESP {esp_size // MIB}, two slots "
-                        f"of {slot_size // MIB}); --size is {options.size // MIB} MiB",
-                        hint=f"give --size {-(-needed // MIB)}M or more, or a smaller --slot-size")
+        data = f", data {data_size // MIB}" if data_size else ""
+        raise UserError(f"{fmt} --ab: the disk needs at least {-(-needed // MIB)} MiB (ESP {esp_size // MIB}, two "
+                        f"slots of {slot_size // MIB}{data}); --size is {options.size // MIB} MiB",
+                        hint=f"give --size {-(-needed // MIB)}M or more, or a smaller --slot-size"
+                             f"{' or --data-size' if data_size else ''}")
     disk_size = options.size if options.size is not None else align_up(needed, size_unit)
-    digest = content_digest([*files, ("root.img", slot.image)], b"ab %d %d" % (disk_size, slot_size))
+    salt = b"ab %d %d" % (disk_size, slot_size) + (b" data %d" % data_size if data_size else b"")
+    digest = content_digest([*files, ("root.img", slot.image)], salt)
     path.write_bytes(b"")
     write_fat(path, files, label=ESP_LABEL, epoch=rootfs.epoch, size=esp_size, offset=esp_start,
               directories=(ENTRY_DIR,))
@@ -187,6 +201,8 @@ def write_ab_disk(rootfs: Rootfs, path: Path, workdir: Path, *, size_unit: int =
         out.seek(slot_a)
         shutil.copyfileobj(image, out, 1 << 20)
     _grow(path, disk_size)
+    if data_size:
+        write_data_filesystem(path, data_start, data_size, digest, rootfs.epoch)
     root_type = ROOT_TYPES[options.arch]
 
     def part(start: int, size: int, type_guid: uuid.UUID, name: str) -> GptPartition:
@@ -196,8 +212,33 @@ def write_ab_disk(rootfs: Rootfs, path: Path, workdir: Path, *, size_unit: int =
     partitions = [part(esp_start, esp_size, ESP_TYPE_GUID, ESP_NAME),
                   part(slot_a, slot_size, root_type, SLOT_NAME.format(slot="a")),
                   part(slot_b, slot_size, root_type, SLOT_NAME.format(slot="b"))]
+    if data_size:
+        partitions.append(part(data_start, data_size, DATA_TYPE, DATA_NAME))
     _write_at(path, gpt_tables(disk_size // SECTOR, partitions, derived_guid(digest, "disk")))
     return RawDisk(disk_size, digest)
+
+
+def _data_size(size: int | None) -> int:
+    """--data-size in bytes (0: no data partition): whole MiB, at least MIN_DATA."""
+    if not size:
+        return 0
+    if size % MIB or size < MIN_DATA:
+        raise UserError(f"--data-size {size}: must be whole MiB and at least {MIN_DATA // MIB} MiB",
+                        hint="e.g. --data-size 256M")
+    return size
+
+
+def write_data_filesystem(path: Path, offset: int, size: int, digest: bytes, epoch: int) -> None:
+    """An empty ext4 filesystem labelled DATA_NAME at `offset` of the disk `path`, `size` bytes: its UUID and
+    directory hash seed derived from the disk's digest and every time stamp `epoch` (E2FSPROGS_FAKE_TIME), so
+    the same inputs give the same bytes (with the same e2fsprogs)."""
+    fs_uuid, hash_seed = derived_guid(digest, "data-fs"), derived_guid(digest, "data-hash-seed")
+    # the partition is a hole of the new disk file (and mke2fs discards it: punches it on a file), so the inode
+    # tables and journal are zero without writing them: the disk stays sparse, the bytes are those of zeroing
+    extended = f"offset={offset},hash_seed={hash_seed},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=1"
+    run(["mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", DATA_NAME, "-U", str(fs_uuid), "-E", extended,
+         str(path), f"{size // 1024}k"], capture=True,
+        env={**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch), "MKE2FS_DEVICE_SECTSIZE": str(SECTOR)})
 
 
 def manifest(version: str, arch: str, slot: Slot) -> bytes:

@@ -5,12 +5,18 @@
 #                                      check a bundle (`build -f update`) and write it to the other slot
 #   update mark-good                   end the trial of the running version (keep it)
 #   update agent [URL]                 the service: health check of a trial boot, then poll URL
-# Environment: UPDATE_HEALTH_SECONDS (30), UPDATE_POLL_SECONDS (300), UPDATE_TRIES (3).
+#   update health                      the health check now: "healthy", or the problem and exit 1
+# URL: http:// or https:// (the bundle), or oci+http://HOST/REPO[:TAG] (oci://: over https), an artifact that
+# `linuxkit-py update push` put in a registry (anonymous pulls).
+# Environment: UPDATE_HEALTH_SECONDS (30), UPDATE_POLL_SECONDS (300), UPDATE_TRIES (3),
+# UPDATE_HEALTH_HOOK_SECONDS (30).
 # Every refusal is one line on stderr and writes nothing; the running slot is never written.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 IMAGE=${UPDATE_IMAGE:-/etc/linuxkit-py/image}       # version= and arch= of the running image (in its root)
 CERT=${UPDATE_CERT:-/etc/linuxkit-py/update.crt}    # what bundles must be signed by
-SERVICES=/run/linuxkit-py/services                   # the runtime's per-service state (host's /run)
+SERVICES=${UPDATE_SERVICES:-/run/linuxkit-py/services}  # the runtime's per-service state (host's /run)
+HEALTH_DIR=${UPDATE_HEALTH_DIR:-/etc/linuxkit-py/health.d}  # the image's own checks (spec `files:`)
+HOOK_SECONDS=${UPDATE_HEALTH_HOOK_SECONDS:-30}      # how long one check may take
 WORK=${UPDATE_WORK:-/tmp/update}
 ESP=/run/update-esp
 EFIVARS=${UPDATE_EFIVARS:-/run/update-efivars}      # efivarfs, mounted here when it is not yet
@@ -110,11 +116,57 @@ status() {
     umount "$ESP"
 }
 
-# fetch SRC FILE: a local bundle or one over HTTP
-fetch() {
+OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
+BUNDLE_MEDIA_TYPE=application/vnd.linuxkit-py.update.v1.tar   # the artifact's one layer: the bundle
+
+# oci_blob SRC: for oci://HOST/REPO[:TAG|@DIGEST] (https) or oci+http://... (http), the URL of the bundle
+# blob of the artifact there (registry/artifact.py), a space and its digest; nothing and 1 otherwise (the
+# reason on stderr). busybox has no JSON parser: the layer's digest is read from the manifest with sed.
+oci_blob() {
+    local scheme rest host path repo ref manifest digest
     case $1 in
+        oci+http://*) scheme=http rest=${1#oci+http://} ;;
+        oci://*) scheme=https rest=${1#oci://} ;;
+        *) return 1 ;;
+    esac
+    host=${rest%%/*} path=${rest#*/}
+    case $path in
+        *@sha256:*) repo=${path%@*} ref=${path#*@} ;;
+        *:*) repo=${path%:*} ref=${path##*:} ;;
+        *) repo=$path ref=latest ;;
+    esac
+    [ "$host" != "$rest" ] && [ -n "$host" ] && [ -n "$repo" ] ||
+        { echo "$1: not oci://HOST/REPOSITORY[:TAG]" >&2; return 1; }
+    manifest=$(wget -q -O - --header "Accept: $OCI_MANIFEST" "$scheme://$host/v2/$repo/manifests/$ref" 2>/dev/null |
+        tr -d ' \n\r\t') || manifest=
+    [ -n "$manifest" ] || { echo "cannot download $1 (no manifest at $scheme://$host/v2/$repo/manifests/$ref)" >&2
+                            return 1; }
+    case $manifest in *"\"mediaType\":\"$BUNDLE_MEDIA_TYPE\""*) ;; *) manifest= ;; esac
+    digest=$(echo "$manifest" | sed -n 's|.*"layers":\[{[^]]*"digest":"\(sha256:[0-9a-f]\{64\}\)".*|\1|p')
+    [ -n "$digest" ] || { echo "$1 is not an update artifact (no $BUNDLE_MEDIA_TYPE layer)" >&2; return 1; }
+    echo "$scheme://$host/v2/$repo/blobs/$digest $digest"
+}
+
+# fetch SRC FILE: a local bundle, one over HTTP, or the bundle of an artifact in a registry
+fetch() {
+    local blob
+    case $1 in
+        oci://*|oci+http://*)
+            blob=$(oci_blob "$1" 2>"$WORK/oci.err") || refuse "$(cat "$WORK/oci.err")"
+            wget -q -O "$2" "${blob% *}" || refuse "cannot download $1 (${blob% *})"
+            [ "sha256:$(sha256sum "$2" | cut -d' ' -f1)" = "${blob#* }" ] ||
+                refuse "$1: the bundle is not the blob its manifest names (${blob#* })" ;;
         http://*|https://*) wget -q -O "$2" "$1" || refuse "cannot download $1" ;;
         *) [ -f "$1" ] || refuse "no bundle $1"; cp "$1" "$2" || refuse "cannot read $1" ;;
+    esac
+}
+
+# bundle_url SRC: where the bundle's bytes are (for the agent's poll of its first KiBs)
+bundle_url() {
+    local blob
+    case $1 in
+        oci://*|oci+http://*) blob=$(oci_blob "$1" 2>/dev/null) && echo "${blob% *}" ;;
+        *) echo "$1" ;;
     esac
 }
 
@@ -223,11 +275,27 @@ healthy() {
             return 1
         fi
     done
+    hooks
+}
+
+# hooks: every executable in HEALTH_DIR, in name order, in this container (busybox, host network and pids);
+# the first that exits non-zero (or outlives HOOK_SECONDS) makes the version unhealthy
+hooks() {
+    local hook out status
+    for hook in "$HEALTH_DIR"/*; do
+        [ -f "$hook" ] && [ -x "$hook" ] || continue
+        out=$(timeout "$HOOK_SECONDS" "$hook" </dev/null 2>&1)
+        status=$?
+        [ "$status" = 0 ] && continue
+        case $status in 124|143) out="did not finish within ${HOOK_SECONDS}s" ;; esac   # GNU, busybox
+        echo "health check ${hook##*/}: exit $status${out:+: $(echo "$out" | tail -n 1)}"
+        return 1
+    done
     return 0
 }
 
 agent() {
-    local url=$1 problem failed version
+    local url=$1 problem failed version bundle
     say "running version $(version_now) from slot $(running_slot || echo '?')"
     if on_trial; then
         say "version $(version_now) is on trial: checking its services for ${HEALTH}s"
@@ -245,7 +313,7 @@ agent() {
     while :; do
         rm -rf "$WORK.poll"; mkdir -p "$WORK.poll"
         # the manifest is the first member: the first KiBs of the bundle hold it
-        if wget -q -O - "$url" 2>/dev/null | head -c 4096 >"$WORK.poll/head" &&
+        if bundle=$(bundle_url "$url") && wget -q -O - "$bundle" 2>/dev/null | head -c 4096 >"$WORK.poll/head" &&
                 version=$(tar -xOf "$WORK.poll/head" manifest 2>/dev/null | sed -n 's/^version=//p') &&
                 [ -n "$version" ] && newer "$version" "$(version_now)"; then
             mount_esp
@@ -270,6 +338,7 @@ case $command in
     apply) apply "$@" ;;
     mark-good) mark_good ;;
     agent) agent "$@" ;;
-    *) echo "usage: update status | apply FILE|URL [--allow-downgrade] [--reboot] | mark-good | agent [URL]" >&2
+    health) if problem=$(healthy); then echo healthy; else echo "unhealthy: $problem"; exit 1; fi ;;
+    *) echo "usage: update status | apply FILE|URL [--allow-downgrade] [--reboot] | mark-good | agent [URL] | health" >&2
        exit 2 ;;
 esac

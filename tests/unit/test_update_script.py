@@ -9,9 +9,12 @@ proof that it was accepted. Applying one on a real A/B disk is tests/boot/test_a
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -43,7 +46,7 @@ def _bundle(path: Path, keys_dir: Path, version: str = "2", arch: str = "amd64")
     return path
 
 
-def _apply(tmp_path: Path, keys_dir: Path, bundle: Path, *args: str, running: str = "1",
+def _apply(tmp_path: Path, keys_dir: Path, bundle: Path | str, *args: str, running: str = "1",
            cert: bool = True) -> subprocess.CompletedProcess[str]:
     image = tmp_path / "image"
     image.write_text(f"version={running}\narch=amd64\n")
@@ -129,3 +132,54 @@ def test_what_is_no_bundle_or_no_file_or_has_no_certificate_is_refused(keys: tup
     assert "no bundle" in _refusal(_apply(tmp_path, ours, tmp_path / "missing.update"))
     bundle = _bundle(tmp_path / "v2.update", ours)
     assert "takes no updates" in _refusal(_apply(tmp_path, ours, bundle, cert=False))
+
+
+
+def _health(tmp_path: Path, hooks: dict[str, str], services: dict[str, tuple[str, str]] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    """`update health` with these health.d files (name -> script; a name ending in .txt is not executable) and
+    services (name -> status, restarts)."""
+    health_dir = tmp_path / "health.d"
+    health_dir.mkdir(parents=True)
+    for name, body in hooks.items():
+        hook = health_dir / name
+        hook.write_text(f"#!/bin/sh\n{body}\n")
+        hook.chmod(0o644 if name.endswith(".txt") else 0o755)
+    state = tmp_path / "services"
+    for name, (status, restarts) in (services or {"web": ("running", "0")}).items():
+        (state / name).mkdir(parents=True)
+        (state / name / "status").write_text(f"{status}\n")
+        (state / name / "restarts").write_text(f"{restarts}\n")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "UPDATE_SERVICES": str(state), "UPDATE_HEALTH_DIR": str(health_dir),
+           "UPDATE_HEALTH_HOOK_SECONDS": "1", "UPDATE_CONSOLE": "/dev/null"}
+    return subprocess.run(["sh", str(SCRIPT), "health"], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_the_images_own_health_checks_decide_with_the_services(tmp_path: Path) -> None:
+    passing = _health(tmp_path / "ok", {"10-web": "exit 0", "notes.txt": "exit 1"})  # notes.txt: not executable
+    assert (passing.returncode, passing.stdout) == (0, "healthy\n")
+    failing = _health(tmp_path / "bad", {"10-web": "exit 0", "30-never-run": "exit 1",
+                                         "20-db": "echo starting\necho 'no answer on :5432'\nexit 3"})
+    assert (failing.returncode, failing.stdout) == (1, "unhealthy: health check 20-db: exit 3: no answer on :5432\n")
+    slow = _health(tmp_path / "slow", {"10-slow": "sleep 5"})
+    assert slow.stdout == "unhealthy: health check 10-slow: exit 124: did not finish within 1s\n"
+    restarted = _health(tmp_path / "restarted", {"10-web": "exit 1"}, {"web": ("running", "2")})
+    assert restarted.stdout == "unhealthy: service web: running, 2 restarts\n"  # the services are checked first
+
+
+def test_a_bundle_over_http_is_checked_like_a_file(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    ours, _ = keys
+    served = tmp_path / "served"
+    served.mkdir()
+    _bundle(served / "v2.update", ours)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert _refusal(_apply(tmp_path, ours, f"{url}/v2.update")) == ACCEPTED
+        missing = f"{url}/v3.update"
+        assert _refusal(_apply(tmp_path, ours, missing)) == f"update: refused: cannot download {missing}"
+    finally:
+        server.shutdown()
