@@ -11,6 +11,7 @@ its content id, loop-mounts it under a tmpfs overlay and switch_roots; the comma
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,7 +60,12 @@ def boot_files(rootfs: Rootfs, medium: str, workdir: Path, *, whole_image_id: bo
     write_root_image(rootfs, image, root)
     location = root_location(rootfs, image, root, image_path=name)  # with --verity, the tree appended
     cmdline = verity_cmdline(cmdline, location)
-    if whole_image_id:
+    if whole_image_id and location.verity is not None:  # the tree's top block names the version
+        with open(image, "rb") as f:
+            f.seek(location.verity.hash_offset)
+            top = hashlib.sha256(f.read(4096)).hexdigest()
+        location = replace(location, probe_offset=location.verity.hash_offset, probe_sha256=top)
+    elif whole_image_id:
         location = replace(location, size=image.stat().st_size, sha256=file_sha256(image))
     with open(initrd, "wb") as out:
         write_stage1_initrd(rootfs, out, location=location, medium=medium)

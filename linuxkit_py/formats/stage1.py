@@ -52,7 +52,7 @@ CONSOLE = (5, 1)  # /dev/console, for the kernel to open as stage one's stdio
 DIR_MODE, FILE_MODE, EXEC_MODE, CONSOLE_MODE = 0o755, 0o644, 0o755, 0o600
 # Mount points stage one uses; they stay behind (hidden) after switch_root.
 MOUNT_POINTS = ("dev", "lower", "medium", "newroot", "overlay", "proc", "sys")
-APPLETS = ("cat", "find", "grep", "head", "ls", "mkdir", "modprobe", "mount", "poweroff", "sh", "sha256sum",
+APPLETS = ("cat", "dd", "find", "grep", "head", "ls", "mkdir", "modprobe", "mount", "poweroff", "sh", "sha256sum",
            "sleep", "sort", "switch_root", "umount", "wc", "xargs")
 # --verity: the kernel command line parameter with the root hash, dmsetup (Debian's, dynamic) where the
 # image may have it, the device-mapper name of the verified root, the modules (dm_mod, dm_bufio: deps)
@@ -91,6 +91,11 @@ class RootLocation:
     size: int = 0
     sha256: str = ""
     verity: VerityTree | None = None  # --verity: the tree appended to the image, opened with dmsetup
+    # When set, a device is the image only if the 4 KiB at `probe_offset` have this sha256 (hex) too: on an A/B
+    # disk with --verity, the top block of the hash tree, which any change of the image's data changes, and
+    # which dm-verity then holds the rest of the image to (one read of the image, not two).
+    probe_offset: int = 0
+    probe_sha256: str = ""
 
 
 def verity_cmdline(cmdline: str, location: RootLocation) -> str:
@@ -349,6 +354,8 @@ def _conf(location: RootLocation, medium: str, load: Sequence[str], softdeps: Se
     }
     if location.sha256:  # only then: the other images' stage1.conf stays as it was
         values |= {"ROOT_SIZE": str(location.size), "ROOT_SHA256": location.sha256}
+    if location.probe_sha256:
+        values |= {"ROOT_PROBE_BLOCK": str(location.probe_offset // 4096), "ROOT_PROBE_SHA256": location.probe_sha256}
     if location.verity is not None:
         values |= _verity_conf(location.verity, dmsetup)
     lines = ["# written by linuxkit-py: what stage one (/init) looks for"]
@@ -476,11 +483,17 @@ coldplug() {
     done
 }
 
-# has_root_id FILE: the first 4 KiB of FILE are those of the root image (and, with ROOT_SHA256, its
-# first ROOT_SIZE bytes are the whole image)
+# has_root_id FILE: the first 4 KiB of FILE are those of the root image (and, with ROOT_PROBE_SHA256, so is
+# the 4 KiB block ROOT_PROBE_BLOCK, the top of its verity tree; with ROOT_SHA256, its first ROOT_SIZE bytes are
+# the whole image)
 has_root_id() {
     set -- "$1" $(head -c 4096 "$1" 2>/dev/null | sha256sum)
     [ "$2" = "$ROOT_ID" ] || return 1
+    if [ -n "$ROOT_PROBE_SHA256" ]; then
+        set -- $(dd if="$1" bs=4096 skip="$ROOT_PROBE_BLOCK" count=1 2>/dev/null | sha256sum)
+        [ "$1" = "$ROOT_PROBE_SHA256" ]
+        return
+    fi
     [ -n "$ROOT_SHA256" ] || return 0
     set -- $(head -c "$ROOT_SIZE" "$1" 2>/dev/null | sha256sum)
     [ "$1" = "$ROOT_SHA256" ]

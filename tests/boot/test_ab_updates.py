@@ -13,6 +13,7 @@ The guest reaches the host's registry at 10.0.2.2 (qemu user networking). Each i
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -263,3 +264,39 @@ def test_a_data_partition_that_does_not_fit_is_one_line(built: Built, cache_dir:
     assert result.returncode == 1
     assert result.stderr.decode().strip().splitlines() == [
         "linuxkit-py: --data-size is a partition of an --ab disk (hint: add --ab (with -f raw-efi or qcow2-efi))"]
+
+
+VERITY_CHANGED = "stage1: error: the root image fails dm-verity verification: it was changed after the build"
+
+
+@pytest.mark.boot
+def test_a_verity_ab_disk_boots_its_slot_and_a_changed_slot_stops_the_boot(
+        built: Built, cache_dir: Path, registry: RegistryProcess, tmp_path: Path, device: list[Device]) -> None:
+    """`--ab --verity`: each slot is a verity image; stage one knows its slot by the top block of the hash tree
+    (its sha256 in the signed UKI), so one changed byte anywhere else in the slot is dm-verity's to find."""
+    spec = _spec(tmp_path / "device.yml", f"10.0.2.2:{registry.port}")
+    _build(cache_dir, tmp_path / "out", spec, built.keys, "--ab", "--verity", "--image-version", "1", "-f", "raw-efi")
+    disk = tmp_path / "out" / f"{NAME}-efi.img"
+    dev = Device(disk, built.keys, tmp_path / "verified.log")
+    device.append(dev)
+    at = dev.wait_for("update: running version 1 from slot a")
+    console = dev.console()
+    assert re.search(r"stage1: dm-verity: /dev/vda2 verified \(root hash [0-9a-f]{16}\)", console), console[-3000:]
+    assert "secureboot: Secure boot enabled" in console[:at]
+    dev.power_cut()
+
+    import json
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    slot_a = table["partitions"][1]["start"] * 512
+    with open(disk, "r+b") as f:  # one byte inside the squashfs of slot A (not its first 4 KiB)
+        f.seek(slot_a + 1 * MIB)
+        byte = f.read(1)
+        f.seek(slot_a + 1 * MIB)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    changed = Device(disk, built.keys, tmp_path / "changed.log")
+    device.append(changed)
+    changed.proc.wait(timeout=180)  # stage one powers the machine off
+    console = changed.console()
+    assert VERITY_CHANGED in console, console[-3000:]
+    assert "update: running version" not in console
