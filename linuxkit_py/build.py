@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from linuxkit_py.arch import get_arch, normalize_arch
+from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layers import unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
@@ -24,8 +25,10 @@ from linuxkit_py.rootfs.kernelfile import decompressed_kernel
 from linuxkit_py.rootfs.reuse import needed_refs, reusable_sections
 from linuxkit_py.sign import load_signer
 from linuxkit_py.spec.load import load_specs, spec_to_yaml
+from linuxkit_py.spec.model import Spec
 from linuxkit_py.spec.resolve import resolve_spec
 from linuxkit_py.tools import require
+from linuxkit_py.uptodate import OutputRecords, build_key
 
 log = logging.getLogger("linuxkit_py")
 
@@ -196,27 +199,52 @@ def build(opts: BuildOptions) -> list[Path]:
     images = packages.images(cache, arch)  # `@pkg:` images: built when missing, never pulled
     refs = [ref for ref in needed_refs(spec, reused) if ref not in images]
     images |= pull_images(cache, refs, arch, opts.registry, opts.pull)
+    assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
+    name = opts.name or default_name(opts.paths)
+    records = None if opts.output is not None or opts.input_tar else _output_records(
+        opts, cache, spec, images, arch, epoch, formats, assets)
+    todo = [fmt for fmt in formats if records is None or not records.up_to_date(fmt.name, _targets(opts, name, fmt))]
+    for target in (t for fmt in formats if fmt not in todo for t in _targets(opts, name, fmt)):
+        log.warning("%s: up to date", target)
+    if not todo:
+        return []
     unpack_images(cache, images.values())  # every image's layers decompressed and indexed in parallel
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     if opts.decompress_kernel:
         entries = decompressed_kernel(entries, cache.derived_dir)
     if opts.ab or any(fmt.name == "update" for fmt in formats):
         entries = [*entries, *ab_image_entries(ab_version(opts, epoch), arch, signer, epoch)]
-    assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
                                           verity=opts.verity, ab=_ab_layout(opts, epoch)))
     if opts.output is not None:
         return _write_stream(formats[0], rootfs, opts.output)
-    name = opts.name or default_name(opts.paths)
     written: list[Path] = []
-    for fmt in formats:
-        targets = [opts.directory / f"{name}{suffix}" for suffix in fmt.suffixes]
+    for fmt in todo:
+        targets = _targets(opts, name, fmt)
         log.info("writing %s: %s", fmt.name, ", ".join(str(t) for t in targets))
         with atomic_outputs(targets) as files:
             fmt.write(rootfs, files)
         written.extend(targets)
+    if records is not None:  # every format's: a file two formats share may have been rewritten
+        for fmt in formats:
+            records.record(fmt.name, _targets(opts, name, fmt))
     return written
+
+
+def _targets(opts: BuildOptions, name: str, fmt: Format) -> list[Path]:
+    return [opts.directory / f"{name}{suffix}" for suffix in fmt.suffixes]
+
+
+def _output_records(opts: BuildOptions, cache: Cache, spec: Spec, images: dict[str, Image], arch: str, epoch: int,
+                    formats: list[Format], assets: dict[str, Path]) -> OutputRecords:
+    """The records of earlier outputs, keyed by every input of this build (linuxkit_py/uptodate.py).
+    Every option counts except those that cannot change a byte: a new option is in the key by default."""
+    options = {k: v for k, v in asdict(opts).items() if k not in ("registry", "pull", "cache_dir", "dry_run")}
+    options |= {"arch name": arch, "epoch": epoch, "format names": [fmt.name for fmt in formats]}
+    files = {f"asset {n}": p for n, p in assets.items()} | {"sign-key": opts.sign_key, "sign-cert": opts.sign_cert}
+    files |= {f"tool {t}": Path(require(t)) for fmt in formats for t in fmt.tools}
+    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files))
 
 
 def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:
