@@ -6,6 +6,9 @@
    started on 127.0.0.1 (storage under bench/.work/registry).
 2. For each spec (the full workload, and a small one: kernel + init + one onboot): a cold
    build (empty cache: pull, decompress, index) then N warm builds with the same cache.
+   With `--noop N`, N rebuilds into the same output directory follow (nothing changed: the
+   outputs are up to date); with `--edit N`, N rounds of three one-line edits, each built once
+   (a `files:` entry's content, one service's command, the kernel cmdline) and then undone.
    Runs go one after another, never in parallel.
 3. Checks every build of a spec wrote the same bytes, then compares the initrd with the
    same cpio gzipped the way LinuxKit does (klauspost/pgzip, default level; Python's gzip at
@@ -75,6 +78,9 @@ services:
     image: {image["minbase"]}
     capabilities:
       - all
+files:
+  - path: etc/motd
+    source: motd.txt
 """
 
 
@@ -147,8 +153,18 @@ def wait_for_quiet(max_busy_cores: float, timeout: float) -> None:
     print(f"the machine stayed busy for {timeout:.0f} s: measuring anyway", file=sys.stderr)
 
 
-def timed_build(name: str, spec: Path, cache: Path, out: Path, kind: str, quiet: float | None = None) -> Run:
-    if out.exists():
+# --edit: (kind, text in the spec or in motd.txt, its replacement); each edit is built, then undone.
+EDITS = (
+    ("edit-file", "motd.txt", "welcome\n", "welcome, edited\n"),
+    ("edit-command", "spec", '["/bin/sleep", "infinity"]', '["/bin/sleep", "3600"]'),
+    ("edit-cmdline", "spec", '"console=ttyS0 console=tty0"', '"console=ttyS0 console=tty0 quiet"'),
+)
+
+
+def timed_build(name: str, spec: Path, cache: Path, out: Path, kind: str, quiet: float | None = None,
+                keep: bool = False) -> Run:
+    """One build under /usr/bin/time; `keep`: into the existing output directory (no-op and edit builds)."""
+    if out.exists() and not keep:
         shutil.rmtree(out)
     if quiet is not None:
         wait_for_quiet(quiet, QUIET_TIMEOUT)
@@ -166,10 +182,31 @@ def timed_build(name: str, spec: Path, cache: Path, out: Path, kind: str, quiet:
               initrd_bytes=initrd.stat().st_size, initrd_sha256=_sha256(initrd),
               other_cpu_s=round(max(0.0, busy - user - system), 2),
               command=" ".join(["/usr/bin/time", "-v", *build]).replace(str(ROOT) + "/", ""))
-    print(f"{name:6} {kind:5} {run.wall_s:6.2f} s  {run.max_rss_kib / 1024:6.1f} MiB  "
+    print(f"{name:6} {kind:12} {run.wall_s:6.2f} s  {run.max_rss_kib / 1024:6.1f} MiB  "
           f"initrd {run.initrd_bytes / 1e6:.1f} MB  (others used {run.other_cpu_s:.1f} s CPU meanwhile)",
           file=sys.stderr, flush=True)
     return run
+
+
+def edit_runs(spec: Path, cache: Path, out: Path, rounds: int, quiet: float | None) -> list[Run]:
+    """Each of EDITS built into the last build's outputs, then undone (the undo is built unmeasured and
+    must give back the warm build's initrd, byte for byte)."""
+    runs: list[Run] = []
+    initrd = out / f"{spec.stem}-initrd.img"
+    base = _sha256(initrd)
+    for _ in range(rounds):
+        for kind, where, old, new in EDITS:
+            target = spec if where == "spec" else spec.parent / where
+            original = target.read_text()
+            assert old in original, (kind, old)
+            target.write_text(original.replace(old, new))
+            runs.append(timed_build("full", spec, cache, out, kind, quiet, keep=True))
+            target.write_text(original)
+            subprocess.run([str(PYTHON), "-m", "linuxkit_py", "build", "--cache", str(cache), "--dir", str(out),
+                            str(spec)], check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
+            if _sha256(initrd) != base:
+                raise SystemExit(f"{kind}: undoing the edit did not give back the same initrd")
+    return runs
 
 
 def _pgzip_binary() -> Path | None:
@@ -258,6 +295,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="cold+warm rounds per spec (default 1)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     parser.add_argument("--only", choices=("full", "small"), help="run one spec only")
+    parser.add_argument("--noop", type=int, default=0, metavar="N", help="no-op rebuilds after the warm ones")
+    parser.add_argument("--edit", type=int, default=0, metavar="N", help="rounds of the three one-line edits")
     parser.add_argument("--quiet", type=float, default=0.1, metavar="CORES",
                         help="before each run, wait until other processes use at most this many cores "
                              "(default 0.1; negative: do not wait)")
@@ -275,6 +314,7 @@ def main() -> int:
                 continue
             spec = specs_dir / f"{name}.yml"
             spec.write_text(text)
+            (specs_dir / "motd.txt").write_text("welcome\n")
             cache = WORK / f"cache-{name}"
             out = WORK / f"out-{name}"
             for _ in range(args.repeat):
@@ -283,7 +323,10 @@ def main() -> int:
                 quiet = args.quiet if args.quiet >= 0 else None
                 runs.append(timed_build(name, spec, cache, out, "cold", quiet))
                 runs.extend(timed_build(name, spec, cache, out, "warm", quiet) for _ in range(args.warm))
-            digests = {r.initrd_sha256 for r in runs if r.spec == name}
+                runs.extend(timed_build(name, spec, cache, out, "noop", quiet, keep=True) for _ in range(args.noop))
+                if name == "full":
+                    runs.extend(edit_runs(spec, cache, out, args.edit, quiet))
+            digests = {r.initrd_sha256 for r in runs if r.spec == name and not r.kind.startswith("edit")}
             if len(digests) != 1:
                 raise SystemExit(f"{name}: builds wrote different initrds: {sorted(digests)}")
     finally:

@@ -6,10 +6,11 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from linuxkit_py.arch import get_arch, normalize_arch
+from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layers import unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
@@ -27,13 +28,16 @@ from linuxkit_py.rootfs.sbom import SBOM_SUFFIX, SbomInput, build_sbom, sbom_ent
 from linuxkit_py.sbom.spdx import dumps, write_document
 from linuxkit_py.sign import load_signer
 from linuxkit_py.spec.load import load_specs, spec_to_yaml
+from linuxkit_py.spec.model import Spec
 from linuxkit_py.spec.resolve import resolve_spec
 from linuxkit_py.tools import require
+from linuxkit_py.uptodate import OutputRecords, build_key
 
 log = logging.getLogger("linuxkit_py")
 
 # Files several formats write with the same bytes (kernel+initrd, kernel+squashfs, kernel+erofs).
 SAME_IN_EVERY_FORMAT = frozenset({"-kernel", "-cmdline"})
+SBOM_RECORD = "sbom"  # the name NAME.spdx.json is recorded under beside the formats' (uptodate.py)
 
 # LinuxKit's fixed modification time for generated entries (2017-04-18T16:30:00Z).
 DEFAULT_EPOCH = 1492533000
@@ -206,45 +210,78 @@ def build(opts: BuildOptions) -> list[Path]:
     images = packages.images(cache, arch)  # `@pkg:` images: built when missing, never pulled
     refs = [ref for ref in needed_refs(spec, reused) if ref not in images]
     images |= pull_images(cache, refs, arch, opts.registry, opts.pull)
+    assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
+    name = opts.name or default_name(opts.paths)
+    records = None if opts.output is not None or opts.input_tar else _output_records(
+        opts, cache, spec, images, arch, epoch, formats, assets)
+    todo = [fmt for fmt in formats if records is None or not records.up_to_date(fmt.name, _targets(opts, name, fmt))
+            or (opts.sbom_output and opts.sbom_current_time)]  # an SBOM dated now in the image: new bytes
+    for target in (t for fmt in formats if fmt not in todo for t in _targets(opts, name, fmt)):
+        log.warning("%s: up to date", target)
+    sbom_target = opts.directory / f"{name}{SBOM_SUFFIX}"
+    # the SBOM is an output like a format's (dated now with --sbom-current-time: then always written again)
+    sbom_todo = opts.sbom and opts.output is None and (
+        records is None or opts.sbom_current_time or not records.up_to_date(SBOM_RECORD, [sbom_target]))
+    if opts.sbom and opts.output is None and not sbom_todo:
+        log.warning("%s: up to date", sbom_target)
+    if not todo and not sbom_todo:
+        return []
     unpack_images(cache, images.values())  # every image's layers decompressed and indexed in parallel
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     if opts.decompress_kernel:
         entries = decompressed_kernel(entries, cache.derived_dir)
     if opts.ab or any(fmt.name == "update" for fmt in formats):
         entries = [*entries, *ab_image_entries(ab_version(opts, epoch), arch, signer, epoch)]
-    sbom = SbomInput(opts.name or default_name(opts.paths), int(time.time()) if opts.sbom_current_time else epoch,
-                     spec, images, entries, cache, arch, _sbom_version(opts, epoch)) if opts.sbom else None
+    sbom = SbomInput(name, int(time.time()) if opts.sbom_current_time else epoch, spec, images, entries, cache,
+                     arch, _sbom_version(opts, epoch)) if opts.sbom else None
     in_image = dumps(build_sbom(sbom)) if sbom is not None and opts.sbom_output else None
     if in_image is not None and opts.sbom_output:
         entries = [*entries, *sbom_entries(opts.sbom_output, in_image, entries)]
-    assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
                                           verity=opts.verity, ab=_ab_layout(opts, epoch)))
     if opts.output is not None:
         return _write_stream(formats[0], rootfs, opts.output)
-    name = opts.name or default_name(opts.paths)
     written: list[Path] = []
-    for fmt in formats:
-        targets = [opts.directory / f"{name}{suffix}" for suffix in fmt.suffixes]
+    for fmt in todo:
+        targets = _targets(opts, name, fmt)
         log.info("writing %s: %s", fmt.name, ", ".join(str(t) for t in targets))
         with atomic_outputs(targets) as files:
             fmt.write(rootfs, files)
         written.extend(targets)
-    if sbom is not None:  # made after the formats, so that its memory and theirs are not needed at once
-        target = opts.directory / f"{name}{SBOM_SUFFIX}"
-        with atomic_output(target) as f:
+    if records is not None:  # every format's: a file two formats share may have been rewritten
+        for fmt in formats:
+            records.record(fmt.name, _targets(opts, name, fmt))
+    if sbom is not None and sbom_todo:  # made after the formats, so that its memory and theirs are not needed at once
+        with atomic_output(sbom_target) as f:
             if in_image is not None:
                 f.write(in_image)
             else:
                 write_document(build_sbom(sbom), f)
-        written.append(target)
+        written.append(sbom_target)
+        if records is not None:
+            records.record(SBOM_RECORD, [sbom_target])
     return written
 
 
 def _sbom_version(opts: BuildOptions, epoch: int) -> str | None:
     """The image's version in its SBOM: that of an A/B image or update bundle."""
     return ab_version(opts, epoch) if opts.ab or "update" in ",".join(opts.formats).split(",") else None
+
+
+def _targets(opts: BuildOptions, name: str, fmt: Format) -> list[Path]:
+    return [opts.directory / f"{name}{suffix}" for suffix in fmt.suffixes]
+
+
+def _output_records(opts: BuildOptions, cache: Cache, spec: Spec, images: dict[str, Image], arch: str, epoch: int,
+                    formats: list[Format], assets: dict[str, Path]) -> OutputRecords:
+    """The records of earlier outputs, keyed by every input of this build (linuxkit_py/uptodate.py).
+    Every option counts except those that cannot change a byte: a new option is in the key by default."""
+    options = {k: v for k, v in asdict(opts).items() if k not in ("registry", "pull", "cache_dir", "dry_run")}
+    options |= {"arch name": arch, "epoch": epoch, "format names": [fmt.name for fmt in formats]}
+    files = {f"asset {n}": p for n, p in assets.items()} | {"sign-key": opts.sign_key, "sign-cert": opts.sign_cert}
+    files |= {f"tool {t}": Path(require(t)) for fmt in formats for t in fmt.tools}
+    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files))
 
 
 def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:

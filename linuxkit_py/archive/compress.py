@@ -86,11 +86,21 @@ class ParallelGzipWriter:
         out.write(gzip_header())
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._block_size:
-            block = bytes(self._buffer[: self._block_size])
-            del self._buffer[: self._block_size]
-            self._submit(block)
+        # Whole blocks are cut straight out of `data`: each byte is copied once into a block
+        # (twice when it straddles a write), never moved along the buffer.
+        view = memoryview(data)
+        if self._buffer:
+            need = self._block_size - len(self._buffer)
+            self._buffer += view[:need]
+            view = view[need:]
+            if len(self._buffer) < self._block_size:
+                return
+            self._submit(bytes(self._buffer))
+            self._buffer.clear()
+        while len(view) >= self._block_size:
+            self._submit(bytes(view[: self._block_size]))
+            view = view[self._block_size :]
+        self._buffer += view
 
     def _submit(self, block: bytes) -> None:
         self._crc = zlib.crc32(block, self._crc)

@@ -268,16 +268,27 @@ def _decode(row: list[Any], tar_path: str) -> Entry:
                  uname=uname, gname=gname, source=source, location=location)
 
 
+# Indexes this process has decoded, by (index path, its size, mtime and inode, the tar's size): a build
+# loads each layer's index while unpacking all images, then again when flattening each one.
+_DECODED: dict[tuple[str, int, int, int, int], list[Entry]] = {}
+
+
 def load_entry_index(index_path: Path, tar_path: Path) -> list[Entry] | None:
     """The persisted entries, or None when missing, stale or unreadable (then it is rebuilt)."""
     try:
+        st, tar_size = index_path.stat(), tar_path.stat().st_size
+        memo = (str(index_path), st.st_size, st.st_mtime_ns, st.st_ino, tar_size)
+        if memo in _DECODED:
+            return list(_DECODED[memo])
         doc = json.loads(index_path.read_bytes())
-        if doc.get("version") != INDEX_VERSION or doc.get("tar_size") != tar_path.stat().st_size:
+        if doc.get("version") != INDEX_VERSION or doc.get("tar_size") != tar_size:
             return None
         tar = str(tar_path)
-        return [_decode(row, tar) for row in doc["entries"]]
+        entries = [_decode(row, tar) for row in doc["entries"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    _DECODED[memo] = entries
+    return list(entries)
 
 
 def save_entry_index(index_path: Path, tar_path: Path, entries: list[Entry]) -> None:

@@ -269,6 +269,12 @@ def _source_path(source: str, spec_file: str | None) -> Path:
     return path
 
 
+def file_sources(spec: Spec) -> list[Path]:
+    """The host file each `files:` entry with a `source:` reads, in spec order."""
+    return [_source_path(f["source"], pos.file if (pos := spec.position(f"files/{i}")) else None)
+            for i, f in enumerate(spec.files) if f.get("source")]
+
+
 def _add_files(tree: Tree, a: Assembly) -> None:
     ids = oci_runtime.allocate_ids(a.spec)
     for i, f in enumerate(a.spec.files):
@@ -342,4 +348,4 @@ def image_refs(spec: Spec) -> list[str]:
     return list(dict.fromkeys(refs))
 
 
-__all__ = ["Assembly", "assemble", "image_refs", "metadata_writer"]
+__all__ = ["Assembly", "assemble", "file_sources", "image_refs", "metadata_writer"]

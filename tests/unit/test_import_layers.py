@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli",),
     ("build",),
-    ("pkg", "formats", "run", "serve", "completion"),
+    ("pkg", "formats", "run", "serve", "completion", "uptodate"),
     ("rootfs",),
     ("spec",),
     ("bundle", "registry"),

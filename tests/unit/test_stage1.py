@@ -32,8 +32,8 @@ IMAGE_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "virti
                  "nls_utf8", "nls_iso8859_1", "button", "evdev", "loop", "veth")
 STORAGE = {"virtio_pci", "virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_blk",
            "virtio_scsi", "scsi_mod", "scsi_common", "sd_mod", "sr_mod", "cdrom", "ata_piix", "ata_generic", "libata"}
-APPLETS = {"cat", "dd", "find", "grep", "head", "ls", "mkdir", "modprobe", "mount", "poweroff", "sh", "sha256sum", "sleep",
-           "sort", "switch_root", "umount", "wc", "xargs"}
+APPLETS = {"cat", "dd", "find", "grep", "head", "ls", "mkdir", "modprobe", "mount", "poweroff", "sh", "sha256sum",
+           "sleep", "sort", "switch_root", "umount", "wc", "xargs"}
 
 
 def file_entry(path: str, source: Path, mode: int = 0o644) -> Entry:

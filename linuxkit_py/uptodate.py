@@ -1,0 +1,144 @@
+"""No-op rebuilds: outputs whose recorded build key still matches are left as they are.
+
+A build key is the sha256 of everything that decides an output's bytes: the resolved spec,
+every image's manifest digest, the content of every local file the spec's `files:` read, the
+options, SOURCE_DATE_EPOCH, the boot assets and external tools a format uses (their content),
+and this tool's own code and libraries. After a format is written, its key and the identity
+of each output file (size, inode, mtime and ctime in nanoseconds) are recorded in the cache,
+under the sha256 of the output's absolute path. The next build with the same key finds the
+files exactly as written (a rewrite, truncation or replacement changes at least the ctime)
+and rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import zlib
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import linuxkit_py
+from linuxkit_py.cache.image import Image
+from linuxkit_py.errors import UserError
+from linuxkit_py.fsutil import atomic_output
+from linuxkit_py.rootfs.assemble import file_sources
+from linuxkit_py.spec.model import Spec
+
+log = logging.getLogger("linuxkit_py")
+
+RECORD_VERSION = 1
+CHUNK = 1 << 20
+# Libraries whose version can change output bytes (ISO writer, ELF reading, zstd, signing, EFI variables).
+LIBRARIES = ("pycdlib", "pyelftools", "zstandard", "cryptography", "virt-firmware", "PyYAML")
+
+
+def _hash_file(sha: Any, path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+
+
+def content_digest(path: Path | None) -> str | None:
+    """sha256 of a file, or of a directory tree (names, modes, link targets, contents); None if absent."""
+    if path is None:
+        return None
+    sha = hashlib.sha256()
+    try:
+        if not path.is_dir():
+            _hash_file(sha, path)
+            return sha.hexdigest()
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                item = Path(root, name)
+                st = item.lstat()
+                sha.update(f"{item.relative_to(path)}\0{st.st_mode:o}\0".encode())
+                if item.is_symlink():
+                    sha.update(os.readlink(item).encode())
+                else:
+                    _hash_file(sha, item)
+            sha.update(f"{Path(root).relative_to(path)}\0{[*dirs]}\0".encode())
+    except OSError:
+        return None  # unreadable: the build itself reports it (or skips an optional file)
+    return sha.hexdigest()
+
+
+def _code_digest() -> str:
+    """This tool's code and data files, Python, zlib and the libraries that write bytes."""
+    sha = hashlib.sha256(f"{sys.version}\0{zlib.ZLIB_RUNTIME_VERSION}\0".encode())
+    for name in LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            sha.update(f"{name}={metadata.version(name)}\0".encode())
+    package = Path(linuxkit_py.__file__).parent
+    for root, dirs, names in os.walk(package):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(names):
+            if not name.endswith((".pyc", ".pyo")):
+                sha.update(f"{Path(root, name).relative_to(package)}\0{content_digest(Path(root, name))}\0".encode())
+    return sha.hexdigest()
+
+
+def build_key(spec: Spec, images: Mapping[str, Image], options: Mapping[str, Any],
+              files: Mapping[str, Path | None]) -> str:
+    """The sha256 of a build's inputs. `options` must hold every option that reaches the output bytes;
+    `files` names the other local inputs (signing key, boot assets, tools) whose content counts."""
+    doc = {
+        "version": RECORD_VERSION,
+        "code": _code_digest(),
+        "spec": spec.to_dict(),
+        "images": {ref: image.digest for ref, image in sorted(images.items())},
+        "sources": [content_digest(path) for path in file_sources(spec)],
+        "options": dict(options),
+        "files": {name: content_digest(path) for name, path in sorted(files.items())},
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _identity(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class OutputRecords:
+    """What was last written to each output file, kept under `directory` (in the cache)."""
+
+    def __init__(self, directory: Path, key: str) -> None:
+        self.directory = directory
+        self.key = key
+
+    def _record_path(self, fmt: str, targets: Iterable[Path]) -> Path:
+        where = "\0".join([fmt, *(str(t.absolute()) for t in targets)])
+        return self.directory / f"{hashlib.sha256(where.encode()).hexdigest()}.json"
+
+    def up_to_date(self, fmt: str, targets: list[Path]) -> bool:
+        """True when every target is the file this key wrote, untouched since."""
+        try:
+            record = json.loads(self._record_path(fmt, targets).read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(record, dict) or record.get("key") != self.key:
+            return False
+        files = record.get("files")
+        if not isinstance(files, dict):
+            return False
+        for target in targets:
+            now = _identity(target)
+            if now is None or files.get(str(target.absolute())) != now:
+                return False
+        return True
+
+    def record(self, fmt: str, targets: list[Path]) -> None:
+        """Remember that `targets` now hold what this key builds; a cache that cannot be written is skipped."""
+        files = {str(t.absolute()): _identity(t) for t in targets}
+        with contextlib.suppress(OSError, UserError), atomic_output(self._record_path(fmt, targets)) as f:
+            f.write(json.dumps({"key": self.key, "files": files}, sort_keys=True).encode())
