@@ -47,10 +47,11 @@ lk_seconds() {
 }
 
 # lk_cmdline KEY DEFAULT: the value of KEY=VALUE on the kernel command line, or DEFAULT.
+read -r LK_CMDLINE </proc/cmdline  # read once (a builtin, no process): every lookup below uses it
 lk_cmdline() {
     local arg value=$2
     set -f  # no globbing of the words
-    for arg in $(cat /proc/cmdline); do
+    for arg in $LK_CMDLINE; do
         case $arg in "$1"=*) value=${arg#*=} ;; esac
     done
     set +f
@@ -66,6 +67,16 @@ lk_seconds_setting() {
         *) echo "$value" ;;
     esac
 }
+
+# lk_trace WHAT: with linuxkit.trace=1 on the kernel command line, "trace: [UPTIME] WHAT" on the console
+# (bench/boot.py reads them); nothing otherwise.
+lk_trace() {
+    [ -n "$LK_TRACE" ] || return 0
+    local up rest
+    read -r up rest </proc/uptime
+    lk_say "trace: [$up] $*"
+}
+case " $LK_CMDLINE " in *" linuxkit.trace=1 "*) LK_TRACE=1 ;; *) LK_TRACE= ;; esac
 
 # lk_runc ARGS...: runc, with --debug when the kernel command line has linuxkit.runc_debug=1.
 lk_runc() {
@@ -333,6 +344,7 @@ lk_run_once() {
     mkdir -p "$LK_STATE"
     rm -f "$LK_STATE/$id.timedout"
     start=$(lk_now)
+    lk_trace "$section $name: starting"
     if ! lk_prepare "$bundle" || ! lk_start "$id" "$bundle" "$log"; then
         lk_prefix "$name" "$log"
         lk_say "$section $name: not started: $LK_ERROR"
@@ -346,6 +358,7 @@ lk_run_once() {
     fi
     lk_wait "$id"
     status=$?
+    lk_trace "$section $name: exited"
     [ -n "$dog" ] && kill "$dog" 2>/dev/null
     lk_runc delete -f "$id" >/dev/null 2>&1
     lk_unprepare
@@ -433,6 +446,7 @@ lk_supervise() {
     while :; do
         lk_runc delete -f "$name" >/dev/null 2>&1
         start=$(lk_now)
+        lk_trace "service $name: starting"
         if lk_start "$name" "$bundle" "$log"; then
             echo running >"$dir/status"
             lk_say "service $name: started"
