@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import select
 import subprocess
 import sys
 import tempfile
@@ -71,10 +72,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def build(cache: Path, out: Path, fmt: str) -> Path:
+def build(spec: Path, cache: Path, out: Path, fmt: str) -> Path:
     """`linuxkit-py build` of the spec; the output prefix."""
     cmd = [sys.executable, "-m", "linuxkit_py", "build", "--cache", str(cache), "--dir", str(out),
-           "--name", "webserver", "-f", fmt, str(SPEC)]
+           "--name", "webserver", "-f", fmt, str(spec)]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return out / ("webserver-efi.img" if fmt == "raw-efi" else "webserver")
 
@@ -112,6 +113,9 @@ def boot_once(target: Path, append: str, cpus: int, qemu_args: list[str]) -> Boo
         try:
             pending = b""
             while HTTP_LABEL not in http and time.monotonic() - started < HTTP_TIMEOUT:
+                # the console may go quiet before the HTTP answer: never block on it
+                if not select.select([proc.stdout], [], [], 0.05)[0]:
+                    continue
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     break
@@ -176,12 +180,14 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=QemuOptions.cpus, help="the guest's CPUs (run --cpus)")
     parser.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
                         help="one more qemu argument, for experiments (repeatable), e.g. --qemu-arg=-nodefaults")
+    parser.add_argument("--spec", type=Path, default=SPEC,
+                        help="the spec (default specs/webserver.yml; e.g. that file of an older checkout, to compare)")
     parser.add_argument("--cache", type=Path, default=WORK / "cache")
     parser.add_argument("--quiet", type=float, default=0.3, metavar="CORES",
                         help="wait until others use at most this many cores before each boot (-1: never wait)")
     parser.add_argument("--console", type=Path, help="write the best run's console here")
     args = parser.parse_args()
-    target = build(args.cache, WORK / "out", args.format)
+    target = build(args.spec, args.cache, WORK / "out", args.format)
     append = " ".join(part for part in (args.append, "linuxkit.trace=1" if args.trace else "") if part)
     boots = []
     for run in range(args.runs):
@@ -194,7 +200,7 @@ def main() -> int:
               f"others' load {boot.others_load:.2f} cores", file=sys.stderr)
     extras = [f"--append '{append}'"] if append else []
     extras += [f"qemu {' '.join(args.qemu_arg)}"] if args.qemu_arg else []
-    print(f"specs/webserver.yml, {args.format}, qemu TCG, {args.cpus} CPU(s), best of {args.runs}"
+    print(f"{args.spec.name}, {args.format}, qemu TCG, {args.cpus} CPU(s), best of {args.runs}"
           f"{''.join(', ' + extra for extra in extras)}; load average {os.getloadavg()[0]:.2f}\n")
     print(table(boots))
     if args.console:

@@ -84,6 +84,15 @@ lk_runc() {
 }
 LK_RUNC_DEBUG=$(lk_cmdline linuxkit.runc_debug 0)
 
+# lk_delete ID: forget the runc state of container ID. `runc delete -f` is one more start of runc (a Go
+# program: slow under emulation) on a boot's critical path, so it runs only when runc keeps state for ID
+# (runc's default root, /run/runc/ID; `runc run` removes it when the container exits normally).
+lk_delete() {
+    [ -e "$LK_RUNC_ROOT/$1" ] || return 0
+    lk_runc delete -f "$1" >/dev/null 2>&1
+}
+LK_RUNC_ROOT=/run/runc
+
 # lk_short_name ID: the spec name of a bundle directory (000-dhcpcd -> dhcpcd).
 lk_short_name() {
     case $1 in
@@ -360,7 +369,7 @@ lk_run_once() {
     status=$?
     lk_trace "$section $name: exited"
     [ -n "$dog" ] && kill "$dog" 2>/dev/null
-    lk_runc delete -f "$id" >/dev/null 2>&1
+    lk_delete "$id"
     lk_unprepare
     lk_prefix "$name" "$log"
     local took
@@ -444,7 +453,7 @@ lk_supervise() {
     fi
     echo "$LK_RESTART" >"$dir/policy"
     while :; do
-        lk_runc delete -f "$name" >/dev/null 2>&1
+        lk_delete "$name"
         start=$(lk_now)
         lk_trace "service $name: starting"
         if lk_start "$name" "$bundle" "$log"; then
@@ -474,7 +483,7 @@ lk_supervise() {
         delay=$((delay * 2))
         [ "$delay" -gt "$LK_BACKOFF_MAX" ] && delay=$LK_BACKOFF_MAX
     done
-    lk_runc delete -f "$name" >/dev/null 2>&1
+    lk_delete "$name"
     lk_unprepare
     [ -n "$LK_STOPPING" ] && echo stopped >"$dir/status" && lk_say "service $name: stopped"
     rm -f "$dir/supervisor"
