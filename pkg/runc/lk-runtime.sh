@@ -47,10 +47,11 @@ lk_seconds() {
 }
 
 # lk_cmdline KEY DEFAULT: the value of KEY=VALUE on the kernel command line, or DEFAULT.
+read -r LK_CMDLINE </proc/cmdline  # read once (a builtin, no process): every lookup below uses it
 lk_cmdline() {
     local arg value=$2
     set -f  # no globbing of the words
-    for arg in $(cat /proc/cmdline); do
+    for arg in $LK_CMDLINE; do
         case $arg in "$1"=*) value=${arg#*=} ;; esac
     done
     set +f
@@ -67,11 +68,30 @@ lk_seconds_setting() {
     esac
 }
 
+# lk_trace WHAT: with linuxkit.trace=1 on the kernel command line, "trace: [UPTIME] WHAT" on the console
+# (bench/boot.py reads them); nothing otherwise.
+lk_trace() {
+    [ -n "$LK_TRACE" ] || return 0
+    local up rest
+    read -r up rest </proc/uptime
+    lk_say "trace: [$up] $*"
+}
+case " $LK_CMDLINE " in *" linuxkit.trace=1 "*) LK_TRACE=1 ;; *) LK_TRACE= ;; esac
+
 # lk_runc ARGS...: runc, with --debug when the kernel command line has linuxkit.runc_debug=1.
 lk_runc() {
     if [ "$LK_RUNC_DEBUG" = 1 ]; then runc --debug "$@"; else runc "$@"; fi
 }
 LK_RUNC_DEBUG=$(lk_cmdline linuxkit.runc_debug 0)
+
+# lk_delete ID: forget the runc state of container ID. `runc delete -f` is one more start of runc (a Go
+# program: slow under emulation) on a boot's critical path, so it runs only when runc keeps state for ID
+# (runc's default root, /run/runc/ID; `runc run` removes it when the container exits normally).
+lk_delete() {
+    [ -e "$LK_RUNC_ROOT/$1" ] || return 0
+    lk_runc delete -f "$1" >/dev/null 2>&1
+}
+LK_RUNC_ROOT=/run/runc
 
 # lk_short_name ID: the spec name of a bundle directory (000-dhcpcd -> dhcpcd).
 lk_short_name() {
@@ -333,6 +353,7 @@ lk_run_once() {
     mkdir -p "$LK_STATE"
     rm -f "$LK_STATE/$id.timedout"
     start=$(lk_now)
+    lk_trace "$section $name: starting"
     if ! lk_prepare "$bundle" || ! lk_start "$id" "$bundle" "$log"; then
         lk_prefix "$name" "$log"
         lk_say "$section $name: not started: $LK_ERROR"
@@ -346,8 +367,9 @@ lk_run_once() {
     fi
     lk_wait "$id"
     status=$?
+    lk_trace "$section $name: exited"
     [ -n "$dog" ] && kill "$dog" 2>/dev/null
-    lk_runc delete -f "$id" >/dev/null 2>&1
+    lk_delete "$id"
     lk_unprepare
     lk_prefix "$name" "$log"
     local took
@@ -431,8 +453,9 @@ lk_supervise() {
     fi
     echo "$LK_RESTART" >"$dir/policy"
     while :; do
-        lk_runc delete -f "$name" >/dev/null 2>&1
+        lk_delete "$name"
         start=$(lk_now)
+        lk_trace "service $name: starting"
         if lk_start "$name" "$bundle" "$log"; then
             echo running >"$dir/status"
             lk_say "service $name: started"
@@ -460,7 +483,7 @@ lk_supervise() {
         delay=$((delay * 2))
         [ "$delay" -gt "$LK_BACKOFF_MAX" ] && delay=$LK_BACKOFF_MAX
     done
-    lk_runc delete -f "$name" >/dev/null 2>&1
+    lk_delete "$name"
     lk_unprepare
     [ -n "$LK_STOPPING" ] && echo stopped >"$dir/status" && lk_say "service $name: stopped"
     rm -f "$dir/supervisor"
