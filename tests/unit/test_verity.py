@@ -39,8 +39,6 @@ from tests.unit.test_stage1 import (
 __all__ = ["busybox", "kernel_entries"]  # test_stage1's module fixtures, used here too
 
 VERITYSETUP = shutil.which("veritysetup") or "/usr/sbin/veritysetup"
-needs_veritysetup = pytest.mark.skipif(not os.access(VERITYSETUP, os.X_OK),
-                                       reason="veritysetup (Debian's cryptsetup-bin) is not installed")
 SALT = bytes(range(32))
 
 
@@ -61,7 +59,6 @@ def veritysetup(*args: str | Path) -> str:
 
 # 1 block: no tree, the root hash is the block's; 128/129: one full and one partial level-0 block;
 # 128*128+1: three levels
-@needs_veritysetup
 @pytest.mark.parametrize("blocks", [1, 2, 128, 129, 128 * 128 + 1])
 def test_tree_and_root_hash_are_veritysetups(tmp_path: Path, blocks: int) -> None:
     ours = data_file(tmp_path / "ours.img", blocks * BLOCK_SIZE)
@@ -79,7 +76,6 @@ def test_tree_and_root_hash_are_veritysetups(tmp_path: Path, blocks: int) -> Non
     assert tree.hash_blocks == sum(level_sizes(blocks)) == (tmp_path / "hash.img").stat().st_size // BLOCK_SIZE
 
 
-@needs_veritysetup
 def test_veritysetup_verify_accepts_the_image_with_its_tree_and_refuses_a_flipped_byte(tmp_path: Path) -> None:
     path = data_file(tmp_path / "root.img", 300 * BLOCK_SIZE)
     tree = append_verity_tree(path)
@@ -96,7 +92,6 @@ def test_veritysetup_verify_accepts_the_image_with_its_tree_and_refuses_a_flippe
     assert "Verification failed at position" in failed.value.stderr
 
 
-@needs_veritysetup
 def test_a_size_not_a_multiple_of_4096_is_padded_with_zeros_and_verified_with_them(tmp_path: Path) -> None:
     path = data_file(tmp_path / "odd.img", 5 * BLOCK_SIZE + 1000)
     padded = Path(shutil.copyfile(path, tmp_path / "padded.img"))
@@ -140,7 +135,6 @@ def test_the_table_is_the_kernels_verity_target_line() -> None:
 
 TREE = VerityTree(root_hash="ab" * 32, salt="cd" * 32, data_blocks=100, hash_offset=100 * BLOCK_SIZE, hash_blocks=1)
 HOST_DMSETUP = Path("/sbin/dmsetup")
-needs_dmsetup = pytest.mark.skipif(not HOST_DMSETUP.exists(), reason="the host has no dmsetup (Debian's dmsetup)")
 
 
 def dmsetup_entries(drop: str = "") -> list[Entry]:
@@ -164,7 +158,6 @@ def verity_kernel(debian_kernel: DebianKernel) -> list[Entry]:
     return make_kernel_entries(debian_kernel, (*IMAGE_MODULES, "dm_verity"))
 
 
-@needs_dmsetup
 def test_verity_stage_one_holds_dmsetup_its_libraries_the_dm_modules_and_the_table_parameters(
         verity_kernel: list[Entry], busybox: Entry, tmp_path: Path) -> None:
     tools = dmsetup_entries()
@@ -183,7 +176,6 @@ def test_verity_stage_one_holds_dmsetup_its_libraries_the_dm_modules_and_the_tab
         assert line + "\n" in text
 
 
-@needs_dmsetup
 def test_dmsetup_behind_a_merged_usr_sbin_symlink_is_run_from_its_real_path(
         verity_kernel: list[Entry], busybox: Entry, tmp_path: Path) -> None:
     tools = [Entry("usr/sbin/dmsetup", e.kind, e.mode, size=e.size, data=e.data) if e.path == "sbin/dmsetup" else e
@@ -215,7 +207,6 @@ def test_an_image_without_dmsetup_is_one_error_naming_pkg_init(kernel_entries: l
         'init image: pkg/init has it, e.g. init: ["@pkg:pkg/init"])')
 
 
-@needs_dmsetup
 def test_a_missing_library_of_dmsetup_is_named(kernel_entries: list[Entry], busybox: Entry, tmp_path: Path) -> None:
     rootfs = image(kernel_entries, busybox, *dmsetup_entries(drop="libdevmapper"))
     assert verity_error(rootfs, tmp_path).startswith(
@@ -228,7 +219,6 @@ def test_a_dmsetup_that_is_no_elf_file_is_refused(kernel_entries: list[Entry], b
         "/usr/sbin/dmsetup is not an ELF executable: --verity needs Debian's dmsetup")
 
 
-@needs_dmsetup
 def test_a_kernel_without_dm_verity_is_one_error(kernel_entries: list[Entry], busybox: Entry,
                                                  debian_kernel: DebianKernel, tmp_path: Path) -> None:
     version = debian_kernel.version
