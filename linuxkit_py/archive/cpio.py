@@ -18,7 +18,7 @@ from __future__ import annotations
 import stat
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from linuxkit_py.archive.entry import ContentReader, Entry, Kind
 from linuxkit_py.errors import UserError
@@ -49,6 +49,13 @@ FILE_TYPE_BITS = {
 
 class Sink(Protocol):
     def write(self, data: bytes, /) -> object: ...
+
+
+@runtime_checkable
+class MarkingSink(Sink, Protocol):
+    """A sink told where each member starts (archive/compress.py cuts its gzip blocks there)."""
+
+    def mark(self, name: bytes, /) -> None: ...
 
 
 def _pad(size: int) -> bytes:
@@ -113,9 +120,11 @@ class _Links:
 def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
     """Write `entries` (parents before children, hard links after their file) as a newc archive.
 
-    Every member gets `mtime`; inode numbers count up from FIRST_INO in entry order.
+    Every member gets `mtime`; inode numbers count up from FIRST_INO in entry order. A sink
+    with a `mark` method is told each member's name where the member starts.
     """
     check_cpio_sizes(entries)
+    mark = out.mark if isinstance(out, MarkingSink) else None
     links = _Links(entries)
     inos: dict[int, int] = {}
     written = 0
@@ -139,6 +148,8 @@ def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
                 entry.path, ino=ino, mode=FILE_TYPE_BITS[kind] | (source.mode & 0o7777),
                 uid=source.uid, gid=source.gid, nlink=nlink, mtime=mtime, filesize=filesize,
                 rdevmajor=entry.devmajor, rdevminor=entry.devminor)
+            if mark is not None:
+                mark(entry.path.encode("utf-8", "surrogateescape"))
             out.write(head)
             written += len(head)
             if kind is Kind.FILE:

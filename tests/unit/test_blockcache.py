@@ -10,6 +10,8 @@ from pathlib import Path
 
 from linuxkit_py.archive.blockcache import DeflateBlockCache
 from linuxkit_py.archive.compress import ParallelGzipWriter
+from linuxkit_py.archive.cpio import write_cpio
+from linuxkit_py.archive.entry import Entry, Kind
 
 BLOCK = 64 * 1024
 
@@ -104,3 +106,56 @@ def test_an_unwritable_cache_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "blocks").write_text("a file where the directory should be")
     data = _data()
     assert _gzip(data, DeflateBlockCache(tmp_path / "blocks")) == _gzip(data, None)
+
+
+def _cpio_gz(entries: list[Entry], cache: DeflateBlockCache, marks: bool = True) -> bytes:
+    buf = io.BytesIO()
+    writer = ParallelGzipWriter(buf, threads=2, block_cache=cache)
+    if marks:
+        write_cpio(entries, writer, 0)
+    else:
+        class NoMarks:  # the same writer, not told where members start
+            write = writer.write
+        write_cpio(entries, NoMarks(), 0)
+    writer.close()
+    return buf.getvalue()
+
+
+def _tree(grow: int = 0) -> list[Entry]:
+    rng = random.Random(7)
+    entries = [Entry("lib", Kind.DIR, 0o755)]
+    for i in range(400):
+        body = _data(seed=i, size=rng.randint(4_000, 60_000))
+        if i == 150:
+            body += b"x" * grow  # the edited file, about a third of the way in
+        entries.append(Entry(f"lib/mod{i:04d}.ko", Kind.FILE, 0o644, size=len(body), data=body))
+    return entries
+
+
+def test_an_edit_in_the_middle_rebuilds_only_the_blocks_around_it(tmp_path: Path) -> None:
+    """A member that grows moves every later byte; cuts at member starts keep the later blocks."""
+    cache = DeflateBlockCache(tmp_path / "blocks")
+    first = _cpio_gz(_tree(), cache)
+    before = set(_files(tmp_path / "blocks"))
+    assert len(before) >= 20
+    edited = _cpio_gz(_tree(grow=100), cache)
+    new = set(_files(tmp_path / "blocks")) - before
+    assert 1 <= len(new) <= 2
+    assert gzip.decompress(edited) != gzip.decompress(first)
+    # The same edit with fixed-size blocks only: every block after it is new.
+    fixed = DeflateBlockCache(tmp_path / "fixed")
+    _cpio_gz(_tree(), fixed, marks=False)
+    fixed_before = set(_files(tmp_path / "fixed"))
+    _cpio_gz(_tree(grow=100), fixed, marks=False)
+    assert len(set(_files(tmp_path / "fixed")) - fixed_before) > len(fixed_before) // 2
+
+
+def test_cuts_at_member_starts_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
+    outputs = set()
+    for threads in (1, 3):
+        buf = io.BytesIO()
+        writer = ParallelGzipWriter(buf, threads=threads)
+        write_cpio(_tree(), writer, 0)
+        writer.close()
+        outputs.add(buf.getvalue())
+    assert len(outputs) == 1
