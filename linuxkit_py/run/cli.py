@@ -23,7 +23,7 @@ from typing import Any
 from linuxkit_py.arch import normalize_arch
 from linuxkit_py.errors import UserError
 from linuxkit_py.run.disks import DISK_SYNTAX, name_unnamed_disks, parse_disk
-from linuxkit_py.run.image import BootImage, detect_image, forced_image, sniff_arch
+from linuxkit_py.run.image import BootImage, arch_in_bytes, detect_image, forced_image, sniff_arch
 from linuxkit_py.run.kvm import ACCELERATORS
 from linuxkit_py.run.metadata import DATA_ISO, read_data_option, write_metadata_iso
 from linuxkit_py.run.qemu import NETWORKING, BootResult, QemuOptions, boot_image, run_interactive
@@ -163,8 +163,7 @@ def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
         fw_vars=args.fw_vars,
         secure_boot=args.secure_boot,
         networking=args.networking,
-        # --arch, else what the output's bytes say (arm64 Image, UKI machine, BOOTAA64.EFI), else the host's
-        arch=normalize_arch(args.arch or sniff_arch(image)),
+        arch=_guest_arch(args.arch, image),
         qemu=args.qemu,
         cdroms=_data_iso(args, state_dir),
         guestfwd=dict(_guest_forward(text) for text in args.guestfwd),
@@ -172,6 +171,21 @@ def _options(args: argparse.Namespace, image: BootImage) -> QemuOptions:
         isolated=args.isolated,
         reboot=args.reboot,
     )
+
+
+def _guest_arch(given: str | None, image: BootImage) -> str:
+    """--arch, else what the output's bytes say (arm64 Image, UKI machine, BOOTAA64.EFI), else the host's.
+
+    An --arch the bytes contradict is refused here: qemu would start and hang, or fail obscurely."""
+    if given is None:
+        return normalize_arch(sniff_arch(image))
+    arch = normalize_arch(given)
+    found = arch_in_bytes(image)
+    if found is not None and found[1] != arch:
+        path, shown = found
+        raise UserError(f"--arch {given}, but {path}'s bytes show an {shown} output",
+                        hint="drop --arch: run reads the architecture from the output")
+    return arch
 
 
 def _data_iso(args: argparse.Namespace, state_dir: Path) -> list[Path]:

@@ -9,6 +9,7 @@ when there is one, else (LinuxKit's outputs, a kernel with the drivers built in)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,17 +198,28 @@ def _loader_arch(path: Path) -> str | None:
     return None
 
 
-def sniff_arch(image: BootImage) -> str | None:
-    """The architecture the output's own bytes show (kernel header, UKI machine, EFI loader name), or None."""
-    if image.arch is not None:
-        return image.arch
+def arch_in_bytes(image: BootImage) -> tuple[Path, str] | None:
+    """The file of the output whose bytes show its architecture (kernel header, UKI machine, EFI loader name),
+    and that architecture; None when they show none (a Raspberry Pi card: its run ignores --arch)."""
+    if image.kind == "rpi":
+        return None
+    read: Callable[[Path], str | None]
+    if image.kernel is not None:
+        path, read = image.kernel, _kernel_arch
+    elif image.image is not None:
+        path, read = image.image, _pe_arch if image.kind == "uki" else _loader_arch
+    else:
+        return None
     try:
-        if image.kernel is not None:
-            return _kernel_arch(image.kernel)
-        if image.image is not None and image.kind == "uki":
-            return _pe_arch(image.image)
-        if image.image is not None:
-            return _loader_arch(image.image)
+        arch = read(path)
     except OSError:
         return None
-    return None
+    return None if arch is None else (path, arch)
+
+
+def sniff_arch(image: BootImage) -> str | None:
+    """The architecture the output's name (NAME-rpi.img) or its own bytes show, or None."""
+    if image.arch is not None:
+        return image.arch
+    found = arch_in_bytes(image)
+    return None if found is None else found[1]

@@ -93,6 +93,18 @@ def test_every_arm64_output_is_reproducible_and_is_arm64(arm64_build: Arm64Build
     assert uki[pe:pe + 4] == b"PE\0\0" and uki[pe + 4:pe + 6] == (0xAA64).to_bytes(2, "little")
 
 
+@pytest.mark.parametrize(("path", "arch", "file"), [("minimal", "x86_64", "minimal-kernel"),
+                                                   ("minimal-efi.qcow2", "amd64", "minimal-efi.qcow2")])
+def test_run_with_an_arch_the_output_is_not_for_is_one_line_before_qemu(arm64_build: Arm64Build, tmp_path: Path,
+                                                                        path: str, arch: str, file: str) -> None:
+    """The arm64 kernel (its Image header) and disk (its BOOTAA64.EFI) run with --arch amd64/x86_64: refused."""
+    result = run_cli("run", "qemu", "--arch", arch, "--timeout", "60", arm64_build.out / path, stdin=b"",
+                     env={"PATH": str(tmp_path)})  # no qemu to start: the refusal comes first
+    assert (result.returncode, result.stderr.decode()) == (1, (
+        f"linuxkit-py: --arch {arch}, but {arm64_build.out / file}'s bytes show an arm64 output "
+        "(hint: drop --arch: run reads the architecture from the output)\n"))
+
+
 @pytest.mark.boot
 def test_arm64_kernel_initrd_boots_to_getty_and_powers_off_cleanly(arm64_build: Arm64Build) -> None:
     prefix = arm64_build.prefix()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,11 +42,14 @@ class Card:
     path: Path
     again: Path  # the same build into another directory
     build_seconds: float  # `build -f raw-rpi` from a warm cache (packages already built)
+    tar: Path  # minimal.tar, `-f rpi3`: the card's boot partition as a tar
+    tar_again: Path  # the same, from the second build
 
 
-def _build(cache: Path, out: Path, fmt: str) -> float:
+def _build(cache: Path, out: Path, *formats: str) -> float:
     started = time.monotonic()
-    result = run_cli("build", "--arch", "arm64", "--cache", cache, "--dir", out, "--name", "minimal", "-f", fmt,
+    args = [arg for fmt in formats for arg in ("-f", fmt)]
+    result = run_cli("build", "--arch", "arm64", "--cache", cache, "--dir", out, "--name", "minimal", *args,
                      SPECS / "minimal.yml", stdin=b"")
     assert result.returncode == 0, result.stderr.decode()
     return time.monotonic() - started
@@ -53,19 +57,20 @@ def _build(cache: Path, out: Path, fmt: str) -> float:
 
 @pytest.fixture(scope="session")
 def rpi_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Card]:
-    """minimal-rpi.img, built once per session in a cache seeded with the stored .debs."""
+    """minimal-rpi.img and the rpi3 minimal.tar, each built twice per session in a cache seeded with the stored
+    .debs (rpi3 rides along with builds the card needs anyway: no build of its own)."""
     cache = tmp_path_factory.mktemp("rpi") / "cache"
     debs = debs_dir(Cache(cache))
     if DEB_STORE.is_dir():
         link_files(DEB_STORE, debs)
     out = tmp_path_factory.mktemp("rpi-out")
-    _build(cache, out, "kernel+initrd")  # builds the arm64 packages: not part of the timing
+    _build(cache, out, "kernel+initrd", "rpi3")  # builds the arm64 packages: not part of the timing
     seconds = _build(cache, out, "raw-rpi")
     print(f"\nraw-rpi of minimal.yml: {seconds:.1f} s from a warm cache, "
           f"{(out / 'minimal-rpi.img').stat().st_size / (1 << 20):.0f} MiB")
     again = tmp_path_factory.mktemp("rpi-again")
-    _build(cache, again, "raw-rpi")
-    yield Card(out / "minimal-rpi.img", again / "minimal-rpi.img", seconds)
+    _build(cache, again, "raw-rpi", "rpi3")
+    yield Card(out / "minimal-rpi.img", again / "minimal-rpi.img", seconds, out / "minimal.tar", again / "minimal.tar")
     if debs.is_dir():
         link_files(debs, DEB_STORE)
 
@@ -81,6 +86,17 @@ def test_card_is_the_same_bytes_every_build_with_debians_firmware(rpi_card: Card
     assert sorted(name.removeprefix("::/") for name in files) == sorted(
         [*firmware_files(), "config.txt", "cmdline.txt", "kernel8.img", "initrd.img",
          *(board.dtb_file for board in BOARDS.values())])
+
+
+def test_rpi3_tar_is_the_same_bytes_every_build_and_holds_the_cards_files(rpi_card: Card) -> None:
+    assert file_sha256(rpi_card.tar_again) == file_sha256(rpi_card.tar)
+    with tarfile.open(rpi_card.tar) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    assert sorted(members) == sorted(
+        [*firmware_files(), "config.txt", "cmdline.txt", "kernel8.img", "initrd.img",
+         *(board.dtb_file for board in BOARDS.values())])
+    for name, data in members.items():  # what a FAT32 card formatted by hand gets: the raw-rpi card's files
+        assert read_fat_file(rpi_card.path, name, PARTITION_START) == data, name
 
 
 # Devicetree Specification v0.4, 5.4 (structure block tokens) and 3.3 (/aliases).

@@ -85,3 +85,14 @@ def test_layer_limits_are_build_options(tmp_path: Path, warm_cache: Path) -> Non
     assert line == ("linuxkit-py: LINUXKIT_PY_MAX_LAYER_ENTRIES='many' is not a positive number "
                     "(e.g. 1000000, 512M or 16G)")
 
+
+
+def test_run_with_an_arch_the_output_is_not_for_is_one_line_before_qemu(tmp_path: Path, warm_cache: Path) -> None:
+    """An amd64 kernel+initrd run with --arch arm64: refused, naming the kernel, instead of hanging in qemu."""
+    assert build(tmp_path, warm_cache, "-f", "kernel+initrd").returncode == 0
+    out = tmp_path / "out"
+    # no qemu on PATH: had the run got as far as qemu, the error would be that one is missing
+    line = error_line(run_cli("run", "--arch", "arm64", "--timeout", "60", out / "system", stdin=b"",
+                              env={"PATH": str(tmp_path)}))
+    assert line == (f"linuxkit-py: --arch arm64, but {out / 'system-kernel'}'s bytes show an amd64 output "
+                    "(hint: drop --arch: run reads the architecture from the output)")

@@ -1,7 +1,8 @@
 """Imports go one way: a module imports only from its own package or from a layer below it (docs/architecture.md).
 
-The check reads every module of linuxkit_py/ with ast (imports inside functions and under TYPE_CHECKING count),
-so a new import that runs back up the pipeline, or between pkg and formats, fails here with its file and line.
+The check reads every module of linuxkit_py/ with ast (imports inside functions and under TYPE_CHECKING count;
+a relative import counts as the package it names, `from ..cache import x` as cache), so a new import that runs
+back up the pipeline, or between pkg and formats, fails here with its file and line.
 """
 
 from __future__ import annotations
@@ -39,16 +40,28 @@ def _part(path: Path, root: Path) -> str:
     return first.removesuffix(".py")
 
 
-def _imported_parts(tree: ast.AST) -> list[tuple[int, str]]:
+def _absolute_module(node: ast.ImportFrom, package: tuple[str, ...]) -> list[str]:
+    """The dotted name an ImportFrom reads, as a list: `from ..cache import x` in linuxkit_py/run/image.py
+    -> ["linuxkit_py", "cache"]. Empty for a relative import that climbs out of the package (Python refuses it)."""
+    if node.level == 0:
+        return node.module.split(".") if node.module else []
+    if node.level > len(package):
+        return []
+    base = list(package[:len(package) - node.level + 1])
+    return base + (node.module.split(".") if node.module else [])
+
+
+def _imported_parts(tree: ast.AST, package: tuple[str, ...] = ("linuxkit_py",)) -> list[tuple[int, str]]:
+    """(line, top-level package) of every import of linuxkit_py in `tree`, a module of `package`."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = node.module.split(".")
-            if names[0] != "linuxkit_py":
+        if isinstance(node, ast.ImportFrom):
+            names = _absolute_module(node, package)
+            if not names or names[0] != "linuxkit_py":
                 continue
             if len(names) > 1:
                 found.append((node.lineno, names[1]))
-            else:  # from linuxkit_py import x: x is a package/module, or a name of __init__
+            else:  # from linuxkit_py import x (or from .. import x): x is a package/module, or a name of __init__
                 found.extend((node.lineno, a.name if a.name in RANK else "__init__") for a in node.names)
         elif isinstance(node, ast.Import):
             for alias in node.names:
@@ -63,7 +76,8 @@ def _violations(root: Path = PACKAGE) -> list[str]:
     for path in sorted(root.rglob("*.py")):
         me = _part(path, root)
         assert me in RANK, f"{path}: package {me!r} has no layer in LAYERS (add it where it belongs)"
-        for line, target in _imported_parts(ast.parse(path.read_text(encoding="utf-8"))):
+        package = ("linuxkit_py", *path.parent.relative_to(root).parts)  # what `from .` names in this file
+        for line, target in _imported_parts(ast.parse(path.read_text(encoding="utf-8")), package):
             if target == me:
                 continue
             assert target in RANK, f"{path}:{line}: imports unknown package {target!r}"
@@ -85,3 +99,28 @@ def test_the_check_reports_an_upward_or_sideways_import(tmp_path: Path, source: 
     (root / source).mkdir(parents=True)
     (root / source / "bad.py").write_text(f"import os\n\n\ndef f():\n    from linuxkit_py.{target}.x import y\n")
     assert _violations(root) == [f"linuxkit_py/{source}/bad.py:5: {source} imports {target}, {how}"]
+
+
+@pytest.mark.parametrize(("source", "statement", "target", "how"), [
+    ("cache", "from ..rootfs.flatten import y", "rootfs", "a layer above"),
+    ("pkg", "from ..formats import x", "formats", "a peer"),
+    ("archive", "from .. import kernel", "kernel", "a layer above"),
+    ("archive", "from ... import anything", None, None),  # climbs out of linuxkit_py: not one of ours
+    ("cache", "from . import layout", None, None),  # its own package
+    ("cache", "from ..archive.tar import y", None, None),  # a layer below
+])
+def test_the_check_resolves_relative_imports(
+    tmp_path: Path, source: str, statement: str, target: str | None, how: str | None,
+) -> None:
+    root = tmp_path / "linuxkit_py"
+    (root / source).mkdir(parents=True)
+    (root / source / "bad.py").write_text(f"import os\n\n\ndef f():\n    {statement}\n")
+    expected = [f"linuxkit_py/{source}/bad.py:5: {source} imports {target}, {how}"] if target else []
+    assert _violations(root) == expected
+
+
+def test_a_relative_import_in_a_top_level_module_counts(tmp_path: Path) -> None:
+    root = tmp_path / "linuxkit_py"
+    root.mkdir()
+    (root / "tools.py").write_text("from .cache.layout import y\n")
+    assert _violations(root) == ["linuxkit_py/tools.py:1: tools imports cache, a layer above"]
