@@ -31,9 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
-
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
@@ -55,7 +52,6 @@ from linuxkit_py.media.partitions import (
     gpt_tables,
 )
 from linuxkit_py.sign import Signer
-from linuxkit_py.sign.keys import read_cert, read_key
 from linuxkit_py.tools import require_file, run
 
 BUNDLE_FORMAT = "linuxkit-py-update/1"
@@ -107,6 +103,11 @@ def ab_os_release(version: str) -> bytes:
 def image_entries(version: str, arch: str, signer: Signer | None, epoch: int) -> list[Entry]:
     """The files an A/B image's root filesystem gets: its version and architecture, and the certificate
     that update bundles must be signed by, --sign-cert's (none: the image accepts no bundle)."""
+    # cryptography (40 ms to import) is loaded by the builds that sign, not by every build.
+    from cryptography.hazmat.primitives import serialization
+
+    from linuxkit_py.sign.keys import read_cert
+
     cert_pem = read_cert(signer.cert).public_bytes(serialization.Encoding.PEM) if signer is not None else None
     info = f"version={version}\narch={arch}\n".encode()
     entries = [Entry("etc/linuxkit-py", Kind.DIR, 0o755, mtime=epoch),
@@ -258,6 +259,11 @@ def manifest(version: str, arch: str, slot: Slot) -> bytes:
 
 def write_bundle(out: BinaryIO, slot: Slot, version: str, arch: str, signer: Signer, epoch: int) -> None:
     """The bundle of `slot` (module docstring) to `out`: manifest, its signature by `signer`, root image, UKI."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from linuxkit_py.sign.keys import read_key
+
     text = manifest(version, arch, slot)
     signature = read_key(signer.key).sign(text, padding.PKCS1v15(), hashes.SHA256())
     entries = [Entry(name, Kind.FILE, 0o644, size=len(data), data=data)

@@ -18,11 +18,6 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSegment
-from elftools.elf.elffile import ELFFile
-from elftools.elf.segments import InterpSegment
-
 from linuxkit_py.arch import ARCHES
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.archive.regionfile import open_data
@@ -59,6 +54,12 @@ def read_elf(entry: Entry) -> ElfInfo | None:
     """What the loader needs to know about a regular file, or None if it is not an ELF file."""
     if entry.size < ELF32_HEADER_SIZE:
         return None
+    # pyelftools costs 60 ms to import: only builds that check binaries pay for it.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSegment
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import InterpSegment
+
     try:
         with open_data(entry.data) as f:
             if f.read(len(ELF_MAGIC)) != ELF_MAGIC:

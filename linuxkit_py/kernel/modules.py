@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import zstandard
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from linuxkit_py.archive.entry import Data, Entry, FileRegion, Kind, read_data
 from linuxkit_py.archive.tar import write_tar
@@ -120,6 +118,9 @@ def module_name(path: str) -> str:
 
 def parse_modinfo(module: bytes, what: str) -> list[tuple[str, str]]:
     """The `key=value` strings of a module's .modinfo section, in order; `what` names it in errors."""
+    from elftools.common.exceptions import ELFError  # imported when used: see kernel/elf.py
+    from elftools.elf.elffile import ELFFile
+
     try:
         section = ELFFile(io.BytesIO(module)).get_section_by_name(MODINFO_SECTION)
         data = section.data() if section is not None else None

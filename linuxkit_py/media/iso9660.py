@@ -26,8 +26,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO
 
-import pycdlib
-
 from linuxkit_py.archive.entry import Data, FileRegion
 from linuxkit_py.archive.regionfile import open_region
 from linuxkit_py.media.partitions import SECTOR, derived_disk_signature, derived_guid
@@ -130,6 +128,8 @@ class IsoImage:
         self._open = contextlib.ExitStack()
         self._open.enter_context(fixed_clock(epoch))
         try:
+            import pycdlib  # 40 ms to import: only builds that write an ISO pay for it
+
             self._iso = pycdlib.PyCdlib()
             self._iso.new(interchange_level=ISO_LEVEL, vol_ident=volume_id, app_ident_str=APPLICATION_ID,
                           joliet=3 if joliet else None, rock_ridge=ROCK_RIDGE_VERSION)

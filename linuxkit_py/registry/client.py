@@ -19,10 +19,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import requests
 
 from linuxkit_py.cache.layout import BlobMismatch, Cache
 from linuxkit_py.cache.platform import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES
@@ -39,6 +37,9 @@ from linuxkit_py.registry.transport import (
     http_fault,
     is_loopback,
 )
+
+if TYPE_CHECKING:
+    import requests
 
 MANIFEST_ACCEPT = ", ".join(INDEX_MEDIA_TYPES + MANIFEST_MEDIA_TYPES)
 OCI_INDEX = INDEX_MEDIA_TYPES[0]

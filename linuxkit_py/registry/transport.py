@@ -18,11 +18,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
-import requests
-import requests.adapters
-import urllib3.exceptions
+if TYPE_CHECKING:
+    import requests
 
 from linuxkit_py.errors import UserError
 
@@ -100,6 +99,9 @@ def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
 
 def describe_connection_error(exc: BaseException, timeout: float) -> tuple[str, bool]:
     """(short cause such as `connection refused`, whether another try may help)."""
+    import requests
+    import urllib3.exceptions
+
     chain = list(_exception_chain(exc))
     for e in chain:
         if isinstance(e, ssl.SSLCertVerificationError):
@@ -156,6 +158,8 @@ def retry_after_seconds(response: requests.Response, default: float) -> float:
 
 
 def _system_ca_bundle() -> str:
+    import requests.utils
+
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         path = os.environ.get(name)
         if path and os.path.isfile(path):
@@ -172,6 +176,9 @@ class Transport:
         self.retries = max(0, retries)
         self.backoff = backoff
         self.sleep = sleep
+        # requests (100 ms to import) is loaded by the builds that talk to a registry, not by every build.
+        import requests.adapters
+
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE)
         self.session.mount("https://", adapter)
@@ -224,6 +231,8 @@ class Transport:
         bytes or a function opening a fresh stream for each try. With `retry=False` nothing is tried
         again: a connection error another try might mend raises TransientFault.
         """
+        import requests
+
         proxies: dict[str, Any] = dict(_NO_PROXY) if is_loopback(host) else {}
         attempt = 0
         while True:
@@ -264,6 +273,8 @@ class Transport:
 
     def iter_body(self, response: requests.Response, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The response body in chunks; a broken stream raises StreamInterrupted."""
+        import requests
+
         try:
             yield from response.iter_content(chunk_size)
         except (requests.RequestException, OSError) as exc:
