@@ -54,7 +54,8 @@ POWEROFF = {"name": "poweroff", "image": package("poweroff"), "command": ["/powe
 
 # name -> (base spec, extra `build` arguments)
 IMAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "cloud": ("cloud.yml", ("-f", "gcp", "-f", "vhd")), "clouds": ("minimal.yml", ()), "nocloud": ("minimal.yml", ()),
+    "cloud": ("cloud.yml", ("-f", "gcp", "-f", "aws", "-f", "vhd")), "clouds": ("minimal.yml", ()),
+    "nocloud": ("minimal.yml", ()),
     "hostile": ("minimal.yml", ()), "nocloud-arm64": ("minimal.yml", ("--arch", "arm64")),
 }
 
@@ -173,6 +174,62 @@ def test_cloud_yml_as_gcp_lets_root_in_with_the_clouds_key(images: Callable[[str
     print(f"\nmetadata on GCP (onboot container, runc included): {seconds:.2f} s")
 
 
+def keypair(directory: Path, comment: str) -> tuple[Path, str]:
+    """A new ed25519 key in `directory`: (its private key file, its public key line)."""
+    key = directory / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True)
+    return key, key.with_suffix(".pub").read_text().strip()
+
+
+def ssh_into(disk: Path, key: Path, command: str, *run_args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Boot `disk` with `linuxkit-py run` (and `run_args`), log in as root with `key`, run `command`:
+    (the session, the console)."""
+    port = free_port()
+    with Guest(disk, "--publish", f"{port}:22", *run_args) as guest:
+        known_hosts = key.with_name("known_hosts")
+        assert ssh_until_it_answers(port, key, known_hosts, time.monotonic() + 150) == "ok\n"
+        session = ssh(port, key, known_hosts, command)
+        guest.stop()
+    return session, guest.console
+
+
+@pytest.mark.boot
+def test_cloud_yml_as_aws_lets_root_in_with_the_imdsv2_key(images: Callable[[str], Path], tmp_path: Path) -> None:
+    """The aws output (cloud.raw) on an instance that requires IMDSv2: the key comes only from the token's GETs."""
+    key, public = keypair(tmp_path, "aws@test")
+    routes = aws_routes(hostname=b"ip-10-0-0-9.ec2.internal", user_data=b"#cloud-config\n", key=public.encode(),
+                        token="AQAEAsshTestToken==")
+    with MetadataServer(routes) as aws:
+        session, console = ssh_into(Path(f"{images('cloud')}.raw"), key,
+                                    "hostname; cat /run/config/provider; echo; "
+                                    "stat -c '%a %n' /run/config/ssh/authorized_keys; cat /run/config/instance_id",
+                                    "--guestfwd", f"{METADATA_ADDRESS}={aws.port}", "--net", LINK_LOCAL, "--isolated")
+    assert session.stdout.splitlines() == [
+        "ip-10-0-0-9.ec2.internal", "AWS", "600 /run/config/ssh/authorized_keys", "i-0123456789abcdef0"], session.stderr
+    assert "metadata: AWS: Probe succeeded" in console
+    assert "metadata: Set hostname to: ip-10-0-0-9.ec2.internal" in console
+    assert ("PUT", "/latest/api/token") in [(r.method, r.path) for r in aws.requests]
+    assert all(r.headers.get("x-aws-ec2-metadata-token") == "AQAEAsshTestToken=="
+               for r in aws.requests if r.method == "GET" and r.path.startswith("/latest/"))
+
+
+@pytest.mark.boot
+def test_cloud_yml_with_run_data_file_lets_root_in_with_the_cds_key(images: Callable[[str], Path],
+                                                                     tmp_path: Path) -> None:
+    """No cloud answering: the key and the host name come from the config CD `run --data-file` attaches."""
+    key, public = keypair(tmp_path, "cd@test")
+    data = tmp_path / "user-data.json"
+    data.write_text(json.dumps({"ssh": {"entries": {"authorized_keys": {"perm": "0600", "content": public + "\n"}}},
+                                "hostname": {"content": "cd-host"}}))
+    session, console = ssh_into(Path(f"{images('cloud')}.raw"), key, "hostname; cat /run/config/provider; echo; "
+                                "stat -c '%a %n' /run/config/ssh/authorized_keys",
+                                "--data-file", str(data), "--net", LINK_LOCAL, "--isolated")
+    assert session.stdout.splitlines() == [
+        "cd-host", "CDROM /dev/sr0", "600 /run/config/ssh/authorized_keys"], session.stderr
+    assert "metadata: Set hostname to: cd-host" in console
+    assert onboot_seconds(console, "metadata") < ABSENT_BOUND
+
+
 @pytest.mark.boot
 def test_cloud_yml_as_vhd_is_what_azure_takes(images: Callable[[str], Path]) -> None:
     """Azure: a fixed VHD (disk type 2) whose virtual size is a whole number of MiB, the footer after it."""
@@ -228,6 +285,15 @@ def test_each_cloud_writes_linuxkits_files(images: Callable[[str], Path],
         "provider": "644: Vultr", "public_ipv4": "644: 192.0.2.20", "private_ipv4": "644: 10.1.96.3",
         "private_netmask": "644: 255.255.240.0", "region_code": "644: AMS", "instance_id": "644: a1b2c3"}
     assert "userdata" not in seen["vultr"]  # LinuxKit reads none on Vultr
+    assert seen["openstack"]["ssh/authorized_keys"] == "600: ssh-ed25519 AAAAopenstack os@key"
+    assert seen["vultr"]["ssh/authorized_keys"] == "600: ssh-ed25519 AAAAvultr v@key"
+    # each provider's host name was set (the kernel's, as `hostname` in the container prints it), not only written
+    assert [line for line in out.splitlines() if line.startswith("metadata: hostname: ")] == [
+        f"metadata: hostname: {name}" for name in ("ip-10-0-0-5.ec2.internal", "os-vm.novalocal", "hetzner-1",
+                                                   "droplet-1", "vultr-1", "scw-1", "scw-1")]
+    assert [line for line in out.splitlines() if line.startswith("metadata: Set hostname to: ")] == [
+        f"metadata: Set hostname to: {name}" for name in ("ip-10-0-0-5.ec2.internal", "os-vm.novalocal",
+                                                          "hetzner-1", "droplet-1", "vultr-1", "scw-1")]
     assert {k: seen["scaleway"][k] for k in ("provider", "hostname", "instance_id", "instance_location",
                                              "public_ip", "private_ip", "ssh/authorized_keys", "userdata")} == {
         "provider": "644: Scaleway", "hostname": "644: scw-1", "instance_id": "644: 11111111-2222",
