@@ -15,6 +15,7 @@ the file it already extracted with the same numbers.
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from collections import Counter
 from collections.abc import Sequence
@@ -56,6 +57,9 @@ class MarkingSink(Sink, Protocol):
     """A sink told where each member starts (archive/compress.py cuts its gzip blocks there)."""
 
     def mark(self, name: bytes, /) -> None: ...
+
+
+SHARE_MIN_SIZE = 64 * 1024  # link_identical_files compares files from this size on
 
 
 def _pad(size: int) -> bytes:
@@ -115,6 +119,39 @@ class _Links:
                 current.pop(entry.path, None)
         dirs = {e.path for e in entries if e.kind is Kind.DIR}
         self.subdirs = Counter(path.rpartition("/")[0] for path in dirs)
+
+
+def link_identical_files(entries: Sequence[Entry], min_size: int = SHARE_MIN_SIZE) -> list[Entry]:
+    """`entries` with each later copy of a regular file turned into a hard link to the first copy.
+
+    A copy has the same bytes, permission bits, owner and group (a newc member carries nothing more
+    but the mtime, which is the same for every member). Only files of at least `min_size` bytes are
+    compared: the ones worth the read (the busybox each container image brings, 1.9 MB a copy).
+    An initramfs that holds one name per copy unpacks the same files; the initrd holds the bytes
+    once. Nothing writes to a file of the image through one name and reads another: rc.init makes
+    the root read-only, and containers see their root through overlay or read-only mounts.
+    """
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
+    for i, entry in enumerate(entries):
+        if entry.kind is Kind.FILE and entry.size >= min_size:
+            groups.setdefault((entry.size, entry.mode, entry.uid, entry.gid), []).append(i)
+    first: dict[tuple[tuple[int, int, int, int], bytes], str] = {}
+    links: dict[int, str] = {}
+    with ContentReader() as reader:
+        for key, members in groups.items():
+            if len(members) < 2:
+                continue
+            for i in members:
+                digest = hashlib.sha256()
+                for chunk in reader.chunks(entries[i].data):
+                    digest.update(chunk)
+                target = first.setdefault((key, digest.digest()), entries[i].path)
+                if target != entries[i].path:
+                    links[i] = target
+    if not links:
+        return list(entries)
+    return [entry.evolve(kind=Kind.HARDLINK, size=0, data=None, linkname=links[i]) if i in links else entry
+            for i, entry in enumerate(entries)]
 
 
 def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:

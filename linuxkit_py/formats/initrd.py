@@ -17,7 +17,7 @@ from typing import BinaryIO, cast
 
 from linuxkit_py.archive.blockcache import DeflateBlockCache
 from linuxkit_py.archive.compress import compressed_writer
-from linuxkit_py.archive.cpio import check_cpio_sizes, write_cpio
+from linuxkit_py.archive.cpio import check_cpio_sizes, link_identical_files, write_cpio
 from linuxkit_py.archive.entry import ContentReader, Entry, FileRegion, Kind, read_data
 from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
@@ -91,6 +91,7 @@ def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compres
     check_cpio_sizes(entries)
     if ucode is not None:
         _copy(ucode, out)
+    entries = link_identical_files(entries)
     sink = compressed_writer(out, compression, level, threads, block_cache)
     try:
         write_cpio(entries, sink, epoch)

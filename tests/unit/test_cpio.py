@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from linuxkit_py.archive.cpio import newc_header, newc_trailer, write_cpio
+from linuxkit_py.archive.cpio import link_identical_files, newc_header, newc_trailer, write_cpio
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
 
@@ -130,3 +130,53 @@ def test_file_over_4_gib_is_refused_before_writing(tmp_path: Path) -> None:
 def test_hard_link_without_its_file_is_a_bug() -> None:
     with pytest.raises(ValueError, match="hard link b -> a: no regular file before it"):
         _cpio([Entry("b", Kind.HARDLINK, 0o644, linkname="a")])
+
+
+def _copies(tmp_path: Path) -> list[Entry]:
+    """Three containers' busybox (two identical, one patched), a copy with other permissions, small twins."""
+    body = os.urandom(200_000)
+    layer = tmp_path / "other-layer.tar"
+    layer.write_bytes(b"\0" * 512 + body)
+    patched = body[:-1] + bytes([body[-1] ^ 1])
+    return [
+        Entry("a", Kind.DIR, 0o755),
+        Entry("a/busybox", Kind.FILE, 0o755, size=len(body), data=body),
+        Entry("a/sh", Kind.HARDLINK, 0o755, linkname="a/busybox"),
+        Entry("b", Kind.DIR, 0o755),
+        Entry("b/busybox", Kind.FILE, 0o755, size=len(body), data=FileRegion(str(layer), 512, len(body))),
+        Entry("b/sh", Kind.HARDLINK, 0o755, linkname="b/busybox"),
+        Entry("c", Kind.DIR, 0o755),
+        Entry("c/busybox", Kind.FILE, 0o755, size=len(patched), data=patched),
+        Entry("c/setuid", Kind.FILE, 0o4755, size=len(body), data=body),
+        Entry("c/other-owner", Kind.FILE, 0o755, uid=1000, size=len(body), data=body),
+        Entry("c/small1", Kind.FILE, 0o644, size=5, data=b"same\n"),
+        Entry("c/small2", Kind.FILE, 0o644, size=5, data=b"same\n"),
+    ]
+
+
+def test_identical_big_files_are_stored_once_and_unpack_as_before(tmp_path: Path) -> None:
+    entries = _copies(tmp_path)
+    linked = link_identical_files(entries)
+    kinds = {e.path: (e.kind, e.linkname) for e in linked}
+    assert kinds["b/busybox"] == (Kind.HARDLINK, "a/busybox")  # the same bytes from another layer
+    assert kinds["b/sh"] == (Kind.HARDLINK, "b/busybox")
+    for path in ("a/busybox", "c/busybox", "c/setuid", "c/other-owner", "c/small1", "c/small2"):
+        assert kinds[path] == (Kind.FILE, ""), path  # other bytes, mode or owner; or too small to compare
+    plain, shared = _cpio(entries), _cpio(linked)
+    assert len(shared) < len(plain) - 190_000
+    trees = []
+    for name, archive in (("plain", plain), ("shared", shared)):
+        out = tmp_path / name
+        out.mkdir()
+        subprocess.run(["cpio", "-idm", "--quiet", "--no-preserve-owner"], input=archive, cwd=out, check=True)
+        trees.append({p.relative_to(out).as_posix(): (p.read_bytes(), p.stat().st_mode)
+                      for p in sorted(out.rglob("*")) if p.is_file()})
+    assert trees[0] == trees[1]
+    out = tmp_path / "shared"
+    assert os.stat(out / "a/busybox").st_ino == os.stat(out / "b/busybox").st_ino
+    assert os.stat(out / "a/busybox").st_nlink == 4
+
+
+def test_nothing_to_share_leaves_the_entries_as_they_are(tmp_path: Path) -> None:
+    entries = _entries(tmp_path)
+    assert link_identical_files(entries) == entries

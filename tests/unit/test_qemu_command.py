@@ -25,7 +25,7 @@ from linuxkit_py.run.qemu import (
 KERNEL, INITRD = Path("/out/linuxkit-kernel"), Path("/out/linuxkit-initrd.img")
 TCG = QemuOptions(accel="tcg")
 SERIAL = serial_console_args("stdio")
-MACHINE = ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-no-reboot",
+MACHINE = ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-no-reboot", "-nodefaults",
            "-display", "none", "-vga", "none", "-monitor", "none"]
 NETWORK = ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
 RNG = ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]
