@@ -26,7 +26,7 @@ from tests.debstore import stored_debs
 from tests.imagetools import file_sha256
 from tests.integration.conftest import run_cli
 
-# Every format with an arm64 image; the BIOS ones are refused (tests/integration/test_arm64_errors.py).
+# Every format with an arm64 image; the BIOS ones are refused (tests/integration/test_arm64_packages.py).
 ARM64_FORMATS = ("kernel+initrd", "tar-kernel-initrd", "tar", "docker", "kernel+squashfs", "kernel+erofs",
                  "uki", "raw-efi", "qcow2-efi", "iso-efi", "iso-efi-initrd")
 BANNER = "kernel 6.1.0-"  # linuxkit-py's rc.init line: "linuxkit-py: HOST, kernel 6.1.0-NN-arm64, up N.NNs"
