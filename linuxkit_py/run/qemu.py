@@ -42,6 +42,7 @@ from linuxkit_py.tools import require, start, stop
 
 QEMU = "qemu-system-x86_64"  # amd64's; QemuOptions.arch chooses (arch.py), QemuOptions.qemu overrides
 PANIC_EXITS = "panic=-1"  # panic -> immediate reboot, which -no-reboot turns into qemu exiting
+NO_CRYPTO_SELF_TESTS = "cryptomgr.notests"  # on emulated kernel boots (kernel_cmdline)
 ROOT_DEVICE = "/dev/vda"  # kernel+squashfs/erofs: the root image is the first virtio disk
 NETWORKING = ("user", "none")
 NET_ID = "net0"
@@ -104,14 +105,22 @@ def qemu_binary(options: QemuOptions) -> str:
     return options.qemu or get_arch(options.arch).qemu
 
 
-def kernel_cmdline(cmdline: str, extra_append: str = "", panic_exits: bool = True, console: str = "ttyS0") -> str:
+def kernel_cmdline(cmdline: str, extra_append: str = "", panic_exits: bool = True, console: str = "ttyS0",
+                   emulated: bool = False) -> str:
     """The command line qemu passes: `cmdline`, `extra_append`, then a serial console and (with
-    `panic_exits`) `panic=-1`, unless the line already chooses a console or a panic timeout."""
+    `panic_exits`) `panic=-1`, unless the line already chooses a console or a panic timeout.
+
+    `emulated` (TCG) adds `cryptomgr.notests` unless the line sets it: the kernel's boot-time self-tests
+    of its crypto algorithms cost about 0.25 s of an emulated boot (crypto_algapi_init, measured with
+    initcall_debug) and check qemu's emulation of the CPU more than the image. `cryptomgr.notests=0` in
+    the spec or in --append keeps them."""
     line = " ".join(part for part in (cmdline.strip(), extra_append.strip()) if part)
     if not _has_param(line, "console"):
         line = f"{line} console={console}".strip()
     if panic_exits and not _has_param(line, "panic"):
         line = f"{line} {PANIC_EXITS}"
+    if emulated and re.search(r"(?:^|\s)cryptomgr\.notests(?:=|\s|$)", line) is None:
+        line = f"{line} {NO_CRYPTO_SELF_TESTS}"
     return line
 
 
@@ -199,7 +208,8 @@ def _kernel_args(image: BootImage, options: QemuOptions) -> list[str]:
     elif not _has_param(f"{cmdline} {options.extra_append}", "root"):
         cmdline = f"{cmdline} root={ROOT_DEVICE}"
     return [*args, "-append", kernel_cmdline(cmdline, options.extra_append, panic_exits=not options.reboot,
-                                             console=get_arch(options.arch).console)]
+                                             console=get_arch(options.arch).console,
+                                             emulated=(options.accel or "tcg") == "tcg")]
 
 
 def _boot_args(image: BootImage, options: QemuOptions, esp: Path | None) -> list[str]:
@@ -288,7 +298,7 @@ def board_command(pi: PiBoot, board: Board, options: QemuOptions, console: Seque
     args += ["-dtb", str(pi.dtb)] if pi.dtb else []
     args += ["-initrd", str(pi.initrd)] if pi.initrd else []
     args += ["-append", kernel_cmdline(pi.cmdline, options.extra_append, panic_exits=not options.reboot,
-                                       console=board.console)]
+                                       console=board.console, emulated=True)]
     return [*args, "-drive", f"if=sd,format=qcow2,file={qemu_file_arg(pi.card)}", "-nic", "none"]
 
 

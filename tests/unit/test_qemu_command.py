@@ -40,7 +40,7 @@ def test_kernel_boot_argv() -> None:
     assert argv == [
         *MACHINE, "-serial", "stdio",
         "-kernel", "/out/linuxkit-kernel", "-initrd", "/out/linuxkit-initrd.img",
-        "-append", "console=ttyS0 quiet panic=-1", *NETWORK, *RNG,
+        "-append", "console=ttyS0 quiet panic=-1 cryptomgr.notests", *NETWORK, *RNG,
     ]  # fmt: skip
 
 
@@ -82,10 +82,31 @@ def test_kernel_cmdline(cmdline: str, extra: str, expected: str) -> None:
     assert kernel_cmdline(cmdline, extra) == expected
 
 
+@pytest.mark.parametrize(
+    ("cmdline", "extra", "expected"),
+    [
+        ("quiet", "", "quiet console=ttyS0 panic=-1 cryptomgr.notests"),
+        # the spec or --append keeps the kernel's crypto self-tests; a bare flag of its own is not doubled
+        ("cryptomgr.notests=0", "", "cryptomgr.notests=0 console=ttyS0 panic=-1"),
+        ("quiet", "cryptomgr.notests=0", "quiet cryptomgr.notests=0 console=ttyS0 panic=-1"),
+        ("cryptomgr.notests", "", "cryptomgr.notests console=ttyS0 panic=-1"),
+        # a longer parameter name is another parameter
+        ("cryptomgr.notestsx=1", "", "cryptomgr.notestsx=1 console=ttyS0 panic=-1 cryptomgr.notests"),
+    ],
+)
+def test_an_emulated_boot_skips_the_kernels_crypto_self_tests(cmdline: str, extra: str, expected: str) -> None:
+    assert kernel_cmdline(cmdline, extra, emulated=True) == expected
+
+
+def test_a_kvm_boot_keeps_the_kernels_crypto_self_tests() -> None:
+    argv = qemu_command(KERNEL, INITRD, "quiet", QemuOptions(accel="kvm"), serial="stdio")
+    assert argv[argv.index("-append") + 1] == "quiet console=ttyS0 panic=-1"
+
+
 def test_extra_append_reaches_the_argv() -> None:
     argv = qemu_command(KERNEL, INITRD, "quiet", QemuOptions(accel="tcg", extra_append="rdinit=/bin/sh"),
                         serial="stdio")
-    assert argv[argv.index("-append") + 1] == "quiet rdinit=/bin/sh console=ttyS0 panic=-1"
+    assert argv[argv.index("-append") + 1] == "quiet rdinit=/bin/sh console=ttyS0 panic=-1 cryptomgr.notests"
 
 
 def test_kvm_uses_the_host_cpu() -> None:
@@ -148,7 +169,7 @@ def test_squashfs_root_is_the_first_virtio_disk_read_only() -> None:
     argv = boot_command(squashfs, QemuOptions(accel="tcg", disks=[Disk(Path("/d/data.img"))]), SERIAL)
     assert values_of(argv, "-kernel") == ["/out/x-kernel"]
     assert "-initrd" not in argv
-    assert values_of(argv, "-append") == ["quiet root=/dev/vda console=ttyS0 panic=-1"]
+    assert values_of(argv, "-append") == ["quiet root=/dev/vda console=ttyS0 panic=-1 cryptomgr.notests"]
     assert values_of(argv, "-drive") == ["if=none,id=boot,file=/out/x-squashfs.img,format=raw,readonly=on",
                                          "if=none,id=disk0,file=/d/data.img,format=raw"]
     assert values_of(argv, "-device")[0] == "virtio-blk-pci,drive=boot"  # booted by -kernel, not by the BIOS
@@ -159,14 +180,15 @@ def test_squashfs_root_with_a_stage_one_initramfs_gets_no_root_parameter() -> No
                          initrd=Path("/out/x-squashfs-initrd.img"), image=Path("/out/x-squashfs.img"))
     argv = boot_command(squashfs, QemuOptions(accel="tcg"), SERIAL)
     assert values_of(argv, "-initrd") == ["/out/x-squashfs-initrd.img"]
-    assert values_of(argv, "-append") == ["quiet console=ttyS0 panic=-1"]  # stage one finds the disk itself
+    # stage one finds the disk itself
+    assert values_of(argv, "-append") == ["quiet console=ttyS0 panic=-1 cryptomgr.notests"]
     assert values_of(argv, "-drive") == ["if=none,id=boot,file=/out/x-squashfs.img,format=raw,readonly=on"]
 
 
 def test_a_root_on_the_command_line_wins() -> None:
     erofs = BootImage("kernel+erofs", Path("/out/x"), kernel=Path("/out/x-kernel"), image=Path("/out/x-erofs.img"))
     argv = boot_command(erofs, QemuOptions(accel="tcg", extra_append="root=/dev/vdb"), SERIAL)
-    assert values_of(argv, "-append") == ["root=/dev/vdb console=ttyS0 panic=-1"]
+    assert values_of(argv, "-append") == ["root=/dev/vdb console=ttyS0 panic=-1 cryptomgr.notests"]
 
 
 def test_uki_boots_from_a_virtual_fat_esp() -> None:
@@ -201,7 +223,8 @@ def test_interactive_console_muxes_the_monitor_and_lets_the_guest_reboot() -> No
     assert values_of(argv, "-chardev") == ["stdio,id=console,mux=on,signal=off,logfile=/tmp/con,,sole.log"]
     assert values_of(argv, "-serial") == ["chardev:console"]
     assert values_of(argv, "-mon") == ["chardev=console,mode=readline"]
-    assert values_of(argv, "-append") == ["console=ttyS0"]  # a panic waits for the user instead of rebooting
+    # a panic waits for the user instead of rebooting
+    assert values_of(argv, "-append") == ["console=ttyS0 cryptomgr.notests"]
 
 
 def test_invalid_vm_size_is_a_user_error() -> None:
