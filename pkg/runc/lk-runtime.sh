@@ -86,12 +86,13 @@ LK_RUNC_DEBUG=$(lk_cmdline linuxkit.runc_debug 0)
 
 # lk_delete ID: forget the runc state of container ID. `runc delete -f` is one more start of runc (a Go
 # program: slow under emulation) on a boot's critical path, so it runs only when runc keeps state for ID
-# (runc's default root, /run/runc/ID; `runc run` removes it when the container exits normally).
+# (runc's default root, /run/runc/ID, or crun's, /run/crun/ID, with pkg/crun; `run` removes it when the
+# container exits normally).
 lk_delete() {
-    [ -e "$LK_RUNC_ROOT/$1" ] || return 0
+    [ -e "$LK_RUNC_ROOT/$1" ] || [ -e "$LK_CRUN_ROOT/$1" ] || return 0
     lk_runc delete -f "$1" >/dev/null 2>&1
 }
-LK_RUNC_ROOT=/run/runc
+LK_RUNC_ROOT=/run/runc LK_CRUN_ROOT=/run/crun
 
 # lk_short_name ID: the spec name of a bundle directory (000-dhcpcd -> dhcpcd).
 lk_short_name() {
