@@ -238,8 +238,7 @@ def build(opts: BuildOptions) -> list[Path]:
         if shared is not None:
             shared.push(packages.directories, layer_digests, [], None)
         return []
-    if shared is not None:
-        shared.fetch(layer_digests, deflate_tags if todo else [])
+    fetched = shared.fetch(layer_digests, deflate_tags if todo else []) if shared is not None else None
     unpack_images(cache, images.values())  # every image's layers decompressed and indexed in parallel
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     if opts.decompress_kernel:
@@ -251,6 +250,8 @@ def build(opts: BuildOptions) -> list[Path]:
     in_image = dumps(build_sbom(sbom)) if sbom is not None and opts.sbom_output else None
     if in_image is not None and opts.sbom_output:
         entries = [*entries, *sbom_entries(opts.sbom_output, in_image, entries)]
+    if fetched is not None:
+        fetched()  # the deflated blocks, fetched while the layers were unpacked
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
                     compression_keys=set() if opts.cache_to else None,
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,

@@ -1,7 +1,7 @@
 """A build cache in any OCI registry: `build --cache-to REF` and `--cache-from REF` (BuildKit's names).
 
 What a warm build reuses from its local cache goes to REF's repository as ordinary OCI artifacts, so
-that builders sharing REF start warm without any service of ours (docs/packages.md, "Sharing the cache"):
+that builders sharing REF start warm without any service of ours (docs/packages.md, "Sharing a build cache"):
 
 * `TAG-pkg-<sha256 of the package reference>`: a built `@pkg:` image, pushed as the image it is;
 * `TAG-layer-<layer digest hex>`: the member index of the unpacked layer and its files' SBOM hashes;
@@ -206,6 +206,13 @@ class RegistryBuildCache:
         except (RegistryFault, UserError, OSError, ValueError, KeyError, TypeError, tarfile.TarError) as exc:
             self._fault(option, ref, exc)
 
+    def _scratch(self) -> Path:
+        """Where fetched blobs wait to be read and pushed ones are packed: beside the derived data, not in the
+        OCI layout (a killed build leaves nothing there that `cache verify` reports)."""
+        directory = self.cache.derived_dir / "tmp"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
     def _usable(self, option: str) -> bool:
         return option not in self._failed
 
@@ -234,17 +241,19 @@ class RegistryBuildCache:
         return staging.blob_path(digest)
 
     def _from(self, jobs: list[Callable[[RegistryClient, Cache], None]]) -> None:
-        if self.source is None or not jobs or not self._usable("--cache-from"):
+        """Run the fetch `jobs` in parallel, each with a client and a staging cache the blobs are verified into."""
+        source = self.source
+        if source is None or not jobs or not self._usable("--cache-from"):
             return
-        with RegistryClient(self.options) as client, tempfile.TemporaryDirectory(
-                prefix=".cache-from-", dir=self.cache.root) as tmp, \
+        with self._guard("--cache-from", source), RegistryClient(self.options) as client, \
+                tempfile.TemporaryDirectory(prefix="cache-from-", dir=self._scratch()) as tmp, \
                 concurrent.futures.ThreadPoolExecutor(max(1, self.options.workers)) as pool:
             staging = Cache(Path(tmp))
             staging.ensure()
 
             def run(job: Callable[[RegistryClient, Cache], None]) -> None:
                 if self._usable("--cache-from"):
-                    with self._guard("--cache-from", self.source):  # type: ignore[arg-type]
+                    with self._guard("--cache-from", source):
                         job(client, staging)
 
             for future in [pool.submit(run, job) for job in jobs]:
@@ -273,13 +282,23 @@ class RegistryBuildCache:
                     self.cache.remove_ref(remote_ref)
                     self.taken.packages += 1
 
-    def fetch(self, layer_digests: Iterable[str], deflate_keys: list[str]) -> None:
-        """Layer indexes and deflated blocks the local cache lacks, in parallel; then one line of what came."""
-        if self.source is None:
-            return
-        self._from([*self._layer_jobs(layer_digests), *self._deflate_jobs(deflate_keys)])
-        if self._usable("--cache-from"):
-            log.warning("--cache-from %s: took %s", self.source.text, self.taken)
+    def fetch(self, layer_digests: Iterable[str], deflate_keys: list[str]) -> Callable[[], None]:
+        """The layer indexes the local cache lacks (fetched before this returns: unpacking reads them), and the
+        deflated blocks, fetched meanwhile while the layers are unpacked; call the result before compressing:
+        it waits for them and logs one line of what came."""
+        source = self.source
+        if source is None:
+            return lambda: None
+        self._from(self._layer_jobs(layer_digests))
+        blocks = threading.Thread(target=self._from, args=(self._deflate_jobs(deflate_keys),),
+                                  name="cache-from", daemon=True)
+        blocks.start()
+
+        def wait() -> None:
+            blocks.join()
+            if self._usable("--cache-from"):
+                log.warning("--cache-from %s: took %s", source.text, self.taken)
+        return wait
 
     def _layer_jobs(self, layer_digests: Iterable[str]) -> list[Callable[[RegistryClient, Cache], None]]:
         """The member index and SBOM hashes of every layer not indexed locally yet."""
@@ -361,7 +380,7 @@ class RegistryBuildCache:
     def _push_artifact(self, client: RegistryClient, remote: Remote, kind: str, names: Iterable[str],
                        read: Callable[[str], bytes | None], tags: list[str]) -> None:
         config = canonical_json({"kind": kind, "version": 1})
-        with tempfile.TemporaryDirectory(prefix=".cache-to-", dir=self.cache.root) as tmp:
+        with tempfile.TemporaryDirectory(prefix="cache-to-", dir=self._scratch()) as tmp:
             blob = Path(tmp) / "items.tar"
             with open(blob, "wb") as f:
                 count = _items_tar(names, read, f)
