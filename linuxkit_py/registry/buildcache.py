@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import tarfile
 import tempfile
@@ -283,15 +284,17 @@ class RegistryBuildCache:
                     self.taken.packages += 1
 
     def fetch(self, layer_digests: Iterable[str], deflate_keys: list[str]) -> Callable[[], None]:
-        """The layer indexes the local cache lacks (fetched before this returns: unpacking reads them), and the
-        deflated blocks, fetched meanwhile while the layers are unpacked; call the result before compressing:
-        it waits for them and logs one line of what came."""
+        """Start fetching the layer indexes and deflated blocks the local cache lacks, while the layers are
+        unpacked; call the result before compressing: it waits for them and logs one line of what came.
+
+        A layer unpacked before its index arrives is indexed here as without the option (both are written
+        atomically; one made here replaces a fetched one, never the other way), so the race costs time, never
+        bytes."""
         source = self.source
         if source is None:
             return lambda: None
-        self._from(self._layer_jobs(layer_digests))
-        blocks = threading.Thread(target=self._from, args=(self._deflate_jobs(deflate_keys),),
-                                  name="cache-from", daemon=True)
+        blocks = threading.Thread(target=self._from, name="cache-from", daemon=True,
+                                  args=([*self._layer_jobs(layer_digests), *self._deflate_jobs(deflate_keys)],))
         blocks.start()
 
         def wait() -> None:
@@ -317,14 +320,13 @@ class RegistryBuildCache:
                 if not isinstance(index, dict) or not isinstance(index.get("entries"), list):
                     raise ValueError(f"layer {hexdigest}: the cached index is not one")
                 directory.mkdir(parents=True, exist_ok=True)
-                target = directory / f"{hexdigest}.json"
-                _write_new(target, items[INDEX_ITEM])
                 if SBOM_ITEM in items and isinstance(json.loads(items[SBOM_ITEM]), dict):
                     hashes = sbom_hashes_path(self.cache, str(directory / f"{hexdigest}.tar"))
                     hashes.parent.mkdir(parents=True, exist_ok=True)
                     _write_new(hashes, items[SBOM_ITEM])
-                with self._lock:
-                    self.taken.layers += 1
+                if _write_new(directory / f"{hexdigest}.json", items[INDEX_ITEM]):
+                    with self._lock:
+                        self.taken.layers += 1
             return fetch
 
         return [job(h) for h in wanted]
@@ -410,15 +412,17 @@ def _sha256(path: Path) -> str:
     return "sha256:" + sha.hexdigest()
 
 
-def _write_new(target: Path, data: bytes) -> None:
-    """Write `target` atomically unless it exists: what the local cache has is never replaced."""
+def _write_new(target: Path, data: bytes) -> bool:
+    """Write `target` atomically unless it exists (what the local cache has is never replaced); True if written."""
     if target.exists():
-        return
+        return False
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with open(fd, "wb") as f:
             f.write(data)
-        Path(tmp).replace(target)
-    except BaseException:
+        os.link(tmp, target)  # fails when another writer (this build's own unpacking) was first
+    except FileExistsError:
+        return False
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+    return True
