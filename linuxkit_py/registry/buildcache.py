@@ -55,6 +55,7 @@ DEFAULT_TAG = "cache"
 MAX_TAG = 128  # the distribution spec's tag length
 MAX_KEY_TAG = len("-deflate-") + 64
 MAX_ITEMS_BYTES = 4 << 30  # a cache blob larger than this is refused, not downloaded
+MAX_ITEM_BYTES = 256 << 20  # one item is read into memory: a layer index of a million entries fits
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 INDEX_ITEM = "index.json"
 SBOM_ITEM = "sbom.json"
@@ -152,6 +153,8 @@ def _read_items(path: Path) -> Iterator[tuple[str, bytes]]:
         for member in tar:
             if not member.isfile() or "/" in member.name or member.name.startswith("."):
                 raise ValueError(f"unexpected member {member.name!r} in a cache blob")
+            if member.size > MAX_ITEM_BYTES:
+                raise ValueError(f"member {member.name!r} of a cache blob is larger than {MAX_ITEM_BYTES} bytes")
             f = tar.extractfile(member)
             if f is None:
                 raise ValueError(f"unreadable member {member.name!r} in a cache blob")
