@@ -111,10 +111,10 @@ def latest_deflate_key(name: str, formats: Iterable[str], arch: str) -> str:
 
 # -- the artifacts ------------------------------------------------------------------------------
 
-def _items_tar(names: Iterable[str], read: Callable[[str], bytes | None], out: Any) -> int:
+def _items_tar(names: Iterable[str], read: Callable[[str], bytes | None], out: Any) -> list[str]:
     """The items `read(name)` gives (None: left out) as a tar with fixed metadata, sorted by name, read one at
-    a time: the same items give the same bytes. The number written."""
-    count = 0
+    a time: the same items give the same bytes. The names written, sorted."""
+    written: list[str] = []
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(names):
             data = read(name)
@@ -124,8 +124,8 @@ def _items_tar(names: Iterable[str], read: Callable[[str], bytes | None], out: A
             info.size = len(data)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
-            count += 1
-    return count
+            written.append(name)
+    return written
 
 
 def _missing(fault: BaseException) -> bool:
@@ -222,27 +222,43 @@ class RegistryBuildCache:
 
     # -- --cache-from ------------------------------------------------------------------------
 
-    def _fetch_items(self, client: RegistryClient, tag: str, staging: Cache) -> Path | None:
-        """The verified items tar of the artifact `tag`, or None when the repository has no such tag."""
+    def _fetch_items(self, client: RegistryClient, tag: str, staging: Cache,
+                     have: Callable[[list[str]], bool] | None = None) -> tuple[bool, Path | None]:
+        """Whether the repository has the artifact `tag`, and its verified items tar (None when it has no such tag,
+        or when `have` says the local cache holds every item the artifact's config lists: then nothing is fetched
+        but that config)."""
         assert self.source is not None
         remote = self._remote(self.source)
         try:
             document = client.fetch_manifest(remote, tag)
         except RegistryFault as fault:
             if _missing(fault):
-                return None
+                return False, None
             raise
         doc = document.json()
-        layers = doc.get("layers")
-        if doc.get("artifactType") != ARTIFACT_TYPE or not isinstance(layers, list) or len(layers) != 1 \
-                or layers[0].get("mediaType") != ITEMS_MEDIA_TYPE:
+        config, layers = doc.get("config"), doc.get("layers")
+        if doc.get("artifactType") != ARTIFACT_TYPE or not isinstance(config, dict) \
+                or config.get("mediaType") != CONFIG_MEDIA_TYPE or not isinstance(layers, list) \
+                or len(layers) != 1 or layers[0].get("mediaType") != ITEMS_MEDIA_TYPE:
             raise ValueError(f"{tag} is not a linuxkit-py cache artifact")
-        digest, size = layers[0].get("digest"), layers[0].get("size")
+        if have is not None:
+            names = json.loads(staging.read_blob(self._fetch_blob(client, remote, config, tag, staging)))
+            if not isinstance(names, dict) or not isinstance(names.get("items"), list):
+                raise ValueError(f"{tag}: its config lists no items")
+            if have([str(name) for name in names["items"]]):
+                return True, None
+        return True, staging.blob_path(self._fetch_blob(client, remote, layers[0], tag, staging))
+
+    @staticmethod
+    def _fetch_blob(client: RegistryClient, remote: Remote, descriptor: dict[str, Any], tag: str,
+                    staging: Cache) -> str:
+        """The blob of `descriptor` into `staging`, verified (size and sha256); its digest."""
+        digest, size = descriptor.get("digest"), descriptor.get("size")
         if not isinstance(digest, str) or not DIGEST_RE.match(digest) or not isinstance(size, int) \
                 or not 0 <= size <= MAX_ITEMS_BYTES:
             raise ValueError(f"{tag} has a bad blob descriptor")
         client.fetch_blob(remote, digest, size, staging, lambda n: None, threading.Event())
-        return staging.blob_path(digest)
+        return digest
 
     def _from(self, jobs: list[Callable[[RegistryClient, Cache], None]]) -> None:
         """Run the fetch `jobs` in parallel, each with a client and a staging cache the blobs are verified into."""
@@ -310,12 +326,13 @@ class RegistryBuildCache:
         """The member index and SBOM hashes of every layer not indexed locally yet."""
         directory = layers_dir(self.cache)
         wanted = sorted({d.split(":", 1)[1] for d in layer_digests if d.startswith("sha256:")})
-        wanted = [h for h in wanted if not (directory / f"{h}.json").exists()]
+        wanted = [h for h in wanted if not (directory / f"{h}.json").exists()
+                  or not sbom_hashes_path(self.cache, str(directory / f"{h}.tar")).exists()]
 
         def job(hexdigest: str) -> Callable[[RegistryClient, Cache], None]:
             def fetch(client: RegistryClient, staging: Cache) -> None:
                 assert self.source is not None
-                blob = self._fetch_items(client, f"{self.source.tag}-layer-{hexdigest}", staging)
+                _, blob = self._fetch_items(client, f"{self.source.tag}-layer-{hexdigest}", staging)
                 if blob is None:
                     return
                 items = dict(_read_items(blob))
@@ -338,12 +355,17 @@ class RegistryBuildCache:
         """The deflated blocks of the first of `keys` (tag keys, best first) the cache has."""
         blocks = DeflateBlockCache(self.cache.derived_dir / "deflate")
 
+        def have_blocks(names: list[str]) -> bool:
+            return all(KEY_RE.match(name) and blocks.path(name).is_file() for name in names)
+
         def fetch(client: RegistryClient, staging: Cache) -> None:
             assert self.source is not None
             for key in keys:
-                blob = self._fetch_items(client, f"{self.source.tag}-deflate-{key}", staging)
-                if blob is None:
+                found, blob = self._fetch_items(client, f"{self.source.tag}-deflate-{key}", staging, have_blocks)
+                if not found:
                     continue
+                if blob is None:
+                    return  # every block is here already (a warm builder): the 100 MB blob is not fetched
                 for name, payload in _read_items(blob):
                     if not KEY_RE.match(name):
                         raise ValueError(f"unexpected block name {name!r}")
@@ -384,15 +406,16 @@ class RegistryBuildCache:
 
     def _push_artifact(self, client: RegistryClient, remote: Remote, kind: str, names: Iterable[str],
                        read: Callable[[str], bytes | None], tags: list[str]) -> None:
-        config = canonical_json({"kind": kind, "version": 1})
         with tempfile.TemporaryDirectory(prefix="cache-to-", dir=self._scratch()) as tmp:
             blob = Path(tmp) / "items.tar"
             with open(blob, "wb") as f:
-                count = _items_tar(names, read, f)
+                written = _items_tar(names, read, f)
             digest, size = _sha256(blob), blob.stat().st_size
+            # the config lists the items, so that a builder that has them all fetches nothing more
+            config = canonical_json({"kind": kind, "version": 1, "items": written})
             config_path = Path(tmp) / "config"
             config_path.write_bytes(config)
-            document = _manifest(kind, config, digest, size, count)
+            document = _manifest(kind, config, digest, size, len(written))
             _push_blob(client, remote, config_path, json.loads(document.data)["config"]["digest"], len(config),
                        lambda n: None)
             _push_blob(client, remote, blob, digest, size, lambda n: None)

@@ -151,10 +151,7 @@ GIVE = "give REGISTRY/REPOSITORY[:TAG] (hint: e.g. {0} registry.example.com/ci/c
 def test_a_corrupt_block_archive_is_refused_and_the_blocks_deflated_here(
         spec_dir: Path, registry: RegistryProcess, builder_a: tuple[Path, bytes], proxy: FaultProxy,
         tmp_path: Path) -> None:
-    tag = "cache-deflate-" + latest_deflate_key("system", ["kernel+initrd"], "amd64")
-    manifest = requests.get(f"http://{registry.host}/v2/ci/cache/manifests/{tag}", timeout=5,
-                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
-    proxy.inject(manifest["layers"][0]["digest"], CORRUPT, times=-1)
+    proxy.inject(deflate_blob(registry), CORRUPT, times=-1)
     cache = tmp_path / "cache"
     stderr, initrd = build(spec_dir, cache, tmp_path / "out", "--cache-from", f"{proxy.host}/ci/cache")
     assert initrd == builder_a[1]
@@ -164,6 +161,25 @@ def test_a_corrupt_block_archive_is_refused_and_the_blocks_deflated_here(
     assert TOOK.search(stderr) is None
     assert blocks(cache) == blocks(builder_a[0])  # deflated here, from this build's own bytes
     assert verify_cache(Cache(cache)).problems == []
+
+
+def deflate_blob(registry: RegistryProcess) -> str:
+    """The digest of the tar of blocks the latest build of system.yml pushed."""
+    tag = "cache-deflate-" + latest_deflate_key("system", ["kernel+initrd"], "amd64")
+    manifest = requests.get(f"http://{registry.host}/v2/ci/cache/manifests/{tag}", timeout=5,
+                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    return str(manifest["layers"][0]["digest"])
+
+
+def test_a_warm_builder_fetches_only_the_lists_of_what_it_has(spec_dir: Path, registry: RegistryProcess,
+                                                             builder_a: tuple[Path, bytes], tmp_path: Path) -> None:
+    blob = deflate_blob(registry)
+    seen = len(registry.requests_log())
+    stderr, initrd = build(spec_dir, builder_a[0], tmp_path / "out", "--cache-from", f"{registry.host}/ci/cache")
+    assert initrd == builder_a[1]
+    assert "--cache-from " + f"{registry.host}/ci/cache: took 0 packages, 0 layer indexes, 0 deflate blocks" in stderr
+    blob_gets = [path for method, path, _ in registry.requests_log()[seen:] if method == "GET" and "/blobs/" in path]
+    assert len(blob_gets) == 1 and not blob_gets[0].endswith(blob)  # the artifact's config only
 
 
 @pytest.mark.parametrize(("option", "value", "error"), [

@@ -33,8 +33,8 @@ def test_other_values_are_refused(value: str) -> None:
 def test_the_same_items_pack_into_the_same_bytes() -> None:
     items = {"b": b"two", "a": b"one", "c": b"three"}
     first, second = io.BytesIO(), io.BytesIO()
-    assert _items_tar(items, items.get, first) == 3
-    assert _items_tar(reversed(list(items)), items.get, second) == 3
+    assert _items_tar(items, items.get, first) == ["a", "b", "c"]
+    assert _items_tar(reversed(list(items)), items.get, second) == ["a", "b", "c"]
     assert first.getvalue() == second.getvalue()
 
 
