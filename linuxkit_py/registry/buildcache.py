@@ -201,7 +201,8 @@ class RegistryBuildCache:
             if option in self._failed:
                 return
             self._failed.add(option)
-        log.warning("%s %s: %s; building without it", option, ref.text, cause)
+        outcome = "building without it" if option == "--cache-from" else "the cache was not pushed"
+        log.warning("%s %s: %s; %s", option, ref.text, cause, outcome)
 
     @contextlib.contextmanager
     def _guard(self, option: str, ref: CacheRef) -> Iterator[None]:

@@ -163,6 +163,15 @@ def test_a_corrupt_block_archive_is_refused_and_the_blocks_deflated_here(
     assert verify_cache(Cache(cache)).problems == []
 
 
+def test_an_unreachable_cache_to_is_one_warning_after_the_outputs(spec_dir: Path, builder_a: tuple[Path, bytes],
+                                                                  tmp_path: Path) -> None:
+    host = f"127.0.0.1:{free_port()}"
+    stderr, initrd = build(spec_dir, builder_a[0], tmp_path / "out", "--cache-to", f"{host}/ci/cache")
+    assert initrd == builder_a[1]
+    assert [line for line in stderr.splitlines() if line.startswith("--cache-to")] == [
+        f"--cache-to {host}/ci/cache: cannot connect to registry {host} (connection refused); the cache was not pushed"]
+
+
 def deflate_blob(registry: RegistryProcess) -> str:
     """The digest of the tar of blocks the latest build of system.yml pushed."""
     tag = "cache-deflate-" + latest_deflate_key("system", ["kernel+initrd"], "amd64")
