@@ -61,6 +61,7 @@ INDEX_ITEM = "index.json"
 SBOM_ITEM = "sbom.json"
 # Cache requests give up sooner than pulls: a slow cache only delays a build that can go without it.
 CACHE_RETRIES = 1
+CACHE_TIMEOUT = 10.0  # seconds, for connecting and for each read: a hung cache registry delays a build this long
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,8 @@ class RegistryBuildCache:
 
     def __post_init__(self) -> None:
         self.options = dataclasses.replace(self.options, retries=min(self.options.retries, CACHE_RETRIES),
-                                           mirrors={}, progress=False)
+                                           timeout=min(self.options.timeout, CACHE_TIMEOUT), mirrors={},
+                                           progress=False)
 
     def _remote(self, ref: CacheRef) -> Remote:
         return resolve_remote(ref.repository, self.options)
