@@ -20,6 +20,7 @@ from linuxkit_py.formats.ab import image_entries as ab_image_entries
 from linuxkit_py.fsutil import atomic_output, atomic_outputs
 from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
+from linuxkit_py.registry.buildcache import CacheRef, RegistryBuildCache, latest_deflate_key
 from linuxkit_py.registry.pull import RegistryOptions, pull_images
 from linuxkit_py.rootfs.assemble import Assembly, assemble, metadata_writer
 from linuxkit_py.rootfs.kernelfile import decompressed_kernel
@@ -69,6 +70,8 @@ class BuildOptions:
     sbom_output: str | None = None  # --sbom-output PATH: the SBOM also in the image at PATH, as LinuxKit puts it
     sbom_current_time: bool = False  # --sbom-current-time: the SBOM's creation time is now, not the epoch
     data_size: int | None = None  # --data-size, bytes: the --ab disk's data partition
+    cache_from: CacheRef | None = None  # --cache-from: take what the local cache lacks from this registry cache
+    cache_to: CacheRef | None = None  # --cache-to: push what this build used there (registry/buildcache.py)
 
 
 def source_date_epoch() -> int:
@@ -204,9 +207,13 @@ def build(opts: BuildOptions) -> list[Path]:
     if opts.dry_run:
         sys.stdout.write(spec_to_yaml(spec))
         return []
+    shared = RegistryBuildCache(cache, opts.cache_from, opts.cache_to, opts.registry) \
+        if opts.cache_from or opts.cache_to else None
     epoch = source_date_epoch()
     metadata = metadata_writer(spec)
     reused = reusable_sections(opts.input_tar, spec, metadata) if opts.input_tar else {}
+    if shared is not None:
+        shared.fetch_packages(packages.directories, arch)
     images = packages.images(cache, arch)  # `@pkg:` images: built when missing, never pulled
     refs = [ref for ref in needed_refs(spec, reused) if ref not in images]
     images |= pull_images(cache, refs, arch, opts.registry, opts.pull)
@@ -214,6 +221,9 @@ def build(opts: BuildOptions) -> list[Path]:
     name = opts.name or default_name(opts.paths)
     records = None if opts.output is not None or opts.input_tar else _output_records(
         opts, cache, spec, images, arch, epoch, formats, assets)
+    layer_digests = [layer["digest"] for image in images.values() for layer in image.layers]
+    deflate_tags = [_build_key(opts, spec, images, arch, epoch, formats, assets, SHARED_NOT_IN_KEY),
+                    latest_deflate_key(name, [fmt.name for fmt in formats], arch)] if shared is not None else []
     todo = [fmt for fmt in formats if records is None or not records.up_to_date(fmt.name, _targets(opts, name, fmt))
             or (opts.sbom_output and opts.sbom_current_time)]  # an SBOM dated now in the image: new bytes
     for target in (t for fmt in formats if fmt not in todo for t in _targets(opts, name, fmt)):
@@ -225,7 +235,10 @@ def build(opts: BuildOptions) -> list[Path]:
     if opts.sbom and opts.output is None and not sbom_todo:
         log.warning("%s: up to date", sbom_target)
     if not todo and not sbom_todo:
+        if shared is not None:
+            shared.push(packages.directories, layer_digests, [], None)
         return []
+    fetched = shared.fetch(layer_digests, deflate_tags if todo else []) if shared is not None else None
     unpack_images(cache, images.values())  # every image's layers decompressed and indexed in parallel
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     if opts.decompress_kernel:
@@ -237,11 +250,17 @@ def build(opts: BuildOptions) -> list[Path]:
     in_image = dumps(build_sbom(sbom)) if sbom is not None and opts.sbom_output else None
     if in_image is not None and opts.sbom_output:
         entries = [*entries, *sbom_entries(opts.sbom_output, in_image, entries)]
+    if fetched is not None:
+        fetched()  # the deflated blocks, fetched while the layers were unpacked
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
+                    compression_keys=set() if opts.cache_to else None,
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
                                           verity=opts.verity, ab=_ab_layout(opts, epoch)))
     if opts.output is not None:
-        return _write_stream(formats[0], rootfs, opts.output)
+        streamed = _write_stream(formats[0], rootfs, opts.output)
+        if shared is not None:
+            shared.push(packages.directories, layer_digests, deflate_tags, rootfs.compression_keys)
+        return streamed
     written: list[Path] = []
     for fmt in todo:
         targets = _targets(opts, name, fmt)
@@ -261,6 +280,8 @@ def build(opts: BuildOptions) -> list[Path]:
         written.append(sbom_target)
         if records is not None:
             records.record(SBOM_RECORD, [sbom_target])
+    if shared is not None:
+        shared.push(packages.directories, layer_digests, deflate_tags, rootfs.compression_keys)
     return written
 
 
@@ -277,11 +298,23 @@ def _output_records(opts: BuildOptions, cache: Cache, spec: Spec, images: dict[s
                     formats: list[Format], assets: dict[str, Path]) -> OutputRecords:
     """The records of earlier outputs, keyed by every input of this build (linuxkit_py/uptodate.py).
     Every option counts except those that cannot change a byte: a new option is in the key by default."""
-    options = {k: v for k, v in asdict(opts).items() if k not in ("registry", "pull", "cache_dir", "dry_run")}
+    return OutputRecords(cache.derived_dir / "outputs",
+                         _build_key(opts, spec, images, arch, epoch, formats, assets, NOT_IN_KEY))
+
+
+# Options that cannot change an output byte: how images are found (their digests count) and cached.
+NOT_IN_KEY = ("registry", "pull", "cache_dir", "dry_run", "cache_from", "cache_to")
+# The key of the deflated blocks shared with other builders: where the outputs go is not in it either.
+SHARED_NOT_IN_KEY = (*NOT_IN_KEY, "paths", "directory", "output")
+
+
+def _build_key(opts: BuildOptions, spec: Spec, images: dict[str, Image], arch: str, epoch: int,
+               formats: list[Format], assets: dict[str, Path], leave_out: tuple[str, ...]) -> str:
+    options = {k: v for k, v in asdict(opts).items() if k not in leave_out}
     options |= {"arch name": arch, "epoch": epoch, "format names": [fmt.name for fmt in formats]}
     files = {f"asset {n}": p for n, p in assets.items()} | {"sign-key": opts.sign_key, "sign-cert": opts.sign_cert}
     files |= {f"tool {t}": Path(require(t)) for fmt in formats for t in fmt.tools}
-    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files))
+    return build_key(spec, images, options, files)
 
 
 def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:

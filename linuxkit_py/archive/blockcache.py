@@ -32,9 +32,10 @@ TRIM_TO = 0.75
 class DeflateBlockCache:
     """Compressed blocks under `directory`, at most about `max_bytes` of them."""
 
-    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES, used: set[str] | None = None) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.used = used  # when given, the key of every block looked up is added (what --cache-to shares)
 
     @staticmethod
     def key(level: int, dictionary: bytes, block: bytes) -> str:
@@ -44,12 +45,14 @@ class DeflateBlockCache:
         sha.update(block)
         return sha.hexdigest()
 
-    def _path(self, key: str) -> Path:
+    def path(self, key: str) -> Path:
         return self.directory / key[:2] / key
 
     def get(self, key: str) -> bytes | None:
         """The stored payload, or None when absent or damaged."""
-        path = self._path(key)
+        if self.used is not None:
+            self.used.add(key)
+        path = self.path(key)
         try:
             data = path.read_bytes()
         except OSError:
@@ -66,7 +69,7 @@ class DeflateBlockCache:
 
     def put(self, key: str, payload: bytes) -> None:
         """Store `payload`; a cache that cannot be written is skipped, never an error."""
-        path = self._path(key)
+        path = self.path(key)
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)

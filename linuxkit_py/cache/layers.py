@@ -74,6 +74,11 @@ def layers_dir(cache: Cache) -> Path:
     return cache.derived_dir / "layers"
 
 
+def sbom_hashes_path(cache: Cache, tar_path: str) -> Path:
+    """Where rootfs/sbom.py keeps the SHA1/SHA256 of the files of the unpacked layer tar `tar_path`."""
+    return cache.derived_dir / "sbom" / (hashlib.sha256(tar_path.encode()).hexdigest()[:32] + ".json")
+
+
 def _hex(layer: dict[str, Any]) -> str:
     digest = layer["digest"]
     if not isinstance(digest, str) or not digest.startswith("sha256:"):

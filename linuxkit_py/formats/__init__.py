@@ -60,6 +60,7 @@ class Rootfs:
     epoch: int  # mtime of every entry and of every generated header (SOURCE_DATE_EPOCH)
     # Where gzip writers may keep deflated blocks for the next build (None: not kept).
     compression_cache: Path | None = None
+    compression_keys: set[str] | None = None  # filled with the keys of the blocks used (build --cache-to)
     options: FormatOptions = field(default_factory=FormatOptions)
 
 

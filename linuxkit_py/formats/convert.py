@@ -190,7 +190,8 @@ def write_gcp(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
         raw = workdir / GCP_DISK_NAME
         write_raw_disk(rootfs, raw, "bios", workdir, size_unit=GIB, fmt="gcp")
         # Most of the disk is zeros: blocks deflated once come from the cache after.
-        cache = DeflateBlockCache(rootfs.compression_cache) if rootfs.compression_cache is not None else None
+        cache = None if rootfs.compression_cache is None else DeflateBlockCache(rootfs.compression_cache,
+                                                                                 used=rootfs.compression_keys)
         sink = compressed_writer(out, "gzip", block_cache=cache)
         try:
             write_disk_tar(raw, GCP_DISK_NAME, cast(BinaryIO, sink), rootfs.epoch)

@@ -102,7 +102,9 @@ def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compres
 
 
 def _block_cache(rootfs: Rootfs) -> DeflateBlockCache | None:
-    return DeflateBlockCache(rootfs.compression_cache) if rootfs.compression_cache is not None else None
+    if rootfs.compression_cache is None:
+        return None
+    return DeflateBlockCache(rootfs.compression_cache, used=rootfs.compression_keys)
 
 
 def _copy(entry: Entry, out: BinaryIO) -> None:

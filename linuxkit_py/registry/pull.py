@@ -176,7 +176,10 @@ def _plan_attestation(client: RegistryClient, plan: _Plan) -> None:
         log.debug("%s: no SBOM attestation: %s", plan.given, exc)
         return
     plan.attestation = document
-    plan.attestation_blobs = [layer for layer in layers
+    config = document.json().get("config")  # stored too, so that the cached attestation manifest is whole
+    configs = [config] if isinstance(config, dict) and isinstance(config.get("digest"), str) \
+        and isinstance(config.get("size"), int) else []
+    plan.attestation_blobs = [layer for layer in [*configs, *layers]
                               if DIGEST_RE.match(layer["digest"]) and 0 <= layer["size"] <= MAX_STATEMENT]
 
 

@@ -12,13 +12,15 @@ import pytest
 from linuxkit_py.build import BuildOptions, _output_records
 from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layout import Cache
+from linuxkit_py.registry.buildcache import parse_cache_ref
 from linuxkit_py.registry.pull import RegistryOptions
 from linuxkit_py.spec.model import Position, Spec
 from linuxkit_py.uptodate import OutputRecords, build_key, content_digest
 
 # Options that cannot change an output byte (how images are found, not which ones: their digests count).
 NOT_IN_KEY = {"registry": RegistryOptions(timeout=5.0), "pull": True, "cache_dir": Path("/elsewhere"),
-              "dry_run": True}
+              "dry_run": True, "cache_from": parse_cache_ref("127.0.0.1:5000/ci", "--cache-from"),
+              "cache_to": parse_cache_ref("127.0.0.1:5000/ci:other", "--cache-to")}
 CHANGED: dict[str, Any] = {
     "paths": ["other.yml"], "formats": ["iso-efi"], "name": "other", "directory": Path("elsewhere"),
     "output": "out.tar", "arch": "arm64", "size": 1 << 30, "root": "squashfs", "input_tar": Path("in.tar"),
