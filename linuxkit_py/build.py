@@ -11,7 +11,7 @@ from pathlib import Path
 
 from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.cache.image import Image
-from linuxkit_py.cache.layers import unpack_images
+from linuxkit_py.cache.layers import layers_dir, unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
@@ -22,6 +22,7 @@ from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
 from linuxkit_py.registry.pull import RegistryOptions, pull_images
 from linuxkit_py.rootfs.assemble import Assembly, assemble, metadata_writer
+from linuxkit_py.rootfs.kernelfile import DERIVED_SUBDIR as KERNEL_SUBDIR
 from linuxkit_py.rootfs.kernelfile import decompressed_kernel
 from linuxkit_py.rootfs.reuse import needed_refs, reusable_sections
 from linuxkit_py.rootfs.sbom import SBOM_SUFFIX, SbomInput, build_sbom, sbom_entries
@@ -238,6 +239,7 @@ def build(opts: BuildOptions) -> list[Path]:
     if in_image is not None and opts.sbom_output:
         entries = [*entries, *sbom_entries(opts.sbom_output, in_image, entries)]
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
+                    content_addressed=(layers_dir(cache), cache.derived_dir / KERNEL_SUBDIR),
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
                                           verity=opts.verity, ab=_ab_layout(opts, epoch)))
     if opts.output is not None:

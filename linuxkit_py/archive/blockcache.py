@@ -1,15 +1,22 @@
 """Deflated blocks of earlier builds, reused when a rebuild compresses the same bytes again.
 
 A block of the parallel gzip writer (archive/compress.py) is a pure function of the zlib
-library, the level, its 32 KiB dictionary and its input, so it is stored under the sha256
-of all four: a hit is byte for byte what deflating would give, and hashing a block costs
-about 1/25 of deflating it. A warm rebuild of an unchanged spec writes the same cpio, and
-a changed one still reuses every block before its first change (the kernel's modules come
-first).
+library, the level, its 32 KiB dictionary and its input, so it is stored under a key that
+names all four. The dictionary and the input are each a list of pieces: literal bytes
+(cpio headers, generated files), which the key holds in full, and regions of files in
+*content-addressed* directories (`content_addressed`: the cache's unpacked layers, each
+named after the digest of the blob it was decompressed from, never rewritten with other
+bytes), which the key names by (absolute path, offset, size) without reading them. Equal
+keys therefore mean equal input bytes, and a rebuild looks a block up without reading or
+hashing the 456 MB it is cut from. A region of any other file (a `files: source:` on the
+host, which may change) is read and keyed by its bytes (compress.py does that).
 
-Each file holds a small header with its payload's length and CRC-32, so a torn or damaged
-file is a miss, never bad output. Files are written without fsync (a lost one is only a
-miss) and the least recently used ones are removed beyond a size cap.
+Each file holds a small header with its key, its payload's length and CRC-32 and its input's
+CRC-32 and length (the gzip trailer's CRC is combined from those), so a torn, damaged or
+misplaced file is a miss, never bad output. (A file forged on purpose is not detected: whoever
+can write the cache can as well rewrite the layer tars every build trusts.) Files are written
+without fsync (a lost one is only a miss) and the least recently used ones are removed beyond
+a size cap.
 """
 
 from __future__ import annotations
@@ -20,35 +27,72 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-MAGIC = b"LKPYDFL1"
-HEADER = struct.Struct("<8sII")  # magic, payload length, CRC-32 of the payload
+from linuxkit_py.archive.entry import FileRegion
+
+MAGIC = b"LKPYDFL2"
+# magic, the key (a file copied under another key's name is a miss), payload length, CRC-32 of the
+# payload, CRC-32 of the input, input length
+HEADER = struct.Struct("<8s32sIIII")
+KEY_VERSION = 2
 DEFAULT_MAX_BYTES = 1 << 30
 # After trimming, keep this share of the cap, so that every build does not trim again.
 TRIM_TO = 0.75
 
+Piece = bytes | bytearray | FileRegion
+
+
+@dataclass(frozen=True, slots=True)
+class CachedBlock:
+    payload: bytes  # the deflated block
+    input_crc32: int  # CRC-32 of the bytes it was deflated from
+    input_size: int
+
 
 class DeflateBlockCache:
-    """Compressed blocks under `directory`, at most about `max_bytes` of them."""
+    """Compressed blocks under `directory`, at most about `max_bytes` of them.
 
-    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    Regions of files under `content_addressed` directories are keyed by where they are (see above).
+    """
+
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES,
+                 content_addressed: Iterable[Path] = ()) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self._addressed = tuple(os.path.abspath(d) + os.sep for d in content_addressed)
+
+    def addressed(self, path: str) -> str | None:
+        """The absolute path of `path` when it is in a content-addressed directory, else None."""
+        if not self._addressed:
+            return None
+        absolute = os.path.abspath(path)
+        return absolute if absolute.startswith(self._addressed) else None
 
     @staticmethod
-    def key(level: int, dictionary: bytes, block: bytes) -> str:
-        """What decides the deflated bytes of `block`: zlib's version, level, dictionary, input."""
-        sha = hashlib.sha256(f"{zlib.ZLIB_RUNTIME_VERSION} {level} {len(dictionary)} {len(block)}\n".encode())
-        sha.update(dictionary)
-        sha.update(block)
+    def key(level: int, dictionary: Sequence[Piece], block: Sequence[Piece]) -> str:
+        """What decides the deflated bytes of `block`: zlib's version, level, dictionary, input.
+
+        Regions must be of content-addressed files, with absolute paths (`addressed`)."""
+        sha = hashlib.sha256(f"deflate v{KEY_VERSION} {zlib.ZLIB_RUNTIME_VERSION} {level}\n".encode())
+        for part, pieces in ((b"dictionary", dictionary), (b"block", block)):
+            sha.update(b"%s %d\n" % (part, len(pieces)))
+            for piece in pieces:
+                if isinstance(piece, FileRegion):
+                    path = piece.path.encode("utf-8", "surrogateescape")
+                    sha.update(b"region %d %d %d %s\n" % (piece.offset, piece.size, len(path), path))
+                else:
+                    sha.update(b"bytes %d\n" % len(piece))
+                    sha.update(piece)
         return sha.hexdigest()
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / key
 
-    def get(self, key: str) -> bytes | None:
-        """The stored payload, or None when absent or damaged."""
+    def get(self, key: str) -> CachedBlock | None:
+        """The stored block, or None when absent or damaged."""
         path = self._path(key)
         try:
             data = path.read_bytes()
@@ -56,23 +100,26 @@ class DeflateBlockCache:
             return None
         if len(data) < HEADER.size:
             return None
-        magic, length, crc = HEADER.unpack_from(data)
+        magic, stored_key, length, crc, input_crc, input_size = HEADER.unpack_from(data)
         payload = data[HEADER.size :]
-        if magic != MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+        if (magic != MAGIC or stored_key != bytes.fromhex(key) or length != len(payload)
+                or zlib.crc32(payload) != crc):
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: trimmed last
-        return payload
+        return CachedBlock(payload, input_crc, input_size)
 
-    def put(self, key: str, payload: bytes) -> None:
-        """Store `payload`; a cache that cannot be written is skipped, never an error."""
+    def put(self, key: str, block: CachedBlock) -> None:
+        """Store `block`; a cache that cannot be written is skipped, never an error."""
         path = self._path(key)
+        payload = block.payload
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)))
+                    f.write(HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib.crc32(payload),
+                                        block.input_crc32, block.input_size))
                     f.write(payload)
                 os.replace(tmp, path)
             except BaseException:

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from linuxkit_py.archive.entry import ContentReader, Entry, Kind
+from linuxkit_py.archive.entry import ContentReader, Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
 
 NEWC_MAGIC = b"070701"
@@ -56,6 +56,13 @@ class MarkingSink(Sink, Protocol):
     """A sink told where each member starts (archive/compress.py cuts its gzip blocks there)."""
 
     def mark(self, name: bytes, /) -> None: ...
+
+
+@runtime_checkable
+class RegionSink(Sink, Protocol):
+    """A sink that takes a file's bytes as a region, to read them only when it needs them (compress.py)."""
+
+    def write_region(self, region: FileRegion, /) -> None: ...
 
 
 def _pad(size: int) -> bytes:
@@ -121,10 +128,12 @@ def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
     """Write `entries` (parents before children, hard links after their file) as a newc archive.
 
     Every member gets `mtime`; inode numbers count up from FIRST_INO in entry order. A sink
-    with a `mark` method is told each member's name where the member starts.
+    with a `mark` method is told each member's name where the member starts; one with
+    `write_region` is given file contents as regions of their files.
     """
     check_cpio_sizes(entries)
     mark = out.mark if isinstance(out, MarkingSink) else None
+    write_region = out.write_region if isinstance(out, RegionSink) else None
     links = _Links(entries)
     inos: dict[int, int] = {}
     written = 0
@@ -152,7 +161,11 @@ def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
                 mark(entry.path.encode("utf-8", "surrogateescape"))
             out.write(head)
             written += len(head)
-            if kind is Kind.FILE:
+            if kind is Kind.FILE and write_region is not None and isinstance(entry.data, FileRegion):
+                if entry.data.size != filesize:
+                    raise UserError(f"{entry.path}: its source has {entry.data.size} bytes, expected {filesize}")
+                write_region(entry.data)
+            elif kind is Kind.FILE:
                 copied = 0
                 for chunk in reader.chunks(entry.data):
                     copied += len(chunk)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from linuxkit_py.arch import Arch, get_arch
+from linuxkit_py.archive.blockcache import DeflateBlockCache
 from linuxkit_py.archive.entry import Entry
 from linuxkit_py.errors import UserError
 from linuxkit_py.sign import Signer
@@ -61,6 +62,15 @@ class Rootfs:
     # Where gzip writers may keep deflated blocks for the next build (None: not kept).
     compression_cache: Path | None = None
     options: FormatOptions = field(default_factory=FormatOptions)
+    # Directories whose files are never rewritten with other bytes (the cache's unpacked layers): the
+    # block cache names their regions by place instead of reading them (archive/blockcache.py).
+    content_addressed: tuple[Path, ...] = ()
+
+    def block_cache(self) -> DeflateBlockCache | None:
+        """The deflated-block cache gzip writers share, when the build keeps one."""
+        if self.compression_cache is None:
+            return None
+        return DeflateBlockCache(self.compression_cache, content_addressed=self.content_addressed)
 
 
 Writer = Callable[[Rootfs, list[BinaryIO]], None]

@@ -100,10 +100,6 @@ def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compres
         raise
 
 
-def _block_cache(rootfs: Rootfs) -> DeflateBlockCache | None:
-    return DeflateBlockCache(rootfs.compression_cache) if rootfs.compression_cache is not None else None
-
-
 def _copy(entry: Entry, out: BinaryIO) -> None:
     with ContentReader() as reader:
         for chunk in reader.chunks(entry.data):
@@ -116,7 +112,7 @@ def write_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str =
     boot = split_boot(rootfs.entries)
     _copy(boot.kernel, kernel_out)
     write_initrd(boot.initrd, initrd_out, rootfs.epoch, compression=compression, ucode=boot.ucode,
-                 block_cache=_block_cache(rootfs))
+                 block_cache=rootfs.block_cache())
     cmdline_out.write(boot.cmdline)
 
 
@@ -133,7 +129,7 @@ def write_tar_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: s
     directory = os.path.dirname(name) if isinstance(name, str) and os.path.isabs(name) else None
     with tempfile.NamedTemporaryFile(prefix=".initrd-", suffix=".tmp", dir=directory) as initrd:
         write_initrd(boot.initrd, cast(BinaryIO, initrd), rootfs.epoch, compression=compression,
-                     block_cache=_block_cache(rootfs))
+                     block_cache=rootfs.block_cache())
         initrd.flush()
         size = initrd.tell()
         members = [
