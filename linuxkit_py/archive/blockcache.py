@@ -63,13 +63,17 @@ class DeflateBlockCache:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self._addressed = tuple(os.path.abspath(d) + os.sep for d in content_addressed)
+        self._known: dict[str, str | None] = {}  # path -> addressed(path)
 
     def addressed(self, path: str) -> str | None:
         """The absolute path of `path` when it is in a content-addressed directory, else None."""
         if not self._addressed:
             return None
-        absolute = os.path.abspath(path)
-        return absolute if absolute.startswith(self._addressed) else None
+        known = self._known.get(path, "")
+        if known == "":
+            absolute = os.path.abspath(path)
+            known = self._known[path] = absolute if absolute.startswith(self._addressed) else None
+        return known
 
     @staticmethod
     def key(level: int, dictionary: Sequence[Piece], block: Sequence[Piece]) -> str:

@@ -74,15 +74,14 @@ def newc_header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: i
     """The 110-byte member header (buffer-format.rst, "cpio_file" header fields, in order)."""
     fields = (ino, mode, uid, gid, nlink, mtime, filesize, ARCHIVE_DEV_MAJOR, ARCHIVE_DEV_MINOR,
               rdevmajor, rdevminor, namesize, NO_CHECKSUM)
-    for value in fields:
-        if not 0 <= value <= MAX_FIELD:
-            raise ValueError(f"cpio header field out of range: {value}")
+    if min(fields) < 0 or max(fields) > MAX_FIELD:
+        raise ValueError(f"cpio header field out of range: {[v for v in fields if not 0 <= v <= MAX_FIELD][0]}")
     return NEWC_MAGIC + b"%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X" % fields
 
 
-def newc_member_head(name: str, **fields: int) -> bytes:
+def newc_member_head(name: str | bytes, **fields: int) -> bytes:
     """Header + NUL-terminated name + padding: everything of a member before its data."""
-    raw = name.encode("utf-8", "surrogateescape") + b"\0"
+    raw = (name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")) + b"\0"
     return newc_header(namesize=len(raw), **fields) + raw + _pad(HEADER_SIZE + len(raw))
 
 
@@ -145,38 +144,43 @@ def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
             kind = entry.kind
             if kind is Kind.DIR:
                 nlink = 2 + links.subdirs[entry.path]
-            elif kind in (Kind.FILE, Kind.HARDLINK):
+            elif kind is Kind.FILE or kind is Kind.HARDLINK:
                 nlink = links.names[t]
             else:
                 nlink = 1
-            data = b""
+            data = entry.data if kind is Kind.FILE else None
+            filesize = entry.size
             if kind is Kind.SYMLINK:
                 data = entry.linkname.encode("utf-8", "surrogateescape")
-            filesize = entry.size if kind is Kind.FILE else len(data)
+                filesize = len(data)
+            elif kind is not Kind.FILE:
+                filesize = 0
+            name = entry.path.encode("utf-8", "surrogateescape")
             head = newc_member_head(
-                entry.path, ino=ino, mode=FILE_TYPE_BITS[kind] | (source.mode & 0o7777),
+                name, ino=ino, mode=FILE_TYPE_BITS[kind] | (source.mode & 0o7777),
                 uid=source.uid, gid=source.gid, nlink=nlink, mtime=mtime, filesize=filesize,
                 rdevmajor=entry.devmajor, rdevminor=entry.devminor)
             if mark is not None:
-                mark(entry.path.encode("utf-8", "surrogateescape"))
+                mark(name)
+            written += len(head) + filesize + (-filesize % ALIGNMENT)
+            if data is None or isinstance(data, bytes) and len(data) == filesize:
+                out.write(head + (data or b"") + _pad(filesize))  # one write for a member held in memory
+                continue
             out.write(head)
-            written += len(head)
-            if kind is Kind.FILE and write_region is not None and isinstance(entry.data, FileRegion):
-                if entry.data.size != filesize:
-                    raise UserError(f"{entry.path}: its source has {entry.data.size} bytes, expected {filesize}")
-                write_region(entry.data)
-            elif kind is Kind.FILE:
+            if write_region is not None and isinstance(data, FileRegion):
+                if data.size != filesize:
+                    raise UserError(f"{entry.path}: its source has {data.size} bytes, expected {filesize}")
+                write_region(data)
+            else:
                 copied = 0
-                for chunk in reader.chunks(entry.data):
+                for chunk in reader.chunks(data):
                     copied += len(chunk)
                     out.write(chunk)
                 if copied != filesize:
                     raise UserError(f"{entry.path}: its source has {copied} bytes, expected {filesize} "
                                     "(did it change during the build?)")
-            elif data:
-                out.write(data)
-            out.write(_pad(filesize))
-            written += filesize + len(_pad(filesize))
+            if filesize % ALIGNMENT:
+                out.write(_pad(filesize))
     trailer = newc_trailer()
     out.write(trailer)
     written += len(trailer)
