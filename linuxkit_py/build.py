@@ -14,7 +14,7 @@ from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layers import layers_dir, unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
+from linuxkit_py.formats import KEPT, AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
 from linuxkit_py.formats.ab import AB_FORMATS
 from linuxkit_py.formats.ab import image_entries as ab_image_entries
 from linuxkit_py.fsutil import atomic_output, atomic_outputs
@@ -32,7 +32,7 @@ from linuxkit_py.spec.load import load_specs, spec_to_yaml
 from linuxkit_py.spec.model import Spec
 from linuxkit_py.spec.resolve import resolve_spec
 from linuxkit_py.tools import require
-from linuxkit_py.uptodate import OutputRecords, build_key
+from linuxkit_py.uptodate import OutputRecords, build_key, context_key
 
 log = logging.getLogger("linuxkit_py")
 
@@ -245,15 +245,26 @@ def build(opts: BuildOptions) -> list[Path]:
     if opts.output is not None:
         return _write_stream(formats[0], rootfs, opts.output)
     written: list[Path] = []
+    digests: dict[str, list[str | None]] = {}  # format -> what each of its files is made of (Format.input_digests)
     for fmt in todo:
         targets = _targets(opts, name, fmt)
-        log.info("writing %s: %s", fmt.name, ", ".join(str(t) for t in targets))
-        with atomic_outputs(targets) as files:
-            fmt.write(rootfs, files)
-        written.extend(targets)
+        kept = [False] * len(targets)
+        if records is not None and fmt.input_digests is not None:
+            digests[fmt.name] = fmt.input_digests(rootfs)
+            kept = records.kept(fmt.name, targets, digests[fmt.name])
+        for target in (t for t, k in zip(targets, kept, strict=True) if k):
+            log.warning("%s: up to date", target)
+        rewrite = [t for t, k in zip(targets, kept, strict=True) if not k]
+        log.info("writing %s: %s", fmt.name, ", ".join(str(t) for t in rewrite))
+        with atomic_outputs(rewrite) as files:
+            opened = iter(files)
+            fmt.write(rootfs, [KEPT if k else next(opened) for k in kept])
+        written.extend(rewrite)
     if records is not None:  # every format's: a file two formats share may have been rewritten
         for fmt in formats:
-            records.record(fmt.name, _targets(opts, name, fmt))
+            if fmt.name not in digests and fmt.input_digests is not None:
+                digests[fmt.name] = fmt.input_digests(rootfs)
+            records.record(fmt.name, _targets(opts, name, fmt), digests.get(fmt.name))
     if sbom is not None and sbom_todo:  # made after the formats, so that its memory and theirs are not needed at once
         with atomic_output(sbom_target) as f:
             if in_image is not None:
@@ -283,7 +294,8 @@ def _output_records(opts: BuildOptions, cache: Cache, spec: Spec, images: dict[s
     options |= {"arch name": arch, "epoch": epoch, "format names": [fmt.name for fmt in formats]}
     files = {f"asset {n}": p for n, p in assets.items()} | {"sign-key": opts.sign_key, "sign-cert": opts.sign_cert}
     files |= {f"tool {t}": Path(require(t)) for fmt in formats for t in fmt.tools}
-    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files))
+    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files),
+                         context_key(options, files))
 
 
 def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from linuxkit_py.archive.entry import FileRegion
+from linuxkit_py.archive.entry import Data, FileRegion, iter_data
 
 MAGIC = b"LKPYDFL2"
 # magic, the key (a file copied under another key's name is a miss), payload length, CRC-32 of the
@@ -52,6 +52,38 @@ class CachedBlock:
     input_size: int
 
 
+class ContentAddressed:
+    """Directories whose files are never rewritten with other bytes: a region of one of them is named by
+    (absolute path, offset, size) wherever the bytes it holds must be told apart."""
+
+    def __init__(self, directories: Iterable[Path] = ()) -> None:
+        self._prefixes = tuple(os.path.abspath(d) + os.sep for d in directories)
+        self._known: dict[str, str | None] = {}  # path -> addressed(path)
+
+    def addressed(self, path: str) -> str | None:
+        """The absolute path of `path` when it is in a content-addressed directory, else None."""
+        if not self._prefixes:
+            return None
+        known = self._known.get(path, "")
+        if known == "":
+            absolute = os.path.abspath(path)
+            known = self._known[path] = absolute if absolute.startswith(self._prefixes) else None
+        return known
+
+    def identity(self, data: Data | None) -> bytes:
+        """What names the bytes of `data`: where they are in a content-addressed file, else their sha256
+        (read now: a host file may change)."""
+        if isinstance(data, FileRegion):
+            path = self.addressed(data.path)
+            if path is not None:
+                raw = path.encode("utf-8", "surrogateescape")
+                return b"region %d %d %d %s" % (data.offset, data.size, len(raw), raw)
+        sha = hashlib.sha256()
+        for chunk in iter_data(data):
+            sha.update(chunk)
+        return b"sha256 " + sha.hexdigest().encode()
+
+
 class DeflateBlockCache:
     """Compressed blocks under `directory`, at most about `max_bytes` of them.
 
@@ -59,21 +91,12 @@ class DeflateBlockCache:
     """
 
     def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES,
-                 content_addressed: Iterable[Path] = ()) -> None:
+                 content_addressed: Iterable[Path] | ContentAddressed = ()) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
-        self._addressed = tuple(os.path.abspath(d) + os.sep for d in content_addressed)
-        self._known: dict[str, str | None] = {}  # path -> addressed(path)
-
-    def addressed(self, path: str) -> str | None:
-        """The absolute path of `path` when it is in a content-addressed directory, else None."""
-        if not self._addressed:
-            return None
-        known = self._known.get(path, "")
-        if known == "":
-            absolute = os.path.abspath(path)
-            known = self._known[path] = absolute if absolute.startswith(self._addressed) else None
-        return known
+        self._content = (content_addressed if isinstance(content_addressed, ContentAddressed)
+                         else ContentAddressed(content_addressed))
+        self.addressed = self._content.addressed
 
     @staticmethod
     def key(level: int, dictionary: Sequence[Piece], block: Sequence[Piece]) -> str:

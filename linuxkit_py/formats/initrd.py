@@ -9,10 +9,11 @@ cpio is prepended to the initrd, where the kernel's early microcode loader looks
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import BinaryIO, cast
 
 from linuxkit_py.archive.blockcache import DeflateBlockCache
@@ -21,7 +22,7 @@ from linuxkit_py.archive.cpio import check_cpio_sizes, write_cpio
 from linuxkit_py.archive.entry import ContentReader, Entry, FileRegion, Kind, read_data
 from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import Format, Rootfs, register
+from linuxkit_py.formats import KEPT, Format, Rootfs, register
 
 BOOT_DIR = "boot"
 KERNEL_PATH = "boot/kernel"
@@ -107,13 +108,37 @@ def _copy(entry: Entry, out: BinaryIO) -> None:
 
 
 def write_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:
-    """`kernel+initrd`: NAME-kernel, NAME-initrd.img (ucode first, if any), NAME-cmdline."""
+    """`kernel+initrd`: NAME-kernel, NAME-initrd.img (ucode first, if any), NAME-cmdline (each skipped when KEPT)."""
     kernel_out, initrd_out, cmdline_out = outs
     boot = split_boot(rootfs.entries)
-    _copy(boot.kernel, kernel_out)
-    write_initrd(boot.initrd, initrd_out, rootfs.epoch, compression=compression, ucode=boot.ucode,
-                 block_cache=rootfs.block_cache())
-    cmdline_out.write(boot.cmdline)
+    if kernel_out is not KEPT:
+        _copy(boot.kernel, kernel_out)
+    if initrd_out is not KEPT:
+        write_initrd(boot.initrd, initrd_out, rootfs.epoch, compression=compression, ucode=boot.ucode,
+                     block_cache=rootfs.block_cache())
+    if cmdline_out is not KEPT:
+        cmdline_out.write(boot.cmdline)
+
+
+def kernel_initrd_digests(rootfs: Rootfs) -> list[str | None]:
+    """What NAME-kernel, NAME-initrd.img and NAME-cmdline are made of (Format.input_digests): the kernel's
+    bytes, every initrd entry (metadata and bytes) with the ucode, the command line."""
+    boot = split_boot(rootfs.entries)
+    identity = rootfs.addresses.identity
+    initrd = hashlib.sha256(b"ucode " + (identity(boot.ucode.data) if boot.ucode is not None else b"none"))
+    for entry in boot.initrd:
+        initrd.update(b"\n%s\0%s" % (repr(_metadata(entry)).encode("utf-8", "surrogateescape"),
+                                       identity(entry.data)))
+    return [identity(boot.kernel.data).decode("utf-8", "surrogateescape"), initrd.hexdigest(),
+            hashlib.sha256(boot.cmdline).hexdigest()]
+
+
+def _metadata(entry: Entry) -> tuple[object, ...]:
+    """Every field of `entry` but its data."""
+    return tuple(getattr(entry, name) for name in _METADATA_FIELDS)
+
+
+_METADATA_FIELDS = tuple(f.name for f in fields(Entry) if f.name != "data")
 
 
 def write_tar_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:
@@ -151,6 +176,7 @@ register(Format(
     name="kernel+initrd",
     suffixes=("-kernel", "-initrd.img", "-cmdline"),
     write=write_kernel_initrd,
+    input_digests=kernel_initrd_digests,
     description="kernel, gzip newc cpio initramfs (ucode first) and command line",
 ))
 register(Format(
