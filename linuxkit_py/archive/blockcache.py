@@ -78,6 +78,8 @@ class ContentAddressed:
             if path is not None:
                 raw = path.encode("utf-8", "surrogateescape")
                 return b"region %d %d %d %s" % (data.offset, data.size, len(raw), raw)
+        elif data is None or isinstance(data, bytes):
+            return b"sha256 " + hashlib.sha256(data or b"").hexdigest().encode()
         sha = hashlib.sha256()
         for chunk in iter_data(data):
             sha.update(chunk)

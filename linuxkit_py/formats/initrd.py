@@ -10,6 +10,7 @@ cpio is prepended to the initrd, where the kernel's early microcode loader looks
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import tempfile
 from collections.abc import Sequence
@@ -127,18 +128,13 @@ def kernel_initrd_digests(rootfs: Rootfs) -> list[str | None]:
     identity = rootfs.addresses.identity
     initrd = hashlib.sha256(b"ucode " + (identity(boot.ucode.data) if boot.ucode is not None else b"none"))
     for entry in boot.initrd:
-        initrd.update(b"\n%s\0%s" % (repr(_metadata(entry)).encode("utf-8", "surrogateescape"),
+        initrd.update(b"%s\0%s\n" % (repr(_metadata(entry)).encode("utf-8", "surrogateescape"),
                                        identity(entry.data)))
     return [identity(boot.kernel.data).decode("utf-8", "surrogateescape"), initrd.hexdigest(),
             hashlib.sha256(boot.cmdline).hexdigest()]
 
 
-def _metadata(entry: Entry) -> tuple[object, ...]:
-    """Every field of `entry` but its data."""
-    return tuple(getattr(entry, name) for name in _METADATA_FIELDS)
-
-
-_METADATA_FIELDS = tuple(f.name for f in fields(Entry) if f.name != "data")
+_metadata = operator.attrgetter(*(f.name for f in fields(Entry) if f.name != "data"))  # all of an entry but its data
 
 
 def write_tar_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:
