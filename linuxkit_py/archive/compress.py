@@ -98,7 +98,7 @@ class ParallelGzipWriter:
         self._block_size = block_size
         self._threads = max(1, threads or os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="gzip")
-        self._pending: deque[tuple[Future[CachedBlock], int]] = deque()
+        self._pending: deque[tuple[Future[CachedBlock] | CachedBlock, int]] = deque()
         self._pieces: list[Piece] = []  # the block being filled, before `_literal`
         self._literal = bytearray()  # bytes written since the last region
         self._filled = 0  # bytes in the block being filled
@@ -153,15 +153,27 @@ class ParallelGzipWriter:
         self._pieces, self._filled = [], 0
         self._dictionary = _tail(block, DEFLATE_WINDOW)
         self._size += size
-        key = self._block_cache.key(self._level, dictionary, block) if self._block_cache is not None else None
+        key = None
+        if self._block_cache is not None:
+            key = self._block_cache.key(self._level, dictionary, block)
+            # A hit is looked up here, not on a worker: reading one small file is quicker than handing
+            # the GIL to a thread and back (the usual rebuild hits all but a few blocks).
+            cached = self._block_cache.get(key)
+            if cached is not None and cached.input_size == size:
+                self._pending.append((cached, size))
+                self._drain()
+                return
         self._pending.append((self._pool.submit(self._deflate, key, dictionary, block, size), size))
+        self._drain()
+
+    def _drain(self) -> None:
         # Bounded memory: at most two blocks per thread in flight.
         while len(self._pending) > 2 * self._threads:
             self._write_next()
 
     def _write_next(self) -> None:
-        future, size = self._pending.popleft()
-        block = future.result()
+        pending, size = self._pending.popleft()
+        block = pending if isinstance(pending, CachedBlock) else pending.result()
         self._out.write(block.payload)
         self._crc = crc32_combine(self._crc, block.input_crc32, size)
 
@@ -179,11 +191,7 @@ class ParallelGzipWriter:
             self._block_cache.trim()
 
     def _deflate(self, key: str | None, dictionary: list[Piece], block: list[Piece], size: int) -> CachedBlock:
-        """deflate_block, or the same bytes from the block cache (runs on a worker thread)."""
-        if key is not None and self._block_cache is not None:
-            cached = self._block_cache.get(key)
-            if cached is not None and cached.input_size == size:
-                return cached
+        """deflate_block, stored in the block cache under `key` (runs on a worker thread)."""
         data = _read_pieces(block)
         if len(data) != size:
             raise OSError(f"a gzip block read {len(data)} bytes, expected {size} (did an input change?)")
