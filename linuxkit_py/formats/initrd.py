@@ -128,13 +128,14 @@ def kernel_initrd_digests(rootfs: Rootfs) -> list[str | None]:
     identity = rootfs.addresses.identity
     initrd = hashlib.sha256(b"ucode " + (identity(boot.ucode.data) if boot.ucode is not None else b"none"))
     for entry in boot.initrd:
-        initrd.update(b"%s\0%s\n" % (repr(_metadata(entry)).encode("utf-8", "surrogateescape"),
-                                       identity(entry.data)))
+        metadata = (entry.kind.value, _metadata(entry))  # Kind's own repr is Python code: slow
+        initrd.update(b"%s\0%s\n" % (repr(metadata).encode("utf-8", "surrogateescape"), identity(entry.data)))
     return [identity(boot.kernel.data).decode("utf-8", "surrogateescape"), initrd.hexdigest(),
             hashlib.sha256(boot.cmdline).hexdigest()]
 
 
-_metadata = operator.attrgetter(*(f.name for f in fields(Entry) if f.name != "data"))  # all of an entry but its data
+# every field of an entry but its kind and data
+_metadata = operator.attrgetter(*(f.name for f in fields(Entry) if f.name not in ("kind", "data")))
 
 
 def write_tar_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:
