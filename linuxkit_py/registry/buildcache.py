@@ -372,8 +372,8 @@ class RegistryBuildCache:
                 for name, payload in _read_items(blob):
                     if not KEY_RE.match(name):
                         raise ValueError(f"unexpected block name {name!r}")
-                    if blocks.get(name) is None:
-                        blocks.put(name, payload)
+                    # a block file is taken whole and undamaged, under its own key, or not at all
+                    if blocks.get(name) is None and blocks.put_file(name, payload):
                         with self._lock:
                             self.taken.blocks += 1
                 return
@@ -404,7 +404,7 @@ class RegistryBuildCache:
                                     [f"{destination.tag}-layer-{hexdigest}"])
             if block_keys and deflate_tags:
                 blocks = DeflateBlockCache(self.cache.derived_dir / "deflate")
-                self._push_artifact(client, remote, "deflate", block_keys, blocks.get,
+                self._push_artifact(client, remote, "deflate", block_keys, blocks.read_file,
                                     [f"{destination.tag}-deflate-{key}" for key in deflate_tags])
 
     def _push_artifact(self, client: RegistryClient, remote: Remote, kind: str, names: Iterable[str],

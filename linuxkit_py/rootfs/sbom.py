@@ -51,6 +51,7 @@ from linuxkit_py.spec.model import SECTIONS, Spec
 SBOM_SUFFIX = ".spdx.json"  # NAME.spdx.json beside the outputs
 IMAGE_ID = "SPDXRef-Image"
 KERNEL_ID = "SPDXRef-Kernel"
+FILE_ID_PREFIX = "SPDXRef-File-"  # + 24 hex digits: what spdx_id("File", hex) gives
 DEBS_LABEL = "org.linuxkit-py.debs"
 CHUNK = 1 << 20
 _MODULES_DIR = re.compile(r"^lib/modules/([^/]+)/")
@@ -165,7 +166,7 @@ def _files(entries: list[Entry], hashes: _HashCache) -> tuple[list[tuple[str, st
     for entry in sorted((e for e in entries if e.kind is Kind.FILE), key=lambda e: e.path):
         sha1, sha256 = hashes.hashes(entry)
         raw = entry.path.encode("utf-8", "surrogateescape")  # a name need not be UTF-8
-        file_id = spdx_id("File", hashlib.sha256(raw).hexdigest()[:24])
+        file_id = FILE_ID_PREFIX + hashlib.sha256(raw).hexdigest()[:24]
         files.append(("./" + raw.decode("utf-8", "backslashreplace"), file_id, sha1, sha256))
         if entry.source:
             sources[file_id] = entry.source

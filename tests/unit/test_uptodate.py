@@ -96,3 +96,23 @@ def test_records_match_only_untouched_files_and_the_same_key(tmp_path: Path, key
     assert not second.up_to_date("tar", [out])  # another format's record
     out.write_bytes(b"initrd")  # rewritten with the same bytes: no longer the file recorded
     assert not second.up_to_date("kernel+initrd", [out])
+
+
+def test_a_file_is_kept_only_with_the_recorded_content_and_identity(tmp_path: Path) -> None:
+    kernel, initrd = tmp_path / "x-kernel", tmp_path / "x-initrd.img"
+    kernel.write_bytes(b"kernel")
+    initrd.write_bytes(b"initrd")
+    targets = [kernel, initrd]
+    OutputRecords(tmp_path / "records", "k1", "context").record("kernel+initrd", targets, ["kd", "id"])
+    edited = OutputRecords(tmp_path / "records", "k2", "context")  # another spec: another build key
+    assert not edited.up_to_date("kernel+initrd", targets)
+    assert edited.kept("kernel+initrd", targets, ["kd", "id"]) == [True, True]
+    assert edited.kept("kernel+initrd", targets, ["kd", "other"]) == [True, False]
+    assert edited.kept("kernel+initrd", targets, [None, "id"]) == [False, True]  # no digest: never kept
+    assert edited.kept("kernel+initrd", [initrd, kernel], ["id", "kd"]) == [False, False]  # another record
+    options = OutputRecords(tmp_path / "records", "k2", "other context")  # an option, the code, the epoch
+    assert options.kept("kernel+initrd", targets, ["kd", "id"]) == [False, False]
+    kernel.write_bytes(b"kernel")  # rewritten with the same bytes: no longer the file recorded
+    assert edited.kept("kernel+initrd", targets, ["kd", "id"]) == [False, True]
+    OutputRecords(tmp_path / "records", "k3", "context").record("kernel+initrd", targets)  # without digests
+    assert edited.kept("kernel+initrd", targets, ["kd", "id"]) == [False, False]
