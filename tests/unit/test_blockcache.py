@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from linuxkit_py.archive.blockcache import DeflateBlockCache
+from linuxkit_py.archive.blockcache import CachedBlock, DeflateBlockCache
 from linuxkit_py.archive.compress import ParallelGzipWriter, crc32_combine, crc32_combine_python
 from linuxkit_py.archive.cpio import write_cpio
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
@@ -277,3 +277,30 @@ def test_crc32_combine_is_the_crc_of_the_concatenation() -> None:
         whole = zlib.crc32(a + b)
         assert crc32_combine_python(zlib.crc32(a), zlib.crc32(b), len(b)) == whole
         assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == whole
+
+
+def test_a_region_is_keyed_by_its_file_not_by_where_the_cache_lives(tmp_path: Path) -> None:
+    """Two builders' caches at different paths name the same unpacked layer alike: they share blocks (--cache-from)."""
+    keys = []
+    for machine in ("a", "b"):
+        layer = tmp_path / machine / "cache" / "linuxkit-py" / "layers" / ("ab" * 32 + ".tar")
+        layer.parent.mkdir(parents=True)
+        layer.write_bytes(b"x" * 4096)
+        keys.append(DeflateBlockCache.key(5, [b"dict"], [b"head", FileRegion(str(layer), 512, 1024)]))
+    assert keys[0] == keys[1]
+    other = DeflateBlockCache.key(5, [b"dict"], [b"head", FileRegion(str(tmp_path / "layers" / "cd.tar"), 512, 1024)])
+    assert other != keys[0]
+
+
+def test_a_shared_block_file_is_taken_only_whole_and_under_its_own_key(tmp_path: Path) -> None:
+    source, target = DeflateBlockCache(tmp_path / "source"), DeflateBlockCache(tmp_path / "target")
+    key, other = "1" * 64, "2" * 64
+    source.put(key, CachedBlock(b"deflated", 1234, 5678))
+    data = source.read_file(key)
+    assert data is not None
+    assert not target.put_file(other, data)  # copied under another key's name
+    assert not target.put_file(key, data[:-1])  # torn
+    assert not target.put_file(key, data[:-1] + bytes([data[-1] ^ 1]))  # damaged
+    assert target.get(key) is None and target.get(other) is None
+    assert target.put_file(key, data)
+    assert target.get(key) == CachedBlock(b"deflated", 1234, 5678)
