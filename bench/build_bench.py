@@ -9,6 +9,8 @@
    With `--noop N`, N rebuilds into the same output directory follow (nothing changed: the
    outputs are up to date); with `--edit N`, N rounds of three one-line edits, each built once
    (a `files:` entry's content, one service's command, the kernel cmdline) and then undone.
+   With `--cache-from N`, one warm build with `--cache-to` pushes the build cache to the bench's
+   registry, then N builds each start from an empty cache with `--cache-from` (a second builder).
    Runs go one after another, never in parallel.
 3. Checks every build of a spec wrote the same bytes, then compares the initrd with the
    same cpio gzipped the way LinuxKit does (klauspost/pgzip, default level; Python's gzip at
@@ -162,14 +164,15 @@ EDITS = (
 
 
 def timed_build(name: str, spec: Path, cache: Path, out: Path, kind: str, quiet: float | None = None,
-                keep: bool = False) -> Run:
+                keep: bool = False, options: tuple[str, ...] = ()) -> Run:
     """One build under /usr/bin/time; `keep`: into the existing output directory (no-op and edit builds)."""
     if out.exists() and not keep:
         shutil.rmtree(out)
     if quiet is not None:
         wait_for_quiet(quiet, QUIET_TIMEOUT)
     report = WORK / "time.txt"
-    build = [str(PYTHON), "-m", "linuxkit_py", "build", "--cache", str(cache), "--dir", str(out), str(spec)]
+    build = [str(PYTHON), "-m", "linuxkit_py", "build", "--cache", str(cache), "--dir", str(out), *options,
+             str(spec)]
     cmd = [TIME, "-v", "-o", str(report), *build]
     busy = busy_cpu_seconds()
     subprocess.run(cmd, check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
@@ -206,6 +209,19 @@ def edit_runs(spec: Path, cache: Path, out: Path, rounds: int, quiet: float | No
                             str(spec)], check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
             if _sha256(initrd) != base:
                 raise SystemExit(f"{kind}: undoing the edit did not give back the same initrd")
+    return runs
+
+
+def cache_from_runs(name: str, spec: Path, cache: Path, out: Path, rounds: int, quiet: float | None,
+                    ref: str) -> list[Run]:
+    """A warm build that pushes its build cache to `ref` (--cache-to), then `rounds` builds that each start
+    from an empty cache with --cache-from `ref`, as a second CI builder would."""
+    runs = [timed_build(name, spec, cache, out, "cache-to", quiet, options=("--cache-to", ref))]
+    fresh = WORK / f"cache-{name}-fresh"
+    for _ in range(rounds):
+        if fresh.exists():
+            shutil.rmtree(fresh)
+        runs.append(timed_build(name, spec, fresh, out, "cache-from", quiet, options=("--cache-from", ref)))
     return runs
 
 
@@ -297,6 +313,9 @@ def main() -> int:
     parser.add_argument("--only", choices=("full", "small"), help="run one spec only")
     parser.add_argument("--noop", type=int, default=0, metavar="N", help="no-op rebuilds after the warm ones")
     parser.add_argument("--edit", type=int, default=0, metavar="N", help="rounds of the three one-line edits")
+    parser.add_argument("--cache-from", type=int, default=0, metavar="N",
+                        help="push the build cache with --cache-to, then N builds from an empty cache with "
+                             "--cache-from")
     parser.add_argument("--quiet", type=float, default=0.1, metavar="CORES",
                         help="before each run, wait until other processes use at most this many cores "
                              "(default 0.1; negative: do not wait)")
@@ -326,6 +345,9 @@ def main() -> int:
                 runs.extend(timed_build(name, spec, cache, out, "noop", quiet, keep=True) for _ in range(args.noop))
                 if name == "full":
                     runs.extend(edit_runs(spec, cache, out, args.edit, quiet))
+                if args.cache_from:
+                    runs.extend(cache_from_runs(name, spec, cache, out, args.cache_from, quiet,
+                                                f"{registry.host}/{REPO}/cache-{name}"))
             digests = {r.initrd_sha256 for r in runs if r.spec == name and not r.kind.startswith("edit")}
             if len(digests) != 1:
                 raise SystemExit(f"{name}: builds wrote different initrds: {sorted(digests)}")

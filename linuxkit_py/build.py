@@ -11,17 +11,19 @@ from pathlib import Path
 
 from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.cache.image import Image
-from linuxkit_py.cache.layers import unpack_images
+from linuxkit_py.cache.layers import layers_dir, unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
+from linuxkit_py.formats import KEPT, AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
 from linuxkit_py.formats.ab import AB_FORMATS
 from linuxkit_py.formats.ab import image_entries as ab_image_entries
 from linuxkit_py.fsutil import atomic_output, atomic_outputs
 from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
+from linuxkit_py.registry.buildcache import CacheRef, RegistryBuildCache, latest_deflate_key
 from linuxkit_py.registry.pull import RegistryOptions, pull_images
 from linuxkit_py.rootfs.assemble import Assembly, assemble, metadata_writer
+from linuxkit_py.rootfs.kernelfile import DERIVED_SUBDIR as KERNEL_SUBDIR
 from linuxkit_py.rootfs.kernelfile import decompressed_kernel
 from linuxkit_py.rootfs.reuse import needed_refs, reusable_sections
 from linuxkit_py.rootfs.sbom import SBOM_SUFFIX, SbomInput, build_sbom, sbom_entries
@@ -31,7 +33,7 @@ from linuxkit_py.spec.load import load_specs, spec_to_yaml
 from linuxkit_py.spec.model import Spec
 from linuxkit_py.spec.resolve import resolve_spec
 from linuxkit_py.tools import require
-from linuxkit_py.uptodate import OutputRecords, build_key
+from linuxkit_py.uptodate import OutputRecords, build_key, context_key
 
 log = logging.getLogger("linuxkit_py")
 
@@ -69,6 +71,8 @@ class BuildOptions:
     sbom_output: str | None = None  # --sbom-output PATH: the SBOM also in the image at PATH, as LinuxKit puts it
     sbom_current_time: bool = False  # --sbom-current-time: the SBOM's creation time is now, not the epoch
     data_size: int | None = None  # --data-size, bytes: the --ab disk's data partition
+    cache_from: CacheRef | None = None  # --cache-from: take what the local cache lacks from this registry cache
+    cache_to: CacheRef | None = None  # --cache-to: push what this build used there (registry/buildcache.py)
 
 
 def source_date_epoch() -> int:
@@ -204,9 +208,13 @@ def build(opts: BuildOptions) -> list[Path]:
     if opts.dry_run:
         sys.stdout.write(spec_to_yaml(spec))
         return []
+    shared = RegistryBuildCache(cache, opts.cache_from, opts.cache_to, opts.registry) \
+        if opts.cache_from or opts.cache_to else None
     epoch = source_date_epoch()
     metadata = metadata_writer(spec)
     reused = reusable_sections(opts.input_tar, spec, metadata) if opts.input_tar else {}
+    if shared is not None:
+        shared.fetch_packages(packages.directories, arch)
     images = packages.images(cache, arch)  # `@pkg:` images: built when missing, never pulled
     refs = [ref for ref in needed_refs(spec, reused) if ref not in images]
     images |= pull_images(cache, refs, arch, opts.registry, opts.pull)
@@ -214,6 +222,9 @@ def build(opts: BuildOptions) -> list[Path]:
     name = opts.name or default_name(opts.paths)
     records = None if opts.output is not None or opts.input_tar else _output_records(
         opts, cache, spec, images, arch, epoch, formats, assets)
+    layer_digests = [layer["digest"] for image in images.values() for layer in image.layers]
+    deflate_tags = [_build_key(opts, spec, images, arch, epoch, formats, assets, SHARED_NOT_IN_KEY),
+                    latest_deflate_key(name, [fmt.name for fmt in formats], arch)] if shared is not None else []
     todo = [fmt for fmt in formats if records is None or not records.up_to_date(fmt.name, _targets(opts, name, fmt))
             or (opts.sbom_output and opts.sbom_current_time)]  # an SBOM dated now in the image: new bytes
     for target in (t for fmt in formats if fmt not in todo for t in _targets(opts, name, fmt)):
@@ -225,7 +236,10 @@ def build(opts: BuildOptions) -> list[Path]:
     if opts.sbom and opts.output is None and not sbom_todo:
         log.warning("%s: up to date", sbom_target)
     if not todo and not sbom_todo:
+        if shared is not None:
+            shared.push(packages.directories, layer_digests, [], None)
         return []
+    fetched = shared.fetch(layer_digests, deflate_tags if todo else []) if shared is not None else None
     unpack_images(cache, images.values())  # every image's layers decompressed and indexed in parallel
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     if opts.decompress_kernel:
@@ -237,21 +251,39 @@ def build(opts: BuildOptions) -> list[Path]:
     in_image = dumps(build_sbom(sbom)) if sbom is not None and opts.sbom_output else None
     if in_image is not None and opts.sbom_output:
         entries = [*entries, *sbom_entries(opts.sbom_output, in_image, entries)]
+    if fetched is not None:
+        fetched()  # the deflated blocks, fetched while the layers were unpacked
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
+                    compression_keys=set() if opts.cache_to else None,
+                    content_addressed=(layers_dir(cache), cache.derived_dir / KERNEL_SUBDIR),
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
                                           verity=opts.verity, ab=_ab_layout(opts, epoch)))
     if opts.output is not None:
-        return _write_stream(formats[0], rootfs, opts.output)
+        streamed = _write_stream(formats[0], rootfs, opts.output)
+        if shared is not None:
+            shared.push(packages.directories, layer_digests, deflate_tags, rootfs.compression_keys)
+        return streamed
     written: list[Path] = []
+    digests: dict[str, list[str | None]] = {}  # format -> what each of its files is made of (Format.input_digests)
     for fmt in todo:
         targets = _targets(opts, name, fmt)
-        log.info("writing %s: %s", fmt.name, ", ".join(str(t) for t in targets))
-        with atomic_outputs(targets) as files:
-            fmt.write(rootfs, files)
-        written.extend(targets)
+        kept = [False] * len(targets)
+        if records is not None and fmt.input_digests is not None:
+            digests[fmt.name] = fmt.input_digests(rootfs)
+            kept = records.kept(fmt.name, targets, digests[fmt.name])
+        for target in (t for t, k in zip(targets, kept, strict=True) if k):
+            log.warning("%s: up to date", target)
+        rewrite = [t for t, k in zip(targets, kept, strict=True) if not k]
+        log.info("writing %s: %s", fmt.name, ", ".join(str(t) for t in rewrite))
+        with atomic_outputs(rewrite) as files:
+            opened = iter(files)
+            fmt.write(rootfs, [KEPT if k else next(opened) for k in kept])
+        written.extend(rewrite)
     if records is not None:  # every format's: a file two formats share may have been rewritten
         for fmt in formats:
-            records.record(fmt.name, _targets(opts, name, fmt))
+            if fmt.name not in digests and fmt.input_digests is not None:
+                digests[fmt.name] = fmt.input_digests(rootfs)
+            records.record(fmt.name, _targets(opts, name, fmt), digests.get(fmt.name))
     if sbom is not None and sbom_todo:  # made after the formats, so that its memory and theirs are not needed at once
         with atomic_output(sbom_target) as f:
             if in_image is not None:
@@ -261,6 +293,8 @@ def build(opts: BuildOptions) -> list[Path]:
         written.append(sbom_target)
         if records is not None:
             records.record(SBOM_RECORD, [sbom_target])
+    if shared is not None:
+        shared.push(packages.directories, layer_digests, deflate_tags, rootfs.compression_keys)
     return written
 
 
@@ -277,11 +311,30 @@ def _output_records(opts: BuildOptions, cache: Cache, spec: Spec, images: dict[s
                     formats: list[Format], assets: dict[str, Path]) -> OutputRecords:
     """The records of earlier outputs, keyed by every input of this build (linuxkit_py/uptodate.py).
     Every option counts except those that cannot change a byte: a new option is in the key by default."""
-    options = {k: v for k, v in asdict(opts).items() if k not in ("registry", "pull", "cache_dir", "dry_run")}
+    options, files = _key_inputs(opts, arch, epoch, formats, assets, NOT_IN_KEY)
+    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files),
+                         context_key(options, files))
+
+
+# Options that cannot change an output byte: how images are found (their digests count) and cached.
+NOT_IN_KEY = ("registry", "pull", "cache_dir", "dry_run", "cache_from", "cache_to")
+# The key of the deflated blocks shared with other builders: where the outputs go is not in it either.
+SHARED_NOT_IN_KEY = (*NOT_IN_KEY, "paths", "directory", "output")
+
+
+def _key_inputs(opts: BuildOptions, arch: str, epoch: int, formats: list[Format], assets: dict[str, Path],
+                leave_out: tuple[str, ...]) -> tuple[dict[str, object], dict[str, Path | None]]:
+    """The options and files a build key is made of (with the spec and the images)."""
+    options = {k: v for k, v in asdict(opts).items() if k not in leave_out}
     options |= {"arch name": arch, "epoch": epoch, "format names": [fmt.name for fmt in formats]}
     files = {f"asset {n}": p for n, p in assets.items()} | {"sign-key": opts.sign_key, "sign-cert": opts.sign_cert}
     files |= {f"tool {t}": Path(require(t)) for fmt in formats for t in fmt.tools}
-    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files))
+    return options, files
+
+
+def _build_key(opts: BuildOptions, spec: Spec, images: dict[str, Image], arch: str, epoch: int,
+               formats: list[Format], assets: dict[str, Path], leave_out: tuple[str, ...]) -> str:
+    return build_key(spec, images, *_key_inputs(opts, arch, epoch, formats, assets, leave_out))
 
 
 def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:

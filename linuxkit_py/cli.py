@@ -27,7 +27,7 @@ from linuxkit_py.cliparse import (
 )
 from linuxkit_py.completion import SHELLS, completion_script
 from linuxkit_py.errors import UserError
-from linuxkit_py.pkg.cli import add_pkg_parser, run_pkg_command
+from linuxkit_py.pkg.cli import add_pkg_parser, add_shared_cache_options, run_pkg_command, shared_cache_refs
 from linuxkit_py.run.cli import add_run_parser, run_command
 from linuxkit_py.run.metadata import write_metadata_iso
 from linuxkit_py.serve import DEFAULT_ADDRESS, serve_directory
@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="write one streamable format to FILE (- for stdout); --o is LinuxKit's spelling")
     b.add_argument("--arch", help="target architecture: amd64/x86_64, arm64/aarch64 (default: host)")
     b.add_argument("--pull", action="store_true", help="always pull images, even when cached")
+    add_shared_cache_options(b)
     b.add_argument("--input-tar", metavar="FILE", help="reuse the unchanged sections of the tar FILE an earlier "
                    "build wrote (needs a files: entry with metadata:); their images are not pulled")
     b.add_argument("--decompress-kernel", action="store_true",
@@ -226,6 +227,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.input_tar is not None:
         _check_input_tar(Path(args.input_tar), args.output, args.pull)
+    cache_from, cache_to = shared_cache_refs(args)
     opts = BuildOptions(
         paths=args.files,
         formats=args.formats,
@@ -251,6 +253,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         sbom_output=args.sbom_output,
         sbom_current_time=args.sbom_current_time,
         data_size=parse_size(args.data_size) if args.data_size else None,
+        cache_from=cache_from,
+        cache_to=cache_to,
     )
     for path in build(opts):
         log.warning("wrote %s", path)

@@ -13,6 +13,7 @@ and rewrites nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -70,6 +71,7 @@ def content_digest(path: Path | None) -> str | None:
     return sha.hexdigest()
 
 
+@functools.cache
 def _code_digest() -> str:
     """This tool's code and data files, Python, zlib and the libraries that write bytes."""
     sha = hashlib.sha256(f"{sys.version}\0{zlib.ZLIB_RUNTIME_VERSION}\0".encode())
@@ -85,11 +87,15 @@ def _code_digest() -> str:
     return sha.hexdigest()
 
 
+def _digest(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def build_key(spec: Spec, images: Mapping[str, Image], options: Mapping[str, Any],
               files: Mapping[str, Path | None]) -> str:
     """The sha256 of a build's inputs. `options` must hold every option that reaches the output bytes;
     `files` names the other local inputs (signing key, boot assets, tools) whose content counts."""
-    doc = {
+    return _digest({
         "version": RECORD_VERSION,
         "code": _code_digest(),
         "spec": spec.to_dict(),
@@ -97,8 +103,18 @@ def build_key(spec: Spec, images: Mapping[str, Image], options: Mapping[str, Any
         "sources": [content_digest(path) for path in file_sources(spec)],
         "options": dict(options),
         "files": {name: content_digest(path) for name, path in sorted(files.items())},
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    })
+
+
+def context_key(options: Mapping[str, Any], files: Mapping[str, Path | None]) -> str:
+    """The sha256 of a build's inputs other than the spec and its images: with a format's digest of what one
+    output file is made of (Format.input_digests), it decides that file's bytes."""
+    return _digest({
+        "version": RECORD_VERSION,
+        "code": _code_digest(),
+        "options": dict(options),
+        "files": {name: content_digest(path) for name, path in sorted(files.items())},
+    })
 
 
 def _identity(path: Path) -> list[int] | None:
@@ -110,11 +126,43 @@ def _identity(path: Path) -> list[int] | None:
 
 
 class OutputRecords:
-    """What was last written to each output file, kept under `directory` (in the cache)."""
+    """What was last written to each output file, kept under `directory` (in the cache).
 
-    def __init__(self, directory: Path, key: str) -> None:
+    Besides the build key, a record may hold per file the key of its content (`context` with the format's
+    digest of what the file is made of): a rebuild whose key differs keeps each file whose content key and
+    identity are as recorded (a kernel cmdline edit rewrites only NAME-cmdline)."""
+
+    def __init__(self, directory: Path, key: str, context: str = "") -> None:
         self.directory = directory
         self.key = key
+        self.context = context
+
+    def _content_key(self, fmt: str, index: int, digest: str | None) -> str | None:
+        if digest is None or not self.context:
+            return None
+        return hashlib.sha256(f"{self.context}\0{fmt}\0{index}\0{digest}".encode()).hexdigest()
+
+    def _read(self, fmt: str, targets: Iterable[Path]) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self._record_path(fmt, targets).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and isinstance(record.get("files"), dict) else None
+
+    def kept(self, fmt: str, targets: list[Path], digests: list[str | None]) -> list[bool]:
+        """Per target: True when it holds the bytes these digests make (recorded so, untouched since)."""
+        record = self._read(fmt, targets)
+        contents = record.get("contents") if record is not None else None
+        if record is None or not isinstance(contents, dict):
+            return [False] * len(targets)
+        result = []
+        for index, (target, digest) in enumerate(zip(targets, digests, strict=True)):
+            name = str(target.absolute())
+            content = self._content_key(fmt, index, digest)
+            now = _identity(target)
+            result.append(content is not None and contents.get(name) == content and now is not None
+                          and record["files"].get(name) == now)
+        return result
 
     def _record_path(self, fmt: str, targets: Iterable[Path]) -> Path:
         where = "\0".join([fmt, *(str(t.absolute()) for t in targets)])
@@ -122,23 +170,23 @@ class OutputRecords:
 
     def up_to_date(self, fmt: str, targets: list[Path]) -> bool:
         """True when every target is the file this key wrote, untouched since."""
-        try:
-            record = json.loads(self._record_path(fmt, targets).read_text())
-        except (OSError, ValueError):
+        record = self._read(fmt, targets)
+        if record is None or record.get("key") != self.key:
             return False
-        if not isinstance(record, dict) or record.get("key") != self.key:
-            return False
-        files = record.get("files")
-        if not isinstance(files, dict):
-            return False
+        files = record["files"]
         for target in targets:
             now = _identity(target)
             if now is None or files.get(str(target.absolute())) != now:
                 return False
         return True
 
-    def record(self, fmt: str, targets: list[Path]) -> None:
-        """Remember that `targets` now hold what this key builds; a cache that cannot be written is skipped."""
+    def record(self, fmt: str, targets: list[Path], digests: list[str | None] | None = None) -> None:
+        """Remember that `targets` now hold what this key builds (and, per file, what `digests` make); a cache
+        that cannot be written is skipped."""
         files = {str(t.absolute()): _identity(t) for t in targets}
+        doc: dict[str, Any] = {"key": self.key, "files": files}
+        if digests is not None:
+            doc["contents"] = {str(t.absolute()): self._content_key(fmt, i, d)
+                               for i, (t, d) in enumerate(zip(targets, digests, strict=True))}
         with contextlib.suppress(OSError, UserError), atomic_output(self._record_path(fmt, targets)) as f:
-            f.write(json.dumps({"key": self.key, "files": files}, sort_keys=True).encode())
+            f.write(json.dumps(doc, sort_keys=True).encode())

@@ -1,78 +1,199 @@
 """Deflated blocks of earlier builds, reused when a rebuild compresses the same bytes again.
 
 A block of the parallel gzip writer (archive/compress.py) is a pure function of the zlib
-library, the level, its 32 KiB dictionary and its input, so it is stored under the sha256
-of all four: a hit is byte for byte what deflating would give, and hashing a block costs
-about 1/25 of deflating it. A warm rebuild of an unchanged spec writes the same cpio, and
-a changed one still reuses every block before its first change (the kernel's modules come
-first).
+library, the level, its 32 KiB dictionary and its input, so it is stored under a key that
+names all four. The dictionary and the input are each a list of pieces: literal bytes
+(cpio headers, generated files), which the key holds in full, and regions of files in
+*content-addressed* directories (`content_addressed`: the cache's unpacked layers, each
+named after the digest of the blob it was decompressed from, never rewritten with other
+bytes), which the key names by (directory and file name, offset, size) without reading them. Equal
+keys therefore mean equal input bytes, and a rebuild looks a block up without reading or
+hashing the 456 MB it is cut from. A region of any other file (a `files: source:` on the
+host, which may change) is read and keyed by its bytes (compress.py does that).
 
-Each file holds a small header with its payload's length and CRC-32, so a torn or damaged
-file is a miss, never bad output. Files are written without fsync (a lost one is only a
-miss) and the least recently used ones are removed beyond a size cap.
+Each file holds a small header with its key, its payload's length and CRC-32 and its input's
+CRC-32 and length (the gzip trailer's CRC is combined from those), so a torn, damaged or
+misplaced file is a miss, never bad output. (A file forged on purpose is not detected: whoever
+can write the cache can as well rewrite the layer tars every build trusts.) Files are written
+without fsync (a lost one is only a miss) and the least recently used ones are removed beyond
+a size cap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-MAGIC = b"LKPYDFL1"
-HEADER = struct.Struct("<8sII")  # magic, payload length, CRC-32 of the payload
+from linuxkit_py.archive.entry import Data, FileRegion, iter_data
+
+MAGIC = b"LKPYDFL2"
+# magic, the key (a file copied under another key's name is a miss), payload length, CRC-32 of the
+# payload, CRC-32 of the input, input length
+HEADER = struct.Struct("<8s32sIIII")
+KEY_VERSION = 3  # 3: regions named by directory and file name, not by absolute path
 DEFAULT_MAX_BYTES = 1 << 30
 # After trimming, keep this share of the cap, so that every build does not trim again.
 TRIM_TO = 0.75
 
+Piece = bytes | bytearray | FileRegion
+
+
+@dataclass(frozen=True, slots=True)
+class CachedBlock:
+    payload: bytes  # the deflated block
+    input_crc32: int  # CRC-32 of the bytes it was deflated from
+    input_size: int
+
+
+class ContentAddressed:
+    """Directories whose files are never rewritten with other bytes: a region of one of them is named by
+    (absolute path, offset, size) wherever the bytes it holds must be told apart."""
+
+    def __init__(self, directories: Iterable[Path] = ()) -> None:
+        self._prefixes = tuple(os.path.abspath(d) + os.sep for d in directories)
+        self._known: dict[str, str | None] = {}  # path -> addressed(path)
+
+    def addressed(self, path: str) -> str | None:
+        """The absolute path of `path` when it is in a content-addressed directory, else None."""
+        if not self._prefixes:
+            return None
+        known = self._known.get(path, "")
+        if known == "":
+            absolute = os.path.abspath(path)
+            known = self._known[path] = absolute if absolute.startswith(self._prefixes) else None
+        return known
+
+    def identity(self, data: Data | None) -> bytes:
+        """What names the bytes of `data`: where they are in a content-addressed file, else their sha256
+        (read now: a host file may change)."""
+        if isinstance(data, FileRegion):
+            path = self.addressed(data.path)
+            if path is not None:
+                raw = path.encode("utf-8", "surrogateescape")
+                return b"region %d %d %d %s" % (data.offset, data.size, len(raw), raw)
+        elif data is None or isinstance(data, bytes):
+            return b"sha256 " + hashlib.sha256(data or b"").hexdigest().encode()
+        sha = hashlib.sha256()
+        for chunk in iter_data(data):
+            sha.update(chunk)
+        return b"sha256 " + sha.hexdigest().encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _place(path: str) -> bytes:
+    """The directory and file name of `path`: what names a content-addressed file in a block key."""
+    head, name = os.path.split(path)
+    return f"{os.path.basename(head)}/{name}".encode("utf-8", "surrogateescape")
+
+
+def parse_block(key: str, data: bytes) -> CachedBlock | None:
+    """The block in the bytes of a block file of `key`, or None when they are not one (torn, damaged, or
+    the file of another key)."""
+    if len(data) < HEADER.size:
+        return None
+    magic, stored_key, length, crc, input_crc, input_size = HEADER.unpack_from(data)
+    payload = data[HEADER.size :]
+    try:
+        expected = bytes.fromhex(key)
+    except ValueError:
+        return None
+    if magic != MAGIC or stored_key != expected or length != len(payload) or zlib.crc32(payload) != crc:
+        return None
+    return CachedBlock(payload, input_crc, input_size)
+
 
 class DeflateBlockCache:
-    """Compressed blocks under `directory`, at most about `max_bytes` of them."""
+    """Compressed blocks under `directory`, at most about `max_bytes` of them.
 
-    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    Regions of files under `content_addressed` directories are keyed by where they are (see above). With
+    `used`, the key of every block looked up is added to it (what `build --cache-to` shares).
+    """
+
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES,
+                 content_addressed: Iterable[Path] | ContentAddressed = (), used: set[str] | None = None) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.used = used
+        self._content = (content_addressed if isinstance(content_addressed, ContentAddressed)
+                         else ContentAddressed(content_addressed))
+        self.addressed = self._content.addressed
 
     @staticmethod
-    def key(level: int, dictionary: bytes, block: bytes) -> str:
-        """What decides the deflated bytes of `block`: zlib's version, level, dictionary, input."""
-        sha = hashlib.sha256(f"{zlib.ZLIB_RUNTIME_VERSION} {level} {len(dictionary)} {len(block)}\n".encode())
-        sha.update(dictionary)
-        sha.update(block)
+    def key(level: int, dictionary: Sequence[Piece], block: Sequence[Piece]) -> str:
+        """What decides the deflated bytes of `block`: zlib's version, level, dictionary, input.
+
+        Regions must be of content-addressed files (`addressed`). A region is named by its offset, its
+        size and the last two parts of its path: the directory and the file name, which for the cache's
+        content-addressed files is the digest of what they hold (`layers/<digest>.tar`), so two builders
+        whose caches live at different paths share blocks (`build --cache-from`)."""
+        sha = hashlib.sha256(f"deflate v{KEY_VERSION} {zlib.ZLIB_RUNTIME_VERSION} {level}\n".encode())
+        for part, pieces in ((b"dictionary", dictionary), (b"block", block)):
+            sha.update(b"%s %d\n" % (part, len(pieces)))
+            for piece in pieces:
+                if isinstance(piece, FileRegion):
+                    path = _place(piece.path)
+                    sha.update(b"region %d %d %d %s\n" % (piece.offset, piece.size, len(path), path))
+                else:
+                    sha.update(b"bytes %d\n" % len(piece))
+                    sha.update(piece)
         return sha.hexdigest()
 
-    def _path(self, key: str) -> Path:
+    def path(self, key: str) -> Path:
         return self.directory / key[:2] / key
 
-    def get(self, key: str) -> bytes | None:
-        """The stored payload, or None when absent or damaged."""
-        path = self._path(key)
+    def get(self, key: str) -> CachedBlock | None:
+        """The stored block, or None when absent or damaged."""
+        if self.used is not None:
+            self.used.add(key)
+        path = self.path(key)
         try:
             data = path.read_bytes()
         except OSError:
             return None
-        if len(data) < HEADER.size:
-            return None
-        magic, length, crc = HEADER.unpack_from(data)
-        payload = data[HEADER.size :]
-        if magic != MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # recently used: trimmed last
-        return payload
+        block = parse_block(key, data)
+        if block is not None:
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: trimmed last
+        return block
 
-    def put(self, key: str, payload: bytes) -> None:
-        """Store `payload`; a cache that cannot be written is skipped, never an error."""
-        path = self._path(key)
+    def read_file(self, key: str) -> bytes | None:
+        """The file of block `key` as stored (what another cache can take with `put_file`), or None."""
+        if self.used is not None:
+            self.used.add(key)
+        try:
+            data = self.path(key).read_bytes()
+        except OSError:
+            return None
+        return data if parse_block(key, data) is not None else None
+
+    def put_file(self, key: str, data: bytes) -> bool:
+        """Store the file of block `key` another cache wrote (`read_file`): False, and nothing stored, when
+        it is not a whole, undamaged block of that key."""
+        block = parse_block(key, data)
+        if block is None:
+            return False
+        self.put(key, block)
+        return True
+
+    def put(self, key: str, block: CachedBlock) -> None:
+        """Store `block`; a cache that cannot be written is skipped, never an error."""
+        path = self.path(key)
+        payload = block.payload
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)))
+                    f.write(HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib.crc32(payload),
+                                        block.input_crc32, block.input_size))
                     f.write(payload)
                 os.replace(tmp, path)
             except BaseException:

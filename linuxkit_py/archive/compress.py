@@ -30,7 +30,8 @@ from typing import BinaryIO
 
 import zstandard
 
-from linuxkit_py.archive.blockcache import DeflateBlockCache
+from linuxkit_py.archive.blockcache import CachedBlock, DeflateBlockCache, Piece
+from linuxkit_py.archive.entry import ContentReader, FileRegion, read_data
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_METHOD_DEFLATE = 8
@@ -82,7 +83,12 @@ def _final_empty_block() -> bytes:
 
 
 class ParallelGzipWriter:
-    """Write one gzip member to `out`, compressing fixed-size blocks on `threads` threads."""
+    """Write one gzip member to `out`, compressing fixed-size blocks on `threads` threads.
+
+    Input comes as bytes (`write`) or as regions of files (`write_region`). With a block cache, a
+    region of a content-addressed file stays a reference until its block misses the cache, so a
+    rebuild reads none of the bytes of the blocks it reuses; every other region is read at once.
+    """
 
     def __init__(self, out: BinaryIO, level: int = GZIP_DEFAULT_LEVEL, block_size: int = GZIP_BLOCK_SIZE,
                  threads: int | None = None, block_cache: DeflateBlockCache | None = None) -> None:
@@ -92,72 +98,183 @@ class ParallelGzipWriter:
         self._block_size = block_size
         self._threads = max(1, threads or os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="gzip")
-        self._pending: deque[Future[bytes]] = deque()
-        self._buffer = bytearray()
-        self._dictionary = b""
+        self._pending: deque[tuple[Future[CachedBlock] | CachedBlock, int]] = deque()
+        self._pieces: list[Piece] = []  # the block being filled, before `_literal`
+        self._literal = bytearray()  # bytes written since the last region
+        self._filled = 0  # bytes in the block being filled
+        self._dictionary: list[Piece] = []  # the last DEFLATE_WINDOW bytes of the previous block
+        self._reader = ContentReader()
         self._crc = 0
         self._size = 0
         out.write(gzip_header())
 
     def write(self, data: bytes) -> None:
-        # Whole blocks are cut straight out of `data`: each byte is copied once into a block
-        # (twice when it straddles a write), never moved along the buffer.
         view = memoryview(data)
-        if self._buffer:
-            need = self._block_size - len(self._buffer)
-            self._buffer += view[:need]
-            view = view[need:]
-            if len(self._buffer) < self._block_size:
-                return
-            self._submit(bytes(self._buffer))
-            self._buffer.clear()
-        while len(view) >= self._block_size:
-            self._submit(bytes(view[: self._block_size]))
-            view = view[self._block_size :]
-        self._buffer += view
+        while len(view) > 0:
+            room = self._block_size - self._filled
+            self._literal += view[:room]
+            taken = min(room, len(view))
+            self._filled += taken
+            view = view[taken:]
+            if self._filled == self._block_size:
+                self._submit()
+
+    def write_region(self, region: FileRegion) -> None:
+        """The bytes of `region`, as `write(read_data(region))` would add them."""
+        path = self._block_cache.addressed(region.path) if self._block_cache is not None else None
+        if path is None:
+            for chunk in self._reader.chunks(region):
+                self.write(chunk)
+            return
+        offset, remaining = region.offset, region.size
+        while remaining > 0:
+            take = min(remaining, self._block_size - self._filled)
+            self._end_literal()
+            self._pieces.append(FileRegion(path, offset, take))
+            self._filled += take
+            offset += take
+            remaining -= take
+            if self._filled == self._block_size:
+                self._submit()
 
     def mark(self, name: bytes) -> None:
         """A member named `name` starts at this point of the input: the block may end here."""
-        if len(self._buffer) >= MARK_MIN_BLOCK and zlib.crc32(name) % MARK_CUT_MODULUS == 0:
-            self._submit(bytes(self._buffer))
-            self._buffer.clear()
+        if self._filled >= MARK_MIN_BLOCK and zlib.crc32(name) % MARK_CUT_MODULUS == 0:
+            self._submit()
 
-    def _submit(self, block: bytes) -> None:
-        self._crc = zlib.crc32(block, self._crc)
-        self._size += len(block)
-        self._pending.append(self._pool.submit(self._deflate, block, self._dictionary))
-        self._dictionary = block[-DEFLATE_WINDOW:]
+    def _end_literal(self) -> None:
+        if self._literal:
+            self._pieces.append(self._literal)
+            self._literal = bytearray()
+
+    def _submit(self) -> None:
+        self._end_literal()
+        block, size, dictionary = self._pieces, self._filled, self._dictionary
+        self._pieces, self._filled = [], 0
+        self._dictionary = _tail(block, DEFLATE_WINDOW)
+        self._size += size
+        key = None
+        if self._block_cache is not None:
+            key = self._block_cache.key(self._level, dictionary, block)
+            # A hit is looked up here, not on a worker: reading one small file is quicker than handing
+            # the GIL to a thread and back (the usual rebuild hits all but a few blocks).
+            cached = self._block_cache.get(key)
+            if cached is not None and cached.input_size == size:
+                self._pending.append((cached, size))
+                self._drain()
+                return
+        self._pending.append((self._pool.submit(self._deflate, key, dictionary, block, size), size))
+        self._drain()
+
+    def _drain(self) -> None:
         # Bounded memory: at most two blocks per thread in flight.
         while len(self._pending) > 2 * self._threads:
-            self._out.write(self._pending.popleft().result())
+            self._write_next()
+
+    def _write_next(self) -> None:
+        pending, size = self._pending.popleft()
+        block = pending if isinstance(pending, CachedBlock) else pending.result()
+        self._out.write(block.payload)
+        self._crc = crc32_combine(self._crc, block.input_crc32, size)
 
     def close(self) -> None:
         try:
-            if self._buffer:
-                self._submit(bytes(self._buffer))
-                self._buffer.clear()
+            if self._filled:
+                self._submit()
             while self._pending:
-                self._out.write(self._pending.popleft().result())
+                self._write_next()
             self._out.write(_final_empty_block())
             self._out.write(gzip_trailer(self._crc, self._size))
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self.abort()
         if self._block_cache is not None:
             self._block_cache.trim()
 
-    def _deflate(self, block: bytes, dictionary: bytes) -> bytes:
-        """deflate_block, or the same bytes from the block cache (runs on a worker thread)."""
-        if self._block_cache is None:
-            return deflate_block(block, dictionary, self._level)
-        key = self._block_cache.key(self._level, dictionary, block)
-        data = self._block_cache.get(key)
-        if data is None:
-            data = deflate_block(block, dictionary, self._level)
-            self._block_cache.put(key, data)
-        return data
+    def _deflate(self, key: str | None, dictionary: list[Piece], block: list[Piece], size: int) -> CachedBlock:
+        """deflate_block, stored in the block cache under `key` (runs on a worker thread)."""
+        data = _read_pieces(block)
+        if len(data) != size:
+            raise OSError(f"a gzip block read {len(data)} bytes, expected {size} (did an input change?)")
+        deflated = CachedBlock(deflate_block(data, _read_pieces(dictionary), self._level), zlib.crc32(data), size)
+        if key is not None and self._block_cache is not None:
+            self._block_cache.put(key, deflated)
+        return deflated
 
     def abort(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._reader.close()
+
+
+def _tail(pieces: list[Piece], size: int) -> list[Piece]:
+    """The pieces of the last `size` bytes of `pieces` (all of them when shorter)."""
+    tail: list[Piece] = []
+    for piece in reversed(pieces):
+        length = piece.size if isinstance(piece, FileRegion) else len(piece)
+        if length >= size:
+            if isinstance(piece, FileRegion):
+                tail.append(FileRegion(piece.path, piece.offset + length - size, size))
+            else:
+                tail.append(bytes(piece[length - size :]))
+            break
+        tail.append(piece)
+        size -= length
+    tail.reverse()
+    return tail
+
+
+def _read_pieces(pieces: list[Piece]) -> bytes:
+    return b"".join(read_data(p) if isinstance(p, FileRegion) else p for p in pieces)
+
+
+# CRC-32 of a concatenation from the CRC-32s of its parts (zlib's crc32_combine, which Python's zlib
+# does not expose; ISA-L's binding does). CRC_POLY is the reflected polynomial of gzip's CRC-32.
+CRC_POLY = 0xEDB88320
+
+
+def _multiply_mod_poly(a: int, b: int) -> int:
+    """a * b modulo the CRC polynomial, in the reflected bit order CRCs use (zlib's multmodp)."""
+    m, product = 1 << 31, 0
+    while True:
+        if a & m:
+            product ^= b
+            if not a & (m - 1):
+                return product
+        m >>= 1
+        b = (b >> 1) ^ CRC_POLY if b & 1 else b >> 1
+
+
+def _x_to_2n_table() -> list[int]:
+    table, p = [], 1 << 30  # x^1
+    for _ in range(32):
+        table.append(p)
+        p = _multiply_mod_poly(p, p)
+    return table
+
+
+_X2N = _x_to_2n_table()  # x^(2^n) modulo the polynomial
+
+
+def _shift_operator(length: int) -> int:
+    """x^(8 * length) modulo the polynomial: what appending `length` bytes does to a CRC."""
+    p, k, n = 1 << 31, 3, length  # x^0; a byte is 2^3 bits
+    while n:
+        if n & 1:
+            p = _multiply_mod_poly(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return p
+
+
+def crc32_combine_python(crc1: int, crc2: int, length2: int) -> int:
+    """The CRC-32 of A + B from crc32(A), crc32(B) and len(B)."""
+    return _multiply_mod_poly(_shift_operator(length2), crc1) ^ crc2
+
+
+crc32_combine: Callable[[int, int, int], int]
+try:
+    from isal.isal_zlib import crc32_combine
+except ImportError:  # no ISA-L wheel for this platform
+    crc32_combine = crc32_combine_python
 
 
 class ZstdWriter:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from linuxkit_py.archive.entry import ContentReader, Entry, Kind
+from linuxkit_py.archive.entry import ContentReader, Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
 
 NEWC_MAGIC = b"070701"
@@ -59,6 +59,13 @@ class MarkingSink(Sink, Protocol):
     def mark(self, name: bytes, /) -> None: ...
 
 
+@runtime_checkable
+class RegionSink(Sink, Protocol):
+    """A sink that takes a file's bytes as a region, to read them only when it needs them (compress.py)."""
+
+    def write_region(self, region: FileRegion, /) -> None: ...
+
+
 SHARE_MIN_SIZE = 64 * 1024  # link_identical_files compares files from this size on
 
 
@@ -71,15 +78,14 @@ def newc_header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: i
     """The 110-byte member header (buffer-format.rst, "cpio_file" header fields, in order)."""
     fields = (ino, mode, uid, gid, nlink, mtime, filesize, ARCHIVE_DEV_MAJOR, ARCHIVE_DEV_MINOR,
               rdevmajor, rdevminor, namesize, NO_CHECKSUM)
-    for value in fields:
-        if not 0 <= value <= MAX_FIELD:
-            raise ValueError(f"cpio header field out of range: {value}")
+    if min(fields) < 0 or max(fields) > MAX_FIELD:
+        raise ValueError(f"cpio header field out of range: {[v for v in fields if not 0 <= v <= MAX_FIELD][0]}")
     return NEWC_MAGIC + b"%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X" % fields
 
 
-def newc_member_head(name: str, **fields: int) -> bytes:
+def newc_member_head(name: str | bytes, **fields: int) -> bytes:
     """Header + NUL-terminated name + padding: everything of a member before its data."""
-    raw = name.encode("utf-8", "surrogateescape") + b"\0"
+    raw = (name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")) + b"\0"
     return newc_header(namesize=len(raw), **fields) + raw + _pad(HEADER_SIZE + len(raw))
 
 
@@ -158,10 +164,12 @@ def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
     """Write `entries` (parents before children, hard links after their file) as a newc archive.
 
     Every member gets `mtime`; inode numbers count up from FIRST_INO in entry order. A sink
-    with a `mark` method is told each member's name where the member starts.
+    with a `mark` method is told each member's name where the member starts; one with
+    `write_region` is given file contents as regions of their files.
     """
     check_cpio_sizes(entries)
     mark = out.mark if isinstance(out, MarkingSink) else None
+    write_region = out.write_region if isinstance(out, RegionSink) else None
     links = _Links(entries)
     inos: dict[int, int] = {}
     written = 0
@@ -173,34 +181,43 @@ def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
             kind = entry.kind
             if kind is Kind.DIR:
                 nlink = 2 + links.subdirs[entry.path]
-            elif kind in (Kind.FILE, Kind.HARDLINK):
+            elif kind is Kind.FILE or kind is Kind.HARDLINK:
                 nlink = links.names[t]
             else:
                 nlink = 1
-            data = b""
+            data = entry.data if kind is Kind.FILE else None
+            filesize = entry.size
             if kind is Kind.SYMLINK:
                 data = entry.linkname.encode("utf-8", "surrogateescape")
-            filesize = entry.size if kind is Kind.FILE else len(data)
+                filesize = len(data)
+            elif kind is not Kind.FILE:
+                filesize = 0
+            name = entry.path.encode("utf-8", "surrogateescape")
             head = newc_member_head(
-                entry.path, ino=ino, mode=FILE_TYPE_BITS[kind] | (source.mode & 0o7777),
+                name, ino=ino, mode=FILE_TYPE_BITS[kind] | (source.mode & 0o7777),
                 uid=source.uid, gid=source.gid, nlink=nlink, mtime=mtime, filesize=filesize,
                 rdevmajor=entry.devmajor, rdevminor=entry.devminor)
             if mark is not None:
-                mark(entry.path.encode("utf-8", "surrogateescape"))
+                mark(name)
+            written += len(head) + filesize + (-filesize % ALIGNMENT)
+            if data is None or isinstance(data, bytes) and len(data) == filesize:
+                out.write(head + (data or b"") + _pad(filesize))  # one write for a member held in memory
+                continue
             out.write(head)
-            written += len(head)
-            if kind is Kind.FILE:
+            if write_region is not None and isinstance(data, FileRegion):
+                if data.size != filesize:
+                    raise UserError(f"{entry.path}: its source has {data.size} bytes, expected {filesize}")
+                write_region(data)
+            else:
                 copied = 0
-                for chunk in reader.chunks(entry.data):
+                for chunk in reader.chunks(data):
                     copied += len(chunk)
                     out.write(chunk)
                 if copied != filesize:
                     raise UserError(f"{entry.path}: its source has {copied} bytes, expected {filesize} "
                                     "(did it change during the build?)")
-            elif data:
-                out.write(data)
-            out.write(_pad(filesize))
-            written += filesize + len(_pad(filesize))
+            if filesize % ALIGNMENT:
+                out.write(_pad(filesize))
     trailer = newc_trailer()
     out.write(trailer)
     written += len(trailer)

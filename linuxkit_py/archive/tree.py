@@ -37,11 +37,16 @@ class Tree:
         replaced by a non-directory. With `keep_existing_dir`, an existing directory is left
         as it is (used for the parents that `files` entries imply).
         """
-        for p in parent_dirs(entry.path):
-            existing = self._entries.get(p)
-            if existing is None or existing.kind != Kind.DIR:
-                template = parent or Entry(p, Kind.DIR, 0o755, source=entry.source, location=entry.location)
-                self._put(replace(template, path=p, kind=Kind.DIR))
+        # A directory in the tree has all its parents (add makes them, a replaced directory takes its
+        # children along): when the entry's parent is one, there is nothing to make.
+        up = entry.path.rpartition("/")[0]
+        above = self._entries.get(up) if up else None
+        if up and (above is None or above.kind is not Kind.DIR):
+            for p in parent_dirs(entry.path):
+                existing = self._entries.get(p)
+                if existing is None or existing.kind != Kind.DIR:
+                    template = parent or Entry(p, Kind.DIR, 0o755, source=entry.source, location=entry.location)
+                    self._put(replace(template, path=p, kind=Kind.DIR))
         old = self._entries.get(entry.path)
         if old is not None and old.kind == Kind.DIR and entry.kind == Kind.DIR and keep_existing_dir:
             return

@@ -7,12 +7,15 @@ the format succeeded. Adding a format is adding a row to FORMATS.
 
 from __future__ import annotations
 
+import functools
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from linuxkit_py.arch import Arch, get_arch
+from linuxkit_py.archive.blockcache import ContentAddressed, DeflateBlockCache
 from linuxkit_py.archive.entry import Entry
 from linuxkit_py.errors import UserError
 from linuxkit_py.sign import Signer
@@ -60,7 +63,36 @@ class Rootfs:
     epoch: int  # mtime of every entry and of every generated header (SOURCE_DATE_EPOCH)
     # Where gzip writers may keep deflated blocks for the next build (None: not kept).
     compression_cache: Path | None = None
+    compression_keys: set[str] | None = None  # filled with the keys of the blocks used (build --cache-to)
     options: FormatOptions = field(default_factory=FormatOptions)
+    # Directories whose files are never rewritten with other bytes (the cache's unpacked layers): the
+    # block cache names their regions by place instead of reading them (archive/blockcache.py).
+    content_addressed: tuple[Path, ...] = ()
+
+    @functools.cached_property
+    def addresses(self) -> ContentAddressed:
+        """What names the bytes of an entry's data (regions of `content_addressed` files by place)."""
+        return ContentAddressed(self.content_addressed)
+
+    def block_cache(self) -> DeflateBlockCache | None:
+        """The deflated-block cache gzip writers share, when the build keeps one."""
+        if self.compression_cache is None:
+            return None
+        return DeflateBlockCache(self.compression_cache, content_addressed=self.addresses,
+                                 used=self.compression_keys)
+
+
+class _Kept(io.RawIOBase):
+    """The file of an output left in place (Format.input_digests): writing to it is a bug."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object, /) -> int:
+        raise RuntimeError("an output kept in place was written to")
+
+
+KEPT = cast(BinaryIO, _Kept())
 
 
 Writer = Callable[[Rootfs, list[BinaryIO]], None]
@@ -77,6 +109,10 @@ class Format:
     arches: tuple[str, ...] = ("amd64", "arm64")  # the architectures it has an image for
     assets: tuple[str, ...] = ()  # boot assets it needs (see FormatOptions.assets)
     signs: bool = False  # writes EFI binaries that --sign-key signs (UKI, EFI disks, EFI ISOs)
+    # Per output file, a digest of what its bytes are made of besides the code and options (None: not
+    # known). A rebuild keeps each file whose digest and identity are as recorded (uptodate.py), and
+    # `write` gets KEPT in its place: such a writer skips every file that is KEPT.
+    input_digests: Callable[[Rootfs], list[str | None]] | None = None
 
     def check_arch(self, arch: str) -> None:
         """A one-line UserError when this format has no image for `arch` (BIOS formats on arm64)."""

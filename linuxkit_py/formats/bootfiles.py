@@ -19,7 +19,7 @@ from pathlib import Path
 from linuxkit_py.archive.entry import Entry
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import Rootfs
-from linuxkit_py.formats.initrd import _block_cache, split_boot, write_initrd
+from linuxkit_py.formats.initrd import split_boot, write_initrd
 from linuxkit_py.formats.rootimage import IMAGE_NAMES, ROOT_FILESYSTEMS, file_sha256, root_location, write_root_image
 from linuxkit_py.formats.stage1 import verity_cmdline, write_stage1_initrd
 
@@ -50,7 +50,7 @@ def boot_files(rootfs: Rootfs, medium: str, workdir: Path, *, whole_image_id: bo
     root = rootfs.options.root
     if root == "ram":
         with open(initrd, "wb") as out:
-            write_initrd(boot.initrd, out, rootfs.epoch, ucode=boot.ucode, block_cache=_block_cache(rootfs))
+            write_initrd(boot.initrd, out, rootfs.epoch, ucode=boot.ucode, block_cache=rootfs.block_cache())
         yield BootFiles(kernel=boot.kernel, initrd=initrd, cmdline=cmdline)
         return
     if root not in ROOT_FILESYSTEMS:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from linuxkit_py.archive.blockcache import DeflateBlockCache
 from linuxkit_py.archive.compress import compressed_writer
 from linuxkit_py.archive.entry import Kind
 from linuxkit_py.archive.tar import BLOCK, END_OF_ARCHIVE, TYPEFLAGS, ustar_header
@@ -190,8 +189,7 @@ def write_gcp(rootfs: Rootfs, outs: list[BinaryIO]) -> None:
         raw = workdir / GCP_DISK_NAME
         write_raw_disk(rootfs, raw, "bios", workdir, size_unit=GIB, fmt="gcp")
         # Most of the disk is zeros: blocks deflated once come from the cache after.
-        cache = DeflateBlockCache(rootfs.compression_cache) if rootfs.compression_cache is not None else None
-        sink = compressed_writer(out, "gzip", block_cache=cache)
+        sink = compressed_writer(out, "gzip", block_cache=rootfs.block_cache())
         try:
             write_disk_tar(raw, GCP_DISK_NAME, cast(BinaryIO, sink), rootfs.epoch)
             sink.close()

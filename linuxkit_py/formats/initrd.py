@@ -9,10 +9,12 @@ cpio is prepended to the initrd, where the kernel's early microcode loader looks
 
 from __future__ import annotations
 
+import hashlib
+import operator
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import BinaryIO, cast
 
 from linuxkit_py.archive.blockcache import DeflateBlockCache
@@ -21,7 +23,7 @@ from linuxkit_py.archive.cpio import check_cpio_sizes, link_identical_files, wri
 from linuxkit_py.archive.entry import ContentReader, Entry, FileRegion, Kind, read_data
 from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import Format, Rootfs, register
+from linuxkit_py.formats import KEPT, Format, Rootfs, register
 
 BOOT_DIR = "boot"
 KERNEL_PATH = "boot/kernel"
@@ -101,10 +103,6 @@ def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compres
         raise
 
 
-def _block_cache(rootfs: Rootfs) -> DeflateBlockCache | None:
-    return DeflateBlockCache(rootfs.compression_cache) if rootfs.compression_cache is not None else None
-
-
 def _copy(entry: Entry, out: BinaryIO) -> None:
     with ContentReader() as reader:
         for chunk in reader.chunks(entry.data):
@@ -112,13 +110,33 @@ def _copy(entry: Entry, out: BinaryIO) -> None:
 
 
 def write_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:
-    """`kernel+initrd`: NAME-kernel, NAME-initrd.img (ucode first, if any), NAME-cmdline."""
+    """`kernel+initrd`: NAME-kernel, NAME-initrd.img (ucode first, if any), NAME-cmdline (each skipped when KEPT)."""
     kernel_out, initrd_out, cmdline_out = outs
     boot = split_boot(rootfs.entries)
-    _copy(boot.kernel, kernel_out)
-    write_initrd(boot.initrd, initrd_out, rootfs.epoch, compression=compression, ucode=boot.ucode,
-                 block_cache=_block_cache(rootfs))
-    cmdline_out.write(boot.cmdline)
+    if kernel_out is not KEPT:
+        _copy(boot.kernel, kernel_out)
+    if initrd_out is not KEPT:
+        write_initrd(boot.initrd, initrd_out, rootfs.epoch, compression=compression, ucode=boot.ucode,
+                     block_cache=rootfs.block_cache())
+    if cmdline_out is not KEPT:
+        cmdline_out.write(boot.cmdline)
+
+
+def kernel_initrd_digests(rootfs: Rootfs) -> list[str | None]:
+    """What NAME-kernel, NAME-initrd.img and NAME-cmdline are made of (Format.input_digests): the kernel's
+    bytes, every initrd entry (metadata and bytes) with the ucode, the command line."""
+    boot = split_boot(rootfs.entries)
+    identity = rootfs.addresses.identity
+    initrd = hashlib.sha256(b"ucode " + (identity(boot.ucode.data) if boot.ucode is not None else b"none"))
+    for entry in boot.initrd:
+        metadata = (entry.kind.value, _metadata(entry))  # Kind's own repr is Python code: slow
+        initrd.update(b"%s\0%s\n" % (repr(metadata).encode("utf-8", "surrogateescape"), identity(entry.data)))
+    return [identity(boot.kernel.data).decode("utf-8", "surrogateescape"), initrd.hexdigest(),
+            hashlib.sha256(boot.cmdline).hexdigest()]
+
+
+# every field of an entry but its kind and data
+_metadata = operator.attrgetter(*(f.name for f in fields(Entry) if f.name not in ("kind", "data")))
 
 
 def write_tar_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:
@@ -134,7 +152,7 @@ def write_tar_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: s
     directory = os.path.dirname(name) if isinstance(name, str) and os.path.isabs(name) else None
     with tempfile.NamedTemporaryFile(prefix=".initrd-", suffix=".tmp", dir=directory) as initrd:
         write_initrd(boot.initrd, cast(BinaryIO, initrd), rootfs.epoch, compression=compression,
-                     block_cache=_block_cache(rootfs))
+                     block_cache=rootfs.block_cache())
         initrd.flush()
         size = initrd.tell()
         members = [
@@ -156,6 +174,7 @@ register(Format(
     name="kernel+initrd",
     suffixes=("-kernel", "-initrd.img", "-cmdline"),
     write=write_kernel_initrd,
+    input_digests=kernel_initrd_digests,
     description="kernel, gzip newc cpio initramfs (ucode first) and command line",
 ))
 register(Format(

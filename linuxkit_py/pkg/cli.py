@@ -10,8 +10,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from linuxkit_py.pkg.linuxkit_pkg import TagOptions
+    from linuxkit_py.registry.buildcache import CacheRef
 
 log = logging.getLogger("linuxkit_py")
+
+
+def add_shared_cache_options(p: argparse.ArgumentParser) -> None:
+    """--cache-from and --cache-to (BuildKit's names) of `build` and `pkg build`: registry/buildcache.py."""
+    p.add_argument("--cache-from", metavar="REF", help="take what the local cache lacks (built packages, layer "
+                   "indexes, deflated blocks) from the registry cache REF: REGISTRY/REPO[:TAG] or "
+                   "type=registry,ref=REGISTRY/REPO[:TAG]; a fault on it is a warning")
+    p.add_argument("--cache-to", metavar="REF", help="after the build, push what it used to the registry cache REF")
+
+
+def shared_cache_refs(args: argparse.Namespace) -> tuple[CacheRef | None, CacheRef | None]:
+    """--cache-from and --cache-to, checked before anything is built."""
+    from linuxkit_py.registry.buildcache import parse_cache_ref
+
+    return (parse_cache_ref(args.cache_from, "--cache-from") if args.cache_from else None,
+            parse_cache_ref(args.cache_to, "--cache-to") if args.cache_to else None)
 
 
 def add_pkg_parser(subparsers: Any) -> None:
@@ -23,6 +40,7 @@ def add_pkg_parser(subparsers: Any) -> None:
     build.add_argument("--force", action="store_true", help="build even when the cache has the image")
     build.add_argument("--push", metavar="REGISTRY", help="then push each image as REGISTRY/<image>:<tag>, "
                        "e.g. 127.0.0.1:5000 or ghcr.io/me (credentials: ~/.docker/config.json)")
+    add_shared_cache_options(build)
     build.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                        help="allow plain http for this registry (loopback registries always may)")
     build.add_argument("--cert-file", action="append", default=[], metavar="FILE",
@@ -67,8 +85,10 @@ def _tag_options(args: argparse.Namespace) -> TagOptions:
 
 def run_pkg_command(args: argparse.Namespace) -> int:
     """Run a parsed `pkg` command; UserErrors propagate to the caller (one line, exit 1)."""
+    from linuxkit_py.arch import normalize_arch
     from linuxkit_py.cache.layout import Cache, default_cache_dir
-    from linuxkit_py.pkg.build import build_package, package_name
+    from linuxkit_py.pkg.build import build_package, package_name, plan_package
+    from linuxkit_py.registry.buildcache import RegistryBuildCache
     from linuxkit_py.registry.client import RegistryOptions
     from linuxkit_py.registry.push import push_image, registry_destination
 
@@ -83,9 +103,16 @@ def run_pkg_command(args: argparse.Namespace) -> int:
         return 0
     if args.push:  # a bad REGISTRY fails before anything is built
         registry_destination(args.push, "linuxkit-py/check")
-        options = RegistryOptions(insecure=frozenset(args.insecure_registry), ca_files=tuple(args.cert_file))
+    options = RegistryOptions(insecure=frozenset(args.insecure_registry), ca_files=tuple(args.cert_file))
+    cache_from, cache_to = shared_cache_refs(args)
+    shared = RegistryBuildCache(cache, cache_from, cache_to, options) if cache_from or cache_to else None
     for directory in args.dirs:
+        if shared is not None and not args.force and len(arches or [None]) == 1:  # one platform: `build`'s case
+            arch = normalize_arch(arches[0] if arches else None)
+            shared.fetch_packages([plan_package(directory, cache, arches=arches).ref], arch)
         built = build_package(cache, directory, force=args.force, arches=arches)
+        if shared is not None:
+            shared.push([built.plan.ref], [], [], None)
         if built.built:
             log.warning("built %s %s", built.plan.ref, built.digest)
         else:

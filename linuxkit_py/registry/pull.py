@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tqdm import tqdm
-
 from linuxkit_py.arch import normalize_arch, uname_arch
 from linuxkit_py.cache.attestation import MAX_STATEMENT, attestation_descriptor, spdx_layers
 from linuxkit_py.cache.image import Image, load_cached_image
@@ -176,7 +174,10 @@ def _plan_attestation(client: RegistryClient, plan: _Plan) -> None:
         log.debug("%s: no SBOM attestation: %s", plan.given, exc)
         return
     plan.attestation = document
-    plan.attestation_blobs = [layer for layer in layers
+    config = document.json().get("config")  # stored too, so that the cached attestation manifest is whole
+    configs = [config] if isinstance(config, dict) and isinstance(config.get("digest"), str) \
+        and isinstance(config.get("size"), int) else []
+    plan.attestation_blobs = [layer for layer in [*configs, *layers]
                               if DIGEST_RE.match(layer["digest"]) and 0 <= layer["size"] <= MAX_STATEMENT]
 
 
@@ -219,6 +220,8 @@ def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.Thr
 @contextlib.contextmanager
 def progress_bar(options: RegistryOptions, total: int, description: str) -> Iterator[Any]:
     """A byte-count progress bar (on a TTY unless options say) and a thread-safe update(n) for it."""
+    from tqdm import tqdm  # 15 ms of imports that only a pull needs
+
     disable = None if options.progress is None else not options.progress
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=disable,
               desc=description, leave=False) as bar:

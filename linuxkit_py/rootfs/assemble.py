@@ -68,13 +68,6 @@ def _file(path: str, data: bytes, source: str, location: str, mode: int = 0o644)
     return Entry(path, Kind.FILE, mode, size=len(data), data=data, source=source, location=location)
 
 
-def _add_prefixed(tree: Tree, entries: list[Entry], prefix: str) -> None:
-    """Add image entries below `prefix` (hard link targets move with them)."""
-    for e in entries:
-        link = f"{prefix}/{e.linkname}" if e.kind == Kind.HARDLINK else e.linkname
-        tree.add(e.evolve(path=f"{prefix}/{e.path}", linkname=link))
-
-
 def _add_prefix_dirs(tree: Tree, prefix: str, source: str, location: str) -> None:
     parts = prefix.split("/")
     for i in range(len(parts)):
@@ -164,8 +157,8 @@ def _add_volumes(tree: Tree, a: Assembly) -> None:
             if vol.get("format", "filesystem") == "oci":
                 _add_oci_layout(tree, a, ref, f"{base}/lower", location, vol.get("platforms") or [])
             else:
-                entries = filter_image(_flat(a, ref), ref, location, RESOLV_SYMLINK)
-                _add_prefixed(tree, entries, f"{base}/lower")
+                for e in filter_image(_flat(a, ref), ref, location, RESOLV_SYMLINK, prefix=f"{base}/lower"):
+                    tree.add(e)
         tree.add(_dir(f"{base}/tmp", VOLUMES_SOURCE, location))
         tree.add(_dir(f"{base}/merged", VOLUMES_SOURCE, location))
 
@@ -232,7 +225,8 @@ def _add_containers(tree: Tree, a: Assembly) -> None:
             first = extracted.get(ref)
             if first is None:
                 _add_prefix_dirs(tree, content_dir, ref, location)
-                _add_prefixed(tree, filter_image(_flat(a, ref), ref, location, None), content_dir)
+                for e in filter_image(_flat(a, ref), ref, location, None, prefix=content_dir):
+                    tree.add(e)
                 extracted[ref] = "/" + content_dir
                 content = "/" + content_dir
             else:

@@ -47,8 +47,10 @@ def _replacement(entry: Entry, resolv_symlink: str | None) -> Entry:
     return replace(entry, kind=Kind.FILE, mode=mode, linkname="", size=len(content), data=content)
 
 
-def filter_image(entries: list[Entry], source: str, location: str, resolv_symlink: str | None) -> list[Entry]:
-    """Apply LinuxKit's exclude / replace / ensure rules and tag entries with source and location."""
+def filter_image(entries: list[Entry], source: str, location: str, resolv_symlink: str | None,
+                 prefix: str = "") -> list[Entry]:
+    """Apply LinuxKit's exclude / replace / ensure rules and tag entries with source and location; with
+    `prefix`, every path and hard link target moves below it (a container's rootfs)."""
     out: list[Entry] = []
     present: set[str] = set()
     for entry in entries:
@@ -56,13 +58,21 @@ def filter_image(entries: list[Entry], source: str, location: str, resolv_symlin
             continue
         if entry.path in ("etc/hosts", "etc/resolv.conf"):
             entry = _replacement(entry, resolv_symlink)
-        out.append(entry.evolve(source=source, location=location))
+        out.append(_placed(entry, source, location, prefix))
         present.add(entry.path)
     for path, kind, mode, target in ENSURED:
         if path in present:
             continue
-        entry = Entry(path, kind, mode, linkname=target, source=source, location=location)
+        entry = Entry(path, kind, mode, linkname=target)
         if path in ("etc/hosts", "etc/resolv.conf"):
             entry = _replacement(entry, resolv_symlink)
-        out.append(entry)
+        out.append(_placed(entry, source, location, prefix))
     return out
+
+
+def _placed(entry: Entry, source: str, location: str, prefix: str) -> Entry:
+    """`entry` tagged, and below `prefix` when there is one (one copy of the entry either way)."""
+    if not prefix:
+        return entry.evolve(source=source, location=location)
+    linkname = f"{prefix}/{entry.linkname}" if entry.kind is Kind.HARDLINK else entry.linkname
+    return entry.evolve(path=f"{prefix}/{entry.path}", linkname=linkname, source=source, location=location)

@@ -135,12 +135,21 @@ class _Tree:
             directory = self.walk_dir(head, False, label)
             if directory is not None and directory.children is not None:
                 directory.children.pop(hidden, None)
+        # Members of one directory come one after another: it is walked to once for them. None of them can
+        # replace it or a directory above it (they are below it), and any other entry ends the run.
+        last_head: str | None = None
+        parent: _Node | None = None
         for entry in additions:
-            self.add(entry, label)
+            head = entry.path.rpartition("/")[0]
+            if head != last_head:
+                parent, last_head = self.walk_dir(head, True, label), head
+            self.add(entry, label, parent)
 
-    def add(self, entry: Entry, label: str) -> None:
+    def add(self, entry: Entry, label: str, parent: _Node | None = None) -> None:
+        """Add `entry` into the directory node `parent` (default: walked to from the root)."""
         head, _, name = entry.path.rpartition("/")
-        parent = self.walk_dir(head, True, label)
+        if parent is None:
+            parent = self.walk_dir(head, True, label)
         assert parent is not None and parent.children is not None
         old = parent.children.get(name)
         if entry.kind is Kind.DIR:

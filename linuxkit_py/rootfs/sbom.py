@@ -30,6 +30,7 @@ from linuxkit_py.archive.regionfile import open_data
 from linuxkit_py.archive.tree import normalize_path, parent_dirs
 from linuxkit_py.cache.attestation import cached_sboms
 from linuxkit_py.cache.image import Image
+from linuxkit_py.cache.layers import sbom_hashes_path
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output
@@ -50,6 +51,7 @@ from linuxkit_py.spec.model import SECTIONS, Spec
 SBOM_SUFFIX = ".spdx.json"  # NAME.spdx.json beside the outputs
 IMAGE_ID = "SPDXRef-Image"
 KERNEL_ID = "SPDXRef-Kernel"
+FILE_ID_PREFIX = "SPDXRef-File-"  # + 24 hex digits: what spdx_id("File", hex) gives
 DEBS_LABEL = "org.linuxkit-py.debs"
 CHUNK = 1 << 20
 _MODULES_DIR = re.compile(r"^lib/modules/([^/]+)/")
@@ -100,6 +102,7 @@ class _HashCache:
     """SHA1 and SHA256 of files in cached, immutable layer tars: one JSON per tar, offset -> hashes."""
 
     def __init__(self, cache: Cache) -> None:
+        self.cache = cache
         self.directory = cache.derived_dir / "sbom"
         self.immutable = str(cache.derived_dir) + os.sep
         self.loaded: dict[str, dict[str, list[str]]] = {}
@@ -111,15 +114,11 @@ class _HashCache:
         if path not in self.loaded:
             table: dict[str, list[str]] = {}
             with contextlib.suppress(OSError, ValueError):
-                doc = json.loads((self.directory / self._key(path)).read_bytes())
+                doc = json.loads(sbom_hashes_path(self.cache, path).read_bytes())
                 if isinstance(doc, dict):
                     table = doc
             self.loaded[path] = table
         return self.loaded[path]
-
-    @staticmethod
-    def _key(path: str) -> str:
-        return hashlib.sha256(path.encode()).hexdigest()[:32] + ".json"
 
     def hashes(self, entry: Entry) -> tuple[str, str]:
         data = entry.data
@@ -143,7 +142,7 @@ class _HashCache:
         for path in sorted(self.dirty):
             with contextlib.suppress(OSError, UserError):
                 self.directory.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(OSError, UserError), atomic_output(self.directory / self._key(path)) as f:
+            with contextlib.suppress(OSError, UserError), atomic_output(sbom_hashes_path(self.cache, path)) as f:
                 f.write(json.dumps(self.loaded[path], sort_keys=True, separators=(",", ":")).encode())
 
 
@@ -167,7 +166,7 @@ def _files(entries: list[Entry], hashes: _HashCache) -> tuple[list[tuple[str, st
     for entry in sorted((e for e in entries if e.kind is Kind.FILE), key=lambda e: e.path):
         sha1, sha256 = hashes.hashes(entry)
         raw = entry.path.encode("utf-8", "surrogateescape")  # a name need not be UTF-8
-        file_id = spdx_id("File", hashlib.sha256(raw).hexdigest()[:24])
+        file_id = FILE_ID_PREFIX + hashlib.sha256(raw).hexdigest()[:24]
         files.append(("./" + raw.decode("utf-8", "backslashreplace"), file_id, sha1, sha256))
         if entry.source:
             sources[file_id] = entry.source

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote
 
@@ -27,6 +28,7 @@ DOCUMENT_ID = "SPDXRef-DOCUMENT"
 NAMESPACE_BASE = "https://spdx.org/spdxdocs/linuxkit-py"
 LICENSE_LIST_VERSION = "3.20"
 _IDSTRING = re.compile(r"[^A-Za-z0-9.-]+")
+WRITE_BATCH = 4096  # list elements per write
 
 Doc = dict[str, Any]
 
@@ -113,12 +115,34 @@ class FileList:
         return len(self.records) + len(self.others)
 
     def __iter__(self) -> Iterator[Doc]:
-        for name, spdxid, sha1, sha256 in self.records:
-            yield {"fileName": name, "SPDXID": spdxid,
-                   "checksums": [{"algorithm": "SHA1", "checksumValue": sha1},
-                                 {"algorithm": "SHA256", "checksumValue": sha256}],
-                   "licenseConcluded": NOASSERTION, "copyrightText": NOASSERTION}
+        yield from map(self._object, self.records)
         yield from self.others
+
+    def encoded(self, encode: Callable[[Any], str]) -> Iterator[str]:
+        """`encode(file)` of every file in order; the records' JSON made from a template (the same text
+        `encode` gives for their objects, several times faster: SBOMs list tens of thousands of files)."""
+        records = self.records
+        if records and encode(self._object(records[0])) != self._template(encode, records[0]):
+            yield from map(encode, self)  # an encoder of other separators: no template
+            return
+        for record in records:
+            yield self._template(encode, record)
+        yield from map(encode, self.others)
+
+    @staticmethod
+    def _object(record: tuple[str, str, str, str]) -> Doc:
+        name, spdxid, sha1, sha256 = record
+        return {"fileName": name, "SPDXID": spdxid,
+                "checksums": [{"algorithm": "SHA1", "checksumValue": sha1},
+                              {"algorithm": "SHA256", "checksumValue": sha256}],
+                "licenseConcluded": NOASSERTION, "copyrightText": NOASSERTION}
+
+    @staticmethod
+    def _template(encode: Callable[[Any], str], record: tuple[str, str, str, str]) -> str:
+        name, spdxid, sha1, sha256 = record
+        return (f'{{"fileName": {encode(name)}, "SPDXID": {encode(spdxid)}, "checksums": [{{"algorithm": "SHA1", '
+                f'"checksumValue": {encode(sha1)}}}, {{"algorithm": "SHA256", "checksumValue": {encode(sha256)}}}], '
+                f'"licenseConcluded": "{NOASSERTION}", "copyrightText": "{NOASSERTION}"}}')
 
 
 class _Hashing:
@@ -166,11 +190,13 @@ def write_document(doc: Doc, out: BinaryIO) -> None:
     for n, (key, value) in enumerate(doc.items()):
         out.write(f"  {encode(key)}: ".encode())
         if isinstance(value, (list, FileList)) and len(value):
-            out.write(b"[\n")
-            last = len(value) - 1
-            for i, element in enumerate(value):
-                out.write(f"    {encode(element)}{',' if i < last else ''}\n".encode())
-            out.write(b"  ]")
+            elements = value.encoded(encode) if isinstance(value, FileList) else map(encode, value)
+            out.write(b"[\n    ")
+            separator = ""
+            while batch := list(itertools.islice(elements, WRITE_BATCH)):  # a few thousand per write
+                out.write((separator + ",\n    ".join(batch)).encode())
+                separator = ",\n    "
+            out.write(b"\n  ]")
         else:
             out.write(encode(value).encode())
         out.write(b",\n" if n < len(doc) - 1 else b"\n")

@@ -6,12 +6,16 @@ import gzip
 import io
 import os
 import random
+import zlib
 from pathlib import Path
 
-from linuxkit_py.archive.blockcache import DeflateBlockCache
-from linuxkit_py.archive.compress import ParallelGzipWriter
+import pytest
+
+from linuxkit_py.archive.blockcache import CachedBlock, DeflateBlockCache
+from linuxkit_py.archive.compress import ParallelGzipWriter, crc32_combine, crc32_combine_python
 from linuxkit_py.archive.cpio import write_cpio
-from linuxkit_py.archive.entry import Entry, Kind
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.formats.initrd import write_initrd
 
 BLOCK = 64 * 1024
 
@@ -159,3 +163,144 @@ def test_cuts_at_member_starts_do_not_depend_on_the_thread_count(tmp_path: Path)
         writer.close()
         outputs.add(buf.getvalue())
     assert len(outputs) == 1
+
+
+# -- blocks keyed by the regions they are cut from ------------------------------------------------
+
+
+def _layer(directory: Path, seed: int = 3, files: int = 120) -> tuple[Path, list[tuple[int, int]]]:
+    """A stand-in for an unpacked layer tar: file bodies back to back, and (offset, size) of each."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    bodies = [_data(seed=seed * 1000 + i, size=rng.randint(2_000, 40_000)) for i in range(files)]
+    path = directory / f"{seed:064x}.tar"
+    path.write_bytes(b"".join(bodies))
+    spans, offset = [], 0
+    for body in bodies:
+        spans.append((offset, len(body)))
+        offset += len(body)
+    return path, spans
+
+
+def _layer_tree(layer: Path, spans: list[tuple[int, int]], config: bytes = b"{}",
+                host: Path | None = None) -> list[Entry]:
+    entries = [Entry("usr", Kind.DIR, 0o755)]
+    for i, (offset, size) in enumerate(spans):
+        entries.append(Entry(f"usr/f{i:03d}", Kind.FILE, 0o644, size=size,
+                             data=FileRegion(str(layer), offset, size)))
+        if i == len(spans) // 2:  # a generated file in the middle, as config.json is
+            entries.append(Entry("usr/config.json", Kind.FILE, 0o644, size=len(config), data=config))
+    if host is not None:
+        size = host.stat().st_size
+        entries.append(Entry("etc/motd", Kind.FILE, 0o644, size=size, data=FileRegion(str(host), 0, size)))
+    return entries
+
+
+def _initrd(entries: list[Entry], cache: DeflateBlockCache | None) -> bytes:
+    buf = io.BytesIO()
+    write_initrd(entries, buf, 0, threads=2, block_cache=cache)
+    return buf.getvalue()
+
+
+def test_blocks_of_content_addressed_regions_are_found_without_reading_them(tmp_path: Path) -> None:
+    layers = tmp_path / "layers"
+    layer, spans = _layer(layers)
+    entries = _layer_tree(layer, spans)
+    plain = _initrd(entries, None)
+    cache = DeflateBlockCache(tmp_path / "blocks", content_addressed=[layers])
+    assert _initrd(entries, cache) == plain
+    assert gzip.decompress(plain)[:6] == b"070701"
+    stored = set(_files(tmp_path / "blocks"))
+    layer.write_bytes(bytes(layer.stat().st_size))  # its bytes are not read again: every block is a hit
+    assert _initrd(entries, cache) == plain
+    assert set(_files(tmp_path / "blocks")) == stored
+
+
+def test_an_edit_rebuild_gives_the_bytes_of_a_build_from_an_empty_cache(tmp_path: Path) -> None:
+    layers = tmp_path / "layers"
+    layer, spans = _layer(layers)
+    host = tmp_path / "motd.txt"
+    host.write_text("welcome\n")
+    cache = DeflateBlockCache(tmp_path / "blocks", content_addressed=[layers])
+    _initrd(_layer_tree(layer, spans, host=host), cache)
+    before = set(_files(tmp_path / "blocks"))
+    # a generated file that grows, in the middle
+    edited = _layer_tree(layer, spans, config=b'{"args": ["/bin/sleep", "3600"]}', host=host)
+    assert _initrd(edited, cache) == _initrd(edited, None)
+    assert 1 <= len(set(_files(tmp_path / "blocks")) - before) <= 3
+    # a host file (not content-addressed) changed in place, same size and mtime: its new bytes
+    st = host.stat()
+    host.write_text("WELCOME\n")
+    os.utime(host, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rebuilt = _initrd(_layer_tree(layer, spans, host=host), cache)
+    assert rebuilt == _initrd(_layer_tree(layer, spans, host=host), None)
+    assert gzip.decompress(rebuilt).count(b"WELCOME\n") == 1
+    # a region of a file outside the content-addressed directories is read, never keyed by place
+    other, other_spans = _layer(tmp_path / "elsewhere", seed=5)
+    _initrd(_layer_tree(other, other_spans), cache)
+    other.write_bytes(bytes(reversed(other.read_bytes())))
+    assert _initrd(_layer_tree(other, other_spans), cache) == _initrd(_layer_tree(other, other_spans), None)
+
+
+@pytest.mark.parametrize("damage", ["flipped payload byte", "flipped header byte", "truncated", "empty",
+                                    "copied from another block"])
+def test_a_corrupt_block_file_never_reaches_the_output(tmp_path: Path, damage: str) -> None:
+    layers = tmp_path / "layers"
+    layer, spans = _layer(layers)
+    entries = _layer_tree(layer, spans)
+    plain = _initrd(entries, None)
+    cache = DeflateBlockCache(tmp_path / "blocks", content_addressed=[layers])
+    _initrd(entries, cache)
+    paths = sorted(p for p in (tmp_path / "blocks").rglob("*") if p.is_file())
+    assert len(paths) >= 3
+    for i, path in enumerate(paths):
+        data = bytearray(path.read_bytes())
+        if damage == "flipped payload byte":
+            data[-1 - i % 50] ^= 0x01
+        elif damage == "flipped header byte":
+            data[8 + i % 40] ^= 0x01
+        elif damage == "truncated":
+            del data[len(data) // 2 :]
+        elif damage == "empty":
+            data.clear()
+        else:
+            data = bytearray(paths[(i + 1) % len(paths)].read_bytes())
+        path.write_bytes(bytes(data))
+    assert _initrd(entries, cache) == plain
+    assert _initrd(entries, cache) == plain  # rewritten good on the way
+
+
+def test_crc32_combine_is_the_crc_of_the_concatenation() -> None:
+    rng = random.Random(11)
+    for length in (0, 1, 7, 4096, 300_001, 1 << 20):
+        a, b = rng.randbytes(rng.randint(0, 5000)), rng.randbytes(length)
+        whole = zlib.crc32(a + b)
+        assert crc32_combine_python(zlib.crc32(a), zlib.crc32(b), len(b)) == whole
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == whole
+
+
+def test_a_region_is_keyed_by_its_file_not_by_where_the_cache_lives(tmp_path: Path) -> None:
+    """Two builders' caches at different paths name the same unpacked layer alike: they share blocks (--cache-from)."""
+    keys = []
+    for machine in ("a", "b"):
+        layer = tmp_path / machine / "cache" / "linuxkit-py" / "layers" / ("ab" * 32 + ".tar")
+        layer.parent.mkdir(parents=True)
+        layer.write_bytes(b"x" * 4096)
+        keys.append(DeflateBlockCache.key(5, [b"dict"], [b"head", FileRegion(str(layer), 512, 1024)]))
+    assert keys[0] == keys[1]
+    other = DeflateBlockCache.key(5, [b"dict"], [b"head", FileRegion(str(tmp_path / "layers" / "cd.tar"), 512, 1024)])
+    assert other != keys[0]
+
+
+def test_a_shared_block_file_is_taken_only_whole_and_under_its_own_key(tmp_path: Path) -> None:
+    source, target = DeflateBlockCache(tmp_path / "source"), DeflateBlockCache(tmp_path / "target")
+    key, other = "1" * 64, "2" * 64
+    source.put(key, CachedBlock(b"deflated", 1234, 5678))
+    data = source.read_file(key)
+    assert data is not None
+    assert not target.put_file(other, data)  # copied under another key's name
+    assert not target.put_file(key, data[:-1])  # torn
+    assert not target.put_file(key, data[:-1] + bytes([data[-1] ^ 1]))  # damaged
+    assert target.get(key) is None and target.get(other) is None
+    assert target.put_file(key, data)
+    assert target.get(key) == CachedBlock(b"deflated", 1234, 5678)

@@ -221,3 +221,14 @@ def test_aufs_metadata_and_whiteouts_never_appear(tmp_path: Path) -> None:
         _layer(tmp_path, WH("gone"), OPQ("dir"), D("dir")),
     ])
     assert _paths(entries) == ["dir", "keep"]
+
+
+def test_a_directory_replaced_between_its_members_is_made_again(tmp_path: Path) -> None:
+    """Members of one directory share one lookup of it: not across an entry that replaces it or what a
+    symlink on the way points to."""
+    entries = flatten_layers([_layer(tmp_path, D("usr"), D("usr/lib"), L("lib", "usr/lib"), F("lib/a", "a"),
+                                     F("usr/lib", "now a file"), F("lib/b", "b"),
+                                     D("d"), F("d/x", "x"), F("d", "file"), F("d/y", "y"))])
+    assert [(e.path, e.kind) for e in entries] == [
+        ("d", Kind.DIR), ("d/y", Kind.FILE), ("lib", Kind.SYMLINK), ("usr", Kind.DIR), ("usr/lib", Kind.DIR),
+        ("usr/lib/b", Kind.FILE)]

@@ -15,8 +15,8 @@ import zstandard
 from linuxkit_py.archive.compress import ParallelGzipWriter
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
-from linuxkit_py.formats import Rootfs, get_format
-from linuxkit_py.formats.initrd import split_boot, write_initrd
+from linuxkit_py.formats import KEPT, Rootfs, get_format
+from linuxkit_py.formats.initrd import kernel_initrd_digests, split_boot, write_initrd
 
 EPOCH = 1_700_000_000
 UCODE = b"070701" + b"0" * 104 + b"kernel/x86/microcode/GenuineIntel.bin\0" + b"\0" * 350
@@ -172,3 +172,34 @@ def test_parallel_gzip_is_the_same_for_any_thread_count() -> None:
     assert subprocess.run(["gzip", "-dc"], input=out, capture_output=True, check=True).stdout == data
     # Blocks primed with the previous block's window compress about as well as one stream.
     assert len(out) < len(gzip.compress(data, 6)) * 1.01
+
+
+def test_each_file_has_a_digest_of_what_it_is_made_of(tmp_path: Path) -> None:
+    rootfs = _rootfs(tmp_path)
+    kernel, initrd, cmdline = kernel_initrd_digests(rootfs)
+    assert kernel_initrd_digests(Rootfs(list(rootfs.entries), EPOCH)) == [kernel, initrd, cmdline]
+
+    def changed(path: str, data: bytes) -> list[bool]:
+        entries = [e.evolve(size=len(data), data=data) if e.path == path else e for e in rootfs.entries]
+        return [a != b for a, b in zip(kernel_initrd_digests(Rootfs(entries, EPOCH)),
+                                       [kernel, initrd, cmdline], strict=True)]
+
+    assert changed("boot/cmdline", b"console=ttyS0 quiet") == [False, False, True]
+    assert changed("etc/motd", b"welcome, edited\n") == [False, True, False]
+    assert changed("boot/dtb/board.dtb", b"other") == [False, True, False]  # in the initrd through its links
+    host = tmp_path / "motd"
+    host.write_bytes(b"hello\n")
+    entries = [*rootfs.entries, Entry("etc/host", Kind.FILE, 0o644, size=6, data=FileRegion(str(host), 0, 6))]
+    before = kernel_initrd_digests(Rootfs(entries, EPOCH))
+    host.write_bytes(b"HELLO\n")  # a host file is named by its bytes
+    assert kernel_initrd_digests(Rootfs(entries, EPOCH))[1] != before[1]
+
+
+def test_kept_files_are_not_written(tmp_path: Path) -> None:
+    rootfs = _rootfs(tmp_path)
+    _, initrd, _ = _kernel_initrd(rootfs)
+    out = io.BytesIO()
+    get_format("kernel+initrd").write(rootfs, [KEPT, out, KEPT])  # type: ignore[list-item]
+    assert out.getvalue() == initrd
+    with pytest.raises(RuntimeError):
+        KEPT.write(b"x")

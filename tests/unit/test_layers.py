@@ -15,7 +15,7 @@ from linuxkit_py.archive.entry import Entry, Kind, read_data
 from linuxkit_py.cache.layers import layer_entries, layers_dir, unpack_layers, unpacked_layer
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from tests.imagetools import D, F, H, L, digest_of, tar_layer
+from tests.imagetools import D, F, H, L, Member, digest_of, tar_layer
 
 LAYER = tar_layer(D("etc"), F("etc/hostname", "box\n"), F("etc/big", b"x" * 300_000, mode=0o600),
                   L("etc/link", "hostname"), H("etc/hard", "etc/hostname"))
@@ -174,3 +174,15 @@ def test_unpack_layers_reports_the_corrupt_layer(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=f"layer {bad['digest']} is corrupt"):
         unpack_layers(cache, [(good, None), (bad, None)], workers=2)
     assert not any(p.suffix == ".tmp" for p in layers_dir(cache).iterdir())
+
+
+def test_the_index_gives_back_every_field_of_every_entry(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    xattr = Member("etc/caps", "file", b"c", 0o755, 7, 8, pax={"SCHILY.xattr.security.capability": "\x01\x02",
+                                                               "uname": "seven", "gname": "eight"})
+    blob = tar_layer(D("etc"), xattr, F("etc/plain", "p"), Member("dev-null", "char", devmajor=1, devminor=3),
+                     L("etc/link", "plain"), H("etc/hard", "etc/plain"))
+    layer = _store(cache, blob, OCI_TAR)
+    parsed = layer_entries(cache, layer)  # cold: read from the tar, then indexed
+    assert parsed[1].xattrs and parsed[1].uname == "seven"
+    assert layer_entries(cache, layer) == parsed  # warm: decoded from the index

@@ -11,7 +11,7 @@ from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from linuxkit_py.sbom.debian import licence_from_copyright
-from linuxkit_py.sbom.spdx import document, dumps, merge_into, package, relationship
+from linuxkit_py.sbom.spdx import WRITE_BATCH, FileList, document, dumps, merge_into, package, relationship
 
 DEP5 = """\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -149,3 +149,21 @@ def test_the_same_content_gives_the_same_bytes_and_namespace() -> None:
     later = document("os", 1492533001, packages=[package("SPDXRef-Image", "os")], relationships=[],
                      describes=["SPDXRef-Image"], tool="t")
     assert later["documentNamespace"] != json.loads(first)["documentNamespace"]
+
+
+@pytest.mark.parametrize("count", [1, WRITE_BATCH, WRITE_BATCH + 1])
+def test_file_lists_are_written_as_their_objects_one_per_line(count: int) -> None:
+    names = ['./etc/"quoted"', "./usr/lib/caf\u00e9", "./bad\\xff-name", "./tab\there"]
+    records = [(names[i % len(names)] + str(i), f"SPDXRef-File-{i:024x}", f"{i:040x}", f"{i:064x}")
+               for i in range(count)]
+    files = FileList(records)
+    files.append({"fileName": "./merged", "SPDXID": "SPDXRef-merged-File-1", "checksums": []})
+    doc = {"name": "x", "files": files, "relationships": []}
+    text = dumps(doc).decode()
+    assert json.loads(text) == {"name": "x", "files": list(files), "relationships": []}
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+    lines = text.splitlines()
+    first = lines.index('  "files": [') + 1
+    expected = [f"    {encode(f)}," for f in files]
+    expected[-1] = expected[-1].removesuffix(",")
+    assert lines[first : first + count + 1] == expected

@@ -12,13 +12,15 @@ import pytest
 from linuxkit_py.build import BuildOptions, _output_records
 from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layout import Cache
+from linuxkit_py.registry.buildcache import parse_cache_ref
 from linuxkit_py.registry.pull import RegistryOptions
 from linuxkit_py.spec.model import Position, Spec
 from linuxkit_py.uptodate import OutputRecords, build_key, content_digest
 
 # Options that cannot change an output byte (how images are found, not which ones: their digests count).
 NOT_IN_KEY = {"registry": RegistryOptions(timeout=5.0), "pull": True, "cache_dir": Path("/elsewhere"),
-              "dry_run": True}
+              "dry_run": True, "cache_from": parse_cache_ref("127.0.0.1:5000/ci", "--cache-from"),
+              "cache_to": parse_cache_ref("127.0.0.1:5000/ci:other", "--cache-to")}
 CHANGED: dict[str, Any] = {
     "paths": ["other.yml"], "formats": ["iso-efi"], "name": "other", "directory": Path("elsewhere"),
     "output": "out.tar", "arch": "arm64", "size": 1 << 30, "root": "squashfs", "input_tar": Path("in.tar"),
@@ -94,3 +96,23 @@ def test_records_match_only_untouched_files_and_the_same_key(tmp_path: Path, key
     assert not second.up_to_date("tar", [out])  # another format's record
     out.write_bytes(b"initrd")  # rewritten with the same bytes: no longer the file recorded
     assert not second.up_to_date("kernel+initrd", [out])
+
+
+def test_a_file_is_kept_only_with_the_recorded_content_and_identity(tmp_path: Path) -> None:
+    kernel, initrd = tmp_path / "x-kernel", tmp_path / "x-initrd.img"
+    kernel.write_bytes(b"kernel")
+    initrd.write_bytes(b"initrd")
+    targets = [kernel, initrd]
+    OutputRecords(tmp_path / "records", "k1", "context").record("kernel+initrd", targets, ["kd", "id"])
+    edited = OutputRecords(tmp_path / "records", "k2", "context")  # another spec: another build key
+    assert not edited.up_to_date("kernel+initrd", targets)
+    assert edited.kept("kernel+initrd", targets, ["kd", "id"]) == [True, True]
+    assert edited.kept("kernel+initrd", targets, ["kd", "other"]) == [True, False]
+    assert edited.kept("kernel+initrd", targets, [None, "id"]) == [False, True]  # no digest: never kept
+    assert edited.kept("kernel+initrd", [initrd, kernel], ["id", "kd"]) == [False, False]  # another record
+    options = OutputRecords(tmp_path / "records", "k2", "other context")  # an option, the code, the epoch
+    assert options.kept("kernel+initrd", targets, ["kd", "id"]) == [False, False]
+    kernel.write_bytes(b"kernel")  # rewritten with the same bytes: no longer the file recorded
+    assert edited.kept("kernel+initrd", targets, ["kd", "id"]) == [False, True]
+    OutputRecords(tmp_path / "records", "k3", "context").record("kernel+initrd", targets)  # without digests
+    assert edited.kept("kernel+initrd", targets, ["kd", "id"]) == [False, False]

@@ -1,0 +1,219 @@
+"""`build --cache-to REF` / `--cache-from REF` against a real docker-registry: a second builder with an
+empty cache starts warm (no package build, blocks not deflated again), and faults on the cache only warn."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from linuxkit_py.cache.layout import Cache
+from linuxkit_py.cache.verify import verify_cache
+from linuxkit_py.registry.buildcache import latest_deflate_key
+from tests.integration.conftest import run_cli
+from tests.registry.faultproxy import CORRUPT, FaultProxy, status
+from tests.registry.servers import RegistryProcess, free_port
+
+pytestmark = pytest.mark.registry
+
+BUSYBOX_YML = "image: linuxkit-py/cache-busybox\npackages: [busybox-static]\nlibraries: none\n"
+TOOK = re.compile(r"^--cache-from \S+: took (\d+) packages, (\d+) layer indexes, (\d+) deflate blocks$", re.M)
+
+
+def _text(seed: int, size: int) -> bytes:
+    """Compressible but not trivially so (deflate takes real time), the same for the same seed."""
+    rng = random.Random(seed)
+    words = [bytes(rng.choices(b"abcdefghij klmnop", k=rng.randint(2, 9))) for _ in range(4000)]
+    out = bytearray()
+    while len(out) < size:
+        out += rng.choice(words) + b" "
+    return bytes(out[:size])
+
+
+@pytest.fixture(scope="module")
+def spec_dir(registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A spec with a kernel and a 3 MiB data image from the registry and one `@pkg:` package."""
+    from tests.imagetools import F, ImageSpec, Layout, skopeo_push, tar_layer
+
+    layout = Layout(tmp_path_factory.mktemp("cache-layout"))
+    modules = tar_layer(F("lib/modules/6.1.0/modules.dep", "\n"))
+    layout.add_image("kernel", ImageSpec(layers=[tar_layer(F("kernel", _text(1, 1 << 20)), F("kernel.tar", modules))]))
+    layout.add_image("data", ImageSpec(layers=[tar_layer(F("opt/data", _text(2, 3 << 20))),
+                                               tar_layer(F("etc/data.conf", "conf\n"))],
+                                       config={"Cmd": ["/bin/true"]}))
+    for tag in ("kernel", "data"):
+        skopeo_push(layout.root, tag, f"{registry.host}/cachetest/{tag}:1")
+    directory = tmp_path_factory.mktemp("cache-spec")
+    (directory / "busybox").mkdir()
+    (directory / "busybox" / "build.yml").write_text(BUSYBOX_YML)
+    (directory / "system.yml").write_text(f"""\
+kernel:
+  image: {registry.host}/cachetest/kernel:1
+  cmdline: console=ttyS0
+init:
+  - "@pkg:busybox"
+onboot:
+  - name: data
+    image: {registry.host}/cachetest/data:1
+""")
+    return directory
+
+
+def build(spec_dir: Path, cache: Path, out: Path, *options: str) -> tuple[str, bytes]:
+    """One `linuxkit-py build` (kernel+initrd); its stderr and the initrd's bytes."""
+    done = run_cli("build", "--cache", cache, "--dir", out, *options, spec_dir / "system.yml", cwd=spec_dir)
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr
+    return stderr, (out / "system-initrd.img").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def builder_a(spec_dir: Path, registry: RegistryProcess,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """Builder A: a cold build that pushes its cache to REGISTRY/ci/cache; its cache dir and initrd."""
+    cache = tmp_path_factory.mktemp("builder-a") / "cache"
+    stderr, initrd = build(spec_dir, cache, cache.parent / "out", "--cache-to", f"{registry.host}/ci/cache")
+    assert "building package" in stderr
+    assert "--cache-to" not in stderr  # no warning
+    return cache, initrd
+
+
+def blocks(cache: Path) -> set[str]:
+    return {p.name for p in (cache / "linuxkit-py" / "deflate").rglob("*") if p.is_file()}
+
+
+def test_a_second_builder_starts_warm_from_the_registry(spec_dir: Path, registry: RegistryProcess,
+                                                        builder_a: tuple[Path, bytes], tmp_path: Path) -> None:
+    cache_a, initrd_a = builder_a
+    cache_b = tmp_path / "builder-b"
+    stderr, initrd_b = build(spec_dir, cache_b, tmp_path / "out", "--cache-from",
+                             f"type=registry,ref={registry.host}/ci/cache")
+    assert hashlib.sha256(initrd_b).hexdigest() == hashlib.sha256(initrd_a).hexdigest()
+    assert "building package" not in stderr
+    took = TOOK.search(stderr)
+    assert took is not None, stderr
+    packages, layers, taken_blocks = map(int, took.groups())
+    assert packages == 1
+    # of the 4 layers (kernel, data image's 2, package), those whose index came before the build unpacked them
+    assert 0 <= layers <= 4
+    assert taken_blocks == len(blocks(cache_a)) > 4
+    assert blocks(cache_b) == blocks(cache_a)  # every block came from the registry, none was deflated again
+    assert verify_cache(Cache(cache_b)).problems == []
+
+
+def test_without_the_cache_the_same_bytes(spec_dir: Path, builder_a: tuple[Path, bytes], tmp_path: Path) -> None:
+    _, initrd = build(spec_dir, tmp_path / "cache", tmp_path / "out")
+    assert initrd == builder_a[1]
+
+
+@pytest.fixture
+def proxy(registry: RegistryProcess, builder_a: tuple[Path, bytes]) -> Iterator[FaultProxy]:
+    fp = FaultProxy(registry.host)
+    try:
+        yield fp
+    finally:
+        fp.close()
+
+
+@pytest.mark.parametrize("fault", ["unreachable", "500", "corrupt blob", "garbage manifest"])
+def test_a_fault_on_the_cache_is_one_warning_and_the_same_bytes(
+        fault: str, spec_dir: Path, builder_a: tuple[Path, bytes], proxy: FaultProxy, tmp_path: Path) -> None:
+    host = f"127.0.0.1:{free_port()}" if fault == "unreachable" else proxy.host
+    if fault == "500":
+        proxy.inject("/manifests/", status(500), times=-1)
+    elif fault == "corrupt blob":
+        proxy.inject("/blobs/", CORRUPT, times=-1)
+    elif fault == "garbage manifest":
+        proxy.inject("/manifests/", CORRUPT, times=-1)
+    cache = tmp_path / "cache"
+    stderr, initrd = build(spec_dir, cache, tmp_path / "out", "--cache-from", f"{host}/ci/cache")
+    assert initrd == builder_a[1]
+    warnings = [line for line in stderr.splitlines() if line.startswith("--cache-from")]
+    assert len(warnings) == 1, stderr
+    assert warnings[0].startswith(f"--cache-from {host}/ci/cache: ")
+    assert warnings[0].endswith("; building without it")
+    assert {"unreachable": "(connection refused)", "500": "(HTTP 500)", "corrupt blob": "does not match its digest",
+            "garbage manifest": "is not valid JSON"}[fault] in warnings[0]
+    assert verify_cache(Cache(cache)).problems == []
+    # what the local cache now holds builds the same bytes again
+    _, again = build(spec_dir, cache, tmp_path / "again")
+    assert again == builder_a[1]
+
+
+GIVE = "give REGISTRY/REPOSITORY[:TAG] (hint: e.g. {0} registry.example.com/ci/cache; the cache's tags start with TAG)"
+
+
+def test_a_corrupt_block_archive_is_refused_and_the_blocks_deflated_here(
+        spec_dir: Path, registry: RegistryProcess, builder_a: tuple[Path, bytes], proxy: FaultProxy,
+        tmp_path: Path) -> None:
+    proxy.inject(deflate_blob(registry), CORRUPT, times=-1)
+    cache = tmp_path / "cache"
+    stderr, initrd = build(spec_dir, cache, tmp_path / "out", "--cache-from", f"{proxy.host}/ci/cache")
+    assert initrd == builder_a[1]
+    assert "building package" not in stderr  # the package and the layer indexes came; the blocks did not
+    [warning] = [line for line in stderr.splitlines() if line.startswith("--cache-from")]
+    assert "does not match its digest" in warning
+    assert TOOK.search(stderr) is None
+    assert blocks(cache) == blocks(builder_a[0])  # deflated here, from this build's own bytes
+    assert verify_cache(Cache(cache)).problems == []
+
+
+def test_an_unreachable_cache_to_is_one_warning_after_the_outputs(spec_dir: Path, builder_a: tuple[Path, bytes],
+                                                                  tmp_path: Path) -> None:
+    host = f"127.0.0.1:{free_port()}"
+    stderr, initrd = build(spec_dir, builder_a[0], tmp_path / "out", "--cache-to", f"{host}/ci/cache")
+    assert initrd == builder_a[1]
+    assert [line for line in stderr.splitlines() if line.startswith("--cache-to")] == [
+        f"--cache-to {host}/ci/cache: cannot connect to registry {host} (connection refused); the cache was not pushed"]
+
+
+def deflate_blob(registry: RegistryProcess) -> str:
+    """The digest of the tar of blocks the latest build of system.yml pushed."""
+    tag = "cache-deflate-" + latest_deflate_key("system", ["kernel+initrd"], "amd64")
+    manifest = requests.get(f"http://{registry.host}/v2/ci/cache/manifests/{tag}", timeout=5,
+                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    return str(manifest["layers"][0]["digest"])
+
+
+def test_a_warm_builder_fetches_only_the_lists_of_what_it_has(spec_dir: Path, registry: RegistryProcess,
+                                                             builder_a: tuple[Path, bytes], tmp_path: Path) -> None:
+    blob = deflate_blob(registry)
+    seen = len(registry.requests_log())
+    stderr, initrd = build(spec_dir, builder_a[0], tmp_path / "out", "--cache-from", f"{registry.host}/ci/cache")
+    assert initrd == builder_a[1]
+    assert "--cache-from " + f"{registry.host}/ci/cache: took 0 packages, 0 layer indexes, 0 deflate blocks" in stderr
+    blob_gets = [path for method, path, _ in registry.requests_log()[seen:] if method == "GET" and "/blobs/" in path]
+    assert len(blob_gets) == 1 and not blob_gets[0].endswith(blob)  # the artifact's config only
+
+
+@pytest.mark.parametrize(("option", "value", "error"), [
+    ("--cache-from", "cache", GIVE),
+    ("--cache-to", "127.0.0.1:5000/ci@sha256:" + "0" * 64, GIVE),
+    ("--cache-from", "type=local,src=/tmp/x", "only type=registry,ref=REGISTRY/REPOSITORY[:TAG] is supported "
+                                              "(hint: e.g. {0} type=registry,ref=registry.example.com/ci/cache)"),
+    ("--cache-to", "127.0.0.1:5000/ci:" + "t" * 60, "the tag '" + "t" * 60 + "' is too long to prefix the "
+                                                    "cache's tags (hint: at most 55 characters)"),
+])
+def test_a_bad_cache_ref_is_one_line(option: str, value: str, error: str, tmp_path: Path) -> None:
+    (tmp_path / "s.yml").write_text("onboot: []\n")
+    done = run_cli("build", "--cache", tmp_path / "cache", option, value, tmp_path / "s.yml")
+    assert done.returncode == 1
+    assert done.stderr.decode() == f"linuxkit-py: {option} {value!r}: {error.format(option)}\n"
+    assert not (tmp_path / "cache").exists()  # checked before anything is pulled or built
+
+
+def test_pkg_build_takes_the_package_from_the_cache(spec_dir: Path, registry: RegistryProcess,
+                                                    builder_a: tuple[Path, bytes], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    done = run_cli("pkg", "build", "--cache", cache, "--cache-from", f"{registry.host}/ci/cache", spec_dir / "busybox")
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr
+    assert "downloading" not in stderr
+    name = done.stdout.decode().strip()
+    assert f"docker.io/{name} is already in the cache" in stderr
+    assert Cache(cache).get_ref(f"docker.io/{name}") == Cache(builder_a[0]).get_ref(f"docker.io/{name}")
