@@ -51,6 +51,15 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def file_sha256_digest(path: Path) -> str:
+    """`sha256:<hex>` of a file's bytes, read in 1 MiB chunks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return "sha256:" + sha.hexdigest()
+
+
 def canonical_json(doc: Any) -> bytes:
     """Deterministic JSON bytes for documents we create (configs, manifests, indexes)."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from linuxkit_py.cache.layout import file_sha256_digest
 from linuxkit_py.errors import RegistryError, UserError
 from linuxkit_py.registry.client import RegistryClient, RegistryOptions, resolve_remote
 from linuxkit_py.registry.pull import progress_bar
@@ -57,14 +58,6 @@ def bundle_info(bundle: Path) -> dict[str, str]:
     return info
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
-
-
 def artifact_manifest(bundle: Path, bundle_digest: str, info: dict[str, str]) -> bytes:
     """The artifact's manifest (module docstring): compact JSON with sorted keys, the same for the same bundle."""
     document = {
@@ -89,7 +82,7 @@ def push_bundle(bundle: Path, destination: str, options: RegistryOptions) -> str
         raise UserError(f"{destination}: give REGISTRY/REPOSITORY[:TAG]", hint="e.g. 127.0.0.1:5000/device:2 (the "
                         "digest is the bundle's, printed after the push)")
     dest = parse_reference(registry_destination(host, destination.split("/", 1)[1]))
-    bundle_digest = _sha256(bundle)
+    bundle_digest = file_sha256_digest(bundle)
     data = artifact_manifest(bundle, bundle_digest, info)
     document = _Document(f"sha256:{hashlib.sha256(data).hexdigest()}", OCI_MANIFEST, data)
     remote = resolve_remote(dest, dataclasses.replace(options, mirrors={}))  # mirrors serve pulls only

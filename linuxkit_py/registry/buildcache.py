@@ -38,7 +38,7 @@ from typing import Any
 from linuxkit_py.archive.blockcache import DeflateBlockCache
 from linuxkit_py.cache.image import load_cached_image
 from linuxkit_py.cache.layers import layers_dir, sbom_hashes_path
-from linuxkit_py.cache.layout import Cache, canonical_json
+from linuxkit_py.cache.layout import Cache, canonical_json, file_sha256_digest
 from linuxkit_py.errors import UserError
 from linuxkit_py.registry.client import DIGEST_RE, RegistryClient, RegistryOptions, Remote, resolve_remote
 from linuxkit_py.registry.push import _Document, _push_blob, _put_manifest, push_image, registry_destination
@@ -413,7 +413,7 @@ class RegistryBuildCache:
             blob = Path(tmp) / "items.tar"
             with open(blob, "wb") as f:
                 written = _items_tar(names, read, f)
-            digest, size = _sha256(blob), blob.stat().st_size
+            digest, size = file_sha256_digest(blob), blob.stat().st_size
             # the config lists the items, so that a builder that has them all fetches nothing more
             config = canonical_json({"kind": kind, "version": 1, "items": written})
             config_path = Path(tmp) / "config"
@@ -431,14 +431,6 @@ def _read_item(files: dict[str, Path], name: str) -> bytes | None:
         return files[name].read_bytes()
     except OSError:
         return None
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return "sha256:" + sha.hexdigest()
 
 
 def _write_new(target: Path, data: bytes) -> bool:
