@@ -22,7 +22,7 @@ from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
 from linuxkit_py.registry.buildcache import CacheRef, RegistryBuildCache, latest_deflate_key
 from linuxkit_py.registry.pull import RegistryOptions, pull_images
-from linuxkit_py.rootfs.assemble import Assembly, assemble, metadata_writer
+from linuxkit_py.rootfs.assemble import Assembly, assemble, file_sources, metadata_writer
 from linuxkit_py.rootfs.kernelfile import DERIVED_SUBDIR as KERNEL_SUBDIR
 from linuxkit_py.rootfs.kernelfile import decompressed_kernel
 from linuxkit_py.rootfs.reuse import needed_refs, reusable_sections
@@ -312,7 +312,7 @@ def _output_records(opts: BuildOptions, cache: Cache, spec: Spec, images: dict[s
     """The records of earlier outputs, keyed by every input of this build (linuxkit_py/uptodate.py).
     Every option counts except those that cannot change a byte: a new option is in the key by default."""
     options, files = _key_inputs(opts, arch, epoch, formats, assets, NOT_IN_KEY)
-    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files),
+    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files, file_sources(spec)),
                          context_key(options, files))
 
 
@@ -334,7 +334,7 @@ def _key_inputs(opts: BuildOptions, arch: str, epoch: int, formats: list[Format]
 
 def _build_key(opts: BuildOptions, spec: Spec, images: dict[str, Image], arch: str, epoch: int,
                formats: list[Format], assets: dict[str, Path], leave_out: tuple[str, ...]) -> str:
-    return build_key(spec, images, *_key_inputs(opts, arch, epoch, formats, assets, leave_out))
+    return build_key(spec, images, *_key_inputs(opts, arch, epoch, formats, assets, leave_out), file_sources(spec))
 
 
 def _write_stream(fmt: Format, rootfs: Rootfs, output: str) -> list[Path]:

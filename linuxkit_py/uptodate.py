@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ import linuxkit_py
 from linuxkit_py.cache.image import Image
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output
-from linuxkit_py.rootfs.assemble import file_sources
 from linuxkit_py.spec.model import Spec
 
 log = logging.getLogger("linuxkit_py")
@@ -92,15 +91,16 @@ def _digest(doc: Mapping[str, Any]) -> str:
 
 
 def build_key(spec: Spec, images: Mapping[str, Image], options: Mapping[str, Any],
-              files: Mapping[str, Path | None]) -> str:
+              files: Mapping[str, Path | None], sources: Sequence[Path]) -> str:
     """The sha256 of a build's inputs. `options` must hold every option that reaches the output bytes;
-    `files` names the other local inputs (signing key, boot assets, tools) whose content counts."""
+    `files` names the other local inputs (signing key, boot assets, tools) whose content counts, and
+    `sources` the host files the spec's `files:` read (rootfs.assemble.file_sources, given by the build)."""
     return _digest({
         "version": RECORD_VERSION,
         "code": _code_digest(),
         "spec": spec.to_dict(),
         "images": {ref: image.digest for ref, image in sorted(images.items())},
-        "sources": [content_digest(path) for path in file_sources(spec)],
+        "sources": [content_digest(path) for path in sources],
         "options": dict(options),
         "files": {name: content_digest(path) for name, path in sorted(files.items())},
     })

@@ -21,8 +21,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli",),
     ("build",),
-    ("pkg", "formats", "run", "serve", "completion", "uptodate"),
+    ("pkg", "formats", "run", "serve", "completion"),
     ("rootfs",),
+    ("uptodate",),  # build keys and output records: below rootfs, which it gets its inputs from via build
     ("spec",),
     ("bundle", "registry"),
     ("cache",),

@@ -14,6 +14,7 @@ from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.registry.buildcache import parse_cache_ref
 from linuxkit_py.registry.pull import RegistryOptions
+from linuxkit_py.rootfs.assemble import file_sources
 from linuxkit_py.spec.model import Position, Spec
 from linuxkit_py.uptodate import OutputRecords, build_key, content_digest
 
@@ -62,18 +63,18 @@ def test_contents_and_digests_are_in_the_key(tmp_path: Path) -> None:
     s = spec(tmp_path)
     signing = tmp_path / "db.key"
     signing.write_text("key one")
-    base = build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing})
-    assert build_key(s, {"k:1": image("sha256:b")}, {}, {"sign-key": signing}) != base
+    base = build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}, file_sources(s))
+    assert build_key(s, {"k:1": image("sha256:b")}, {}, {"sign-key": signing}, file_sources(s)) != base
     st = signing.stat()
     signing.write_text("key two")  # same size and mtime, other content
     os.utime(signing, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}) != base
+    assert build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}, file_sources(s)) != base
     signing.write_text("key one")
     notes = tmp_path / "notes.txt"
     notes.write_text("NOTES\n")
-    assert build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}) != base
+    assert build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}, file_sources(s)) != base
     notes.write_text("notes\n")
-    assert build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}) == base
+    assert build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}, file_sources(s)) == base
 
 
 def test_a_directory_digest_follows_its_contents(tmp_path: Path) -> None:
