@@ -240,7 +240,9 @@ def build(opts: BuildOptions) -> list[Path]:
             shared.push(packages.directories, layer_digests, [], None)
         return []
     fetched = shared.fetch(layer_digests, deflate_tags if todo else []) if shared is not None else None
-    unpack_images(cache, images.values())  # every image's layers decompressed and indexed in parallel
+    # every image's layers decompressed and indexed in parallel; their files hashed for the SBOM meanwhile,
+    # unless a shared cache brings those hashes
+    unpack_images(cache, images.values(), hash_files=opts.sbom and shared is None)
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     if opts.decompress_kernel:
         entries = decompressed_kernel(entries, cache.derived_dir)

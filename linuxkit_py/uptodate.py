@@ -36,7 +36,7 @@ log = logging.getLogger("linuxkit_py")
 RECORD_VERSION = 1
 CHUNK = 1 << 20
 # Libraries whose version can change output bytes (ISO writer, ELF reading, zstd, signing, EFI variables).
-LIBRARIES = ("pycdlib", "pyelftools", "zstandard", "cryptography", "virt-firmware", "PyYAML")
+LIBRARIES = ("pycdlib", "pyelftools", "zstandard", "zlib-ng", "cryptography", "virt-firmware", "PyYAML")
 
 
 def _hash_file(sha: Any, path: Path) -> None:

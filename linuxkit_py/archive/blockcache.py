@@ -1,7 +1,7 @@
 """Deflated blocks of earlier builds, reused when a rebuild compresses the same bytes again.
 
-A block of the parallel gzip writer (archive/compress.py) is a pure function of the zlib
-library, the level, its 32 KiB dictionary and its input, so it is stored under a key that
+A block of the parallel gzip writer (archive/compress.py) is a pure function of the zlib-ng
+version, the level, its 32 KiB dictionary and its input, so it is stored under a key that
 names all four. The dictionary and the input are each a list of pieces: literal bytes
 (cpio headers, generated files), which the key holds in full, and regions of files in
 *content-addressed* directories (`content_addressed`: the cache's unpacked layers, each
@@ -31,6 +31,8 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from zlib_ng import zlib_ng
 
 from linuxkit_py.archive.entry import Data, FileRegion, iter_data
 
@@ -128,13 +130,13 @@ class DeflateBlockCache:
 
     @staticmethod
     def key(level: int, dictionary: Sequence[Piece], block: Sequence[Piece]) -> str:
-        """What decides the deflated bytes of `block`: zlib's version, level, dictionary, input.
+        """What decides the deflated bytes of `block`: zlib-ng's version, level, dictionary, input.
 
         Regions must be of content-addressed files (`addressed`). A region is named by its offset, its
         size and the last two parts of its path: the directory and the file name, which for the cache's
         content-addressed files is the digest of what they hold (`layers/<digest>.tar`), so two builders
         whose caches live at different paths share blocks (`build --cache-from`)."""
-        sha = hashlib.sha256(f"deflate v{KEY_VERSION} {zlib.ZLIB_RUNTIME_VERSION} {level}\n".encode())
+        sha = hashlib.sha256(f"deflate v{KEY_VERSION} zlib-ng {zlib_ng.ZLIBNG_VERSION} {level}\n".encode())
         for part, pieces in ((b"dictionary", dictionary), (b"block", block)):
             sha.update(b"%s %d\n" % (part, len(pieces)))
             for piece in pieces:

@@ -1,7 +1,7 @@
 """Deterministic streaming compressors for outputs: parallel gzip (like pigz/pgzip) and zstd.
 
 gzip (RFC 1952) holds one deflate stream (RFC 1951). We cut the input into fixed-size
-blocks and deflate each on a worker thread (zlib releases the GIL), primed with the last
+blocks and deflate each on a worker thread (zlib-ng releases the GIL), primed with the last
 32 KiB of the previous block as a preset dictionary and ended with a sync flush, so the
 blocks concatenate into one valid deflate stream. Block boundaries and dictionaries depend
 only on the input, never on the number of threads: the bytes are always the same. That
@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import zstandard
+from zlib_ng import zlib_ng
 
 from linuxkit_py.archive.blockcache import CachedBlock, DeflateBlockCache, Piece
 from linuxkit_py.archive.entry import ContentReader, FileRegion, read_data
@@ -48,9 +49,11 @@ GZIP_BLOCK_SIZE = 1 << 20
 # and per-block overhead).
 MARK_MIN_BLOCK = 256 * 1024
 MARK_CUT_MODULUS = 8
-# Level 5: on a 448 MB cpio of kernel modules and binaries it gave 157.5 MB, 5% smaller than
-# LinuxKit's pgzip at its default level (165.5 MB), in 60% of level 6's CPU time (155.9 MB).
-GZIP_DEFAULT_LEVEL = 5
+# Deflate is zlib-ng's (PyPI zlib-ng, pinned in pyproject.toml): its output is a function of its
+# version and level only (the same bytes from its SSE2, SSE4.2, AVX2 and AVX-512 code paths,
+# docs/benchmarks.md), and it deflates about 1.7x faster than zlib 1.2.13 at the same level.
+# Level 4 here: see docs/benchmarks.md for the sizes and times of levels 3-6.
+GZIP_DEFAULT_LEVEL = 4
 ZSTD_DEFAULT_LEVEL = 3
 # zstd in multi-threaded mode gives the same bytes for any number of workers >= 1, so a
 # fixed worker count of 1 would also do; using the host's cores is only faster.
@@ -71,15 +74,15 @@ def gzip_trailer(crc32: int, size: int) -> bytes:
 def deflate_block(block: bytes, dictionary: bytes, level: int) -> bytes:
     """Deflate `block` as a non-final, byte-aligned piece of a larger stream."""
     if dictionary:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, RAW_DEFLATE, zdict=dictionary)
+        compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, RAW_DEFLATE, zdict=dictionary)
     else:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, RAW_DEFLATE)
-    return compressor.compress(block) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, RAW_DEFLATE)
+    return compressor.compress(block) + compressor.flush(zlib_ng.Z_SYNC_FLUSH)
 
 
 def _final_empty_block() -> bytes:
-    compressor = zlib.compressobj(0, zlib.DEFLATED, RAW_DEFLATE)
-    return compressor.flush(zlib.Z_FINISH)
+    compressor = zlib_ng.compressobj(0, zlib_ng.DEFLATED, RAW_DEFLATE)
+    return compressor.flush(zlib_ng.Z_FINISH)
 
 
 class ParallelGzipWriter:

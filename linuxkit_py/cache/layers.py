@@ -79,6 +79,40 @@ def sbom_hashes_path(cache: Cache, tar_path: str) -> Path:
     return cache.derived_dir / "sbom" / (hashlib.sha256(tar_path.encode()).hexdigest()[:32] + ".json")
 
 
+def hash_layer_files(cache: Cache, tar_path: Path, entries: list[Entry]) -> None:
+    """SHA1 and SHA256 of every regular file of an unpacked layer, kept where rootfs/sbom.py looks for
+    them (offset:size -> [sha1, sha256]), unless they are there already.
+
+    Run while other layers are still being unpacked (`unpack_layers(hash_files=True)`), the hashing of a
+    cold build's SBOM uses the cores that inflating and indexing leave idle. Only a speed-up: a table
+    that cannot be written is left to the SBOM, which hashes what it does not find.
+    """
+    target = sbom_hashes_path(cache, str(tar_path))
+    if target.exists():
+        return
+    table: dict[str, list[str]] = {}
+    with open(tar_path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        for entry in entries:
+            data = entry.data
+            if entry.kind is not Kind.FILE or not isinstance(data, FileRegion):
+                continue
+            sha1, sha256 = hashlib.sha1(usedforsecurity=False), hashlib.sha256()
+            offset, left = data.offset, data.size
+            while left > 0:
+                chunk = os.pread(fd, min(CHUNK, left), offset)
+                if not chunk:
+                    return  # shorter than its index says: the SBOM reads it and reports it
+                sha1.update(chunk)
+                sha256.update(chunk)
+                offset += len(chunk)
+                left -= len(chunk)
+            table[f"{data.offset}:{data.size}"] = [sha1.hexdigest(), sha256.hexdigest()]
+    with contextlib.suppress(OSError):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(target, iter([json.dumps(table, sort_keys=True, separators=(",", ":")).encode()]))
+
+
 def _hex(layer: dict[str, Any]) -> str:
     digest = layer["digest"]
     if not isinstance(digest, str) or not digest.startswith("sha256:"):
@@ -341,21 +375,29 @@ def image_layers(image: Image) -> list[tuple[dict[str, Any], str | None]]:
 
 
 def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | None]],
-                  workers: int | None = None) -> dict[str, list[Entry]]:
+                  workers: int | None = None, hash_files: bool = False) -> dict[str, list[Entry]]:
     """layer_entries() of every (layer, diff_id), several layers at a time; keyed by layer digest.
 
     Cold layers are decompressed, checked and indexed in parallel (largest first, so the
-    longest job starts first); warm ones only load their index.
+    longest job starts first); warm ones only load their index. With `hash_files`, each layer's
+    files are also hashed for the SBOM (hash_layer_files) once it is indexed.
     """
     unique: dict[str, tuple[dict[str, Any], str | None]] = {}
     for layer, diff_id in layers:
         unique.setdefault(layer["digest"], (layer, diff_id))
     jobs = sorted(unique.values(), key=lambda job: -int(job[0].get("size") or 0))
     workers = UNPACK_WORKERS if workers is None else workers
+
+    def job(layer: dict[str, Any], diff_id: str | None) -> list[Entry]:
+        entries = layer_entries(cache, layer, diff_id)
+        if hash_files:
+            hash_layer_files(cache, layers_dir(cache) / f"{_hex(layer)}.tar", entries)
+        return entries
+
     if workers <= 1 or len(jobs) <= 1:
-        return {layer["digest"]: layer_entries(cache, layer, diff_id) for layer, diff_id in jobs}
+        return {layer["digest"]: job(layer, diff_id) for layer, diff_id in jobs}
     with concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="unpack") as pool:
-        futures = {layer["digest"]: pool.submit(layer_entries, cache, layer, diff_id) for layer, diff_id in jobs}
+        futures = {layer["digest"]: pool.submit(job, layer, diff_id) for layer, diff_id in jobs}
         try:
             return {digest: future.result() for digest, future in futures.items()}
         except BaseException:
@@ -364,6 +406,6 @@ def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | Non
             raise
 
 
-def unpack_images(cache: Cache, images: Iterable[Image], workers: int | None = None) -> None:
+def unpack_images(cache: Cache, images: Iterable[Image], workers: int | None = None, hash_files: bool = False) -> None:
     """Unpack and index the layers of all `images` in parallel, before they are flattened one by one."""
-    unpack_layers(cache, [pair for image in images for pair in image_layers(image)], workers)
+    unpack_layers(cache, [pair for image in images for pair in image_layers(image)], workers, hash_files)

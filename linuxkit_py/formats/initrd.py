@@ -87,7 +87,7 @@ def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compres
                  block_cache: DeflateBlockCache | None = None) -> None:
     """Write `entries` as a compressed newc cpio initramfs, after the uncompressed `ucode` cpio if given.
 
-    `compression` is "gzip" (parallel, deterministic; default level 5) or "zstd" (default level 3);
+    `compression` is "gzip" (parallel, deterministic; zlib-ng, default level 4) or "zstd" (default level 3);
     gzip reuses blocks from `block_cache` (same bytes, less CPU).
     """
     check_cpio_sizes(entries)

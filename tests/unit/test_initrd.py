@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from zlib_ng import zlib_ng
 
-from linuxkit_py.archive.compress import ParallelGzipWriter
+from linuxkit_py.archive.compress import GZIP_DEFAULT_LEVEL, ParallelGzipWriter
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import KEPT, Rootfs, get_format
@@ -170,8 +171,9 @@ def test_parallel_gzip_is_the_same_for_any_thread_count() -> None:
     (out,) = outs
     assert gzip.decompress(out) == data
     assert subprocess.run(["gzip", "-dc"], input=out, capture_output=True, check=True).stdout == data
-    # Blocks primed with the previous block's window compress about as well as one stream.
-    assert len(out) < len(gzip.compress(data, 6)) * 1.01
+    # Blocks primed with the previous block's window compress about as well as one stream at that level
+    # (within 0.05% on the benchmark's 442 MB cpio; this synthetic data at 256 KiB blocks costs 3.4%).
+    assert len(out) < len(zlib_ng.compress(data, GZIP_DEFAULT_LEVEL, wbits=31)) * 1.05
 
 
 def test_each_file_has_a_digest_of_what_it_is_made_of(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import multiprocessing
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 import zstandard
 
-from linuxkit_py.archive.entry import Entry, Kind, read_data
-from linuxkit_py.cache.layers import layer_entries, layers_dir, unpack_layers, unpacked_layer
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind, read_data
+from linuxkit_py.cache.layers import layer_entries, layers_dir, sbom_hashes_path, unpack_layers, unpacked_layer
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from tests.imagetools import D, F, H, L, Member, digest_of, tar_layer
@@ -186,3 +187,26 @@ def test_the_index_gives_back_every_field_of_every_entry(tmp_path: Path) -> None
     parsed = layer_entries(cache, layer)  # cold: read from the tar, then indexed
     assert parsed[1].xattrs and parsed[1].uname == "seven"
     assert layer_entries(cache, layer) == parsed  # warm: decoded from the index
+
+
+def test_unpacking_with_hash_files_keeps_the_sbom_hashes_of_every_file(tmp_path: Path) -> None:
+    """A cold build hashes each layer's files for the SBOM as the layer is unpacked (hash_files=True);
+    the SBOM then reads those hashes instead of the files: they must be the files' real checksums."""
+    cache = Cache(tmp_path / "cache")
+    layers = [_store(cache, gzip.compress(LAYER, mtime=0), OCI_GZIP),
+              _store(cache, gzip.compress(tar_layer(F("a", b"y" * 2_500_000), F("empty", b"")), mtime=0), OCI_GZIP)]
+    unpacked = unpack_layers(cache, [(layer, None) for layer in layers], workers=2, hash_files=True)
+    for layer in layers:
+        tar = unpacked_layer(cache, layer)
+        table = json.loads(sbom_hashes_path(cache, str(tar)).read_bytes())
+        files = [e for e in unpacked[layer["digest"]] if e.kind is Kind.FILE and isinstance(e.data, FileRegion)]
+        assert files and len(table) == len(files)
+        for entry in files:
+            data = read_data(entry.data)
+            assert table[f"{entry.data.offset}:{entry.data.size}"] == [  # type: ignore[union-attr]
+                hashlib.sha1(data).hexdigest(), hashlib.sha256(data).hexdigest()], entry.path
+    # without hash_files (a build with --no-sbom, or one whose --cache-from brings the hashes) none is made
+    other = Cache(tmp_path / "other")
+    layer = _store(other, gzip.compress(LAYER, mtime=0), OCI_GZIP)
+    unpack_layers(other, [(layer, None)])
+    assert not sbom_hashes_path(other, str(unpacked_layer(other, layer))).exists()
