@@ -163,6 +163,15 @@ EDITS = (
 )
 
 
+# Builds run as after `pip install`: with our modules' bytecode compiled (compile_bytecode, in main) and
+# read from __pycache__, even where the caller's environment sets PYTHONDONTWRITEBYTECODE.
+BUILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def compile_bytecode() -> None:
+    subprocess.run([str(PYTHON), "-m", "compileall", "-q", str(ROOT / "linuxkit_py")], check=True, env=BUILD_ENV)
+
+
 def timed_build(name: str, spec: Path, cache: Path, out: Path, kind: str, quiet: float | None = None,
                 keep: bool = False, options: tuple[str, ...] = ()) -> Run:
     """One build under /usr/bin/time; `keep`: into the existing output directory (no-op and edit builds)."""
@@ -175,7 +184,7 @@ def timed_build(name: str, spec: Path, cache: Path, out: Path, kind: str, quiet:
              str(spec)]
     cmd = [TIME, "-v", "-o", str(report), *build]
     busy = busy_cpu_seconds()
-    subprocess.run(cmd, check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=ROOT, stderr=subprocess.DEVNULL, env=BUILD_ENV)
     busy = busy_cpu_seconds() - busy
     text = report.read_text()
     initrd = out / f"{spec.stem}-initrd.img"
@@ -321,6 +330,7 @@ def main() -> int:
                              "(default 0.1; negative: do not wait)")
     args = parser.parse_args()
     prepare()
+    compile_bytecode()
     registry = RegistryProcess(WORK / "registry-run", WORK / "registry").start()
     try:
         push_images(registry.host)

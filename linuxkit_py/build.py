@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.cache.image import Image
@@ -265,7 +269,93 @@ def build(opts: BuildOptions) -> list[Path]:
         if shared is not None:
             shared.push(packages.directories, layer_digests, deflate_tags, rootfs.compression_keys)
         return streamed
+    written = _write_outputs(opts, name, formats, todo, rootfs, records,
+                             sbom if sbom_todo else None, sbom_target, in_image)
+    if shared is not None:
+        shared.push(packages.directories, layer_digests, deflate_tags, rootfs.compression_keys)
+    return written
+
+
+def _write_outputs(opts: BuildOptions, name: str, formats: list[Format], todo: list[Format], rootfs: Rootfs,
+                   records: OutputRecords | None, sbom: SbomInput | None, sbom_target: Path,
+                   in_image: bytes | None) -> list[Path]:
+    """Each format's files that are not up to date, and NAME.spdx.json when `sbom` is given.
+
+    The SBOM is pure Python work on its own: it is written by a child process while the formats are
+    written (a second core does it), into a temporary file renamed into place only when every format
+    succeeded, as when it was written after them."""
     written: list[Path] = []
+    with contextlib.ExitStack() as stack:
+        sbom_file = stack.enter_context(atomic_output(sbom_target)) if sbom is not None else None
+        child = None
+        if sbom is not None and sbom_file is not None:
+            if in_image is not None:
+                sbom_file.write(in_image)
+            elif threading.active_count() == 1:  # fork() copies only this thread: no lock can be held by another
+                child = stack.enter_context(_in_child(lambda: _write_sbom(sbom, sbom_file)))
+        _write_formats(opts, name, formats, todo, rootfs, records, written)
+        if sbom is not None and sbom_file is not None and in_image is None:
+            if child is not None:
+                child.wait()
+            else:
+                _write_sbom(sbom, sbom_file)
+    if sbom is not None:
+        written.append(sbom_target)
+        if records is not None:
+            records.record(SBOM_RECORD, [sbom_target])
+    return written
+
+
+def _write_sbom(sbom: SbomInput, f: BinaryIO) -> None:
+    write_document(build_sbom(sbom), f)
+    f.flush()  # in a child, before os._exit: what is still buffered would be lost
+
+
+class _Child:
+    def __init__(self, pid: int, errors: int) -> None:
+        self.pid, self.errors, self.done = pid, errors, False
+
+    def wait(self) -> None:
+        """Wait for the child; its error, if it had one, is raised here as a one-line UserError."""
+        if self.done:
+            return
+        with os.fdopen(self.errors, "rb") as f:
+            message = f.read().decode("utf-8", "replace")
+        _, status = os.waitpid(self.pid, 0)
+        self.done = True
+        if status != 0:
+            raise UserError(message or f"the SBOM writer stopped with status {status}")
+
+
+@contextlib.contextmanager
+def _in_child(work: Callable[[], None]) -> Iterator[_Child]:
+    """Run `work` in a forked child; the caller waits for it (`wait()`), or on an error of its own leaves the
+    block and the child is waited for here, so that no process outlives the build."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: do the work, report a failure through the pipe, never return
+        status = 0
+        try:
+            os.close(read_end)
+            work()
+            sys.stdout.flush()
+        except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+            os.write(write_end, (str(exc) or type(exc).__name__).encode("utf-8", "replace")[:4096])
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    child = _Child(pid, read_end)
+    try:
+        yield child
+    finally:
+        if not child.done:
+            with contextlib.suppress(UserError):
+                child.wait()
+
+
+def _write_formats(opts: BuildOptions, name: str, formats: list[Format], todo: list[Format], rootfs: Rootfs,
+                   records: OutputRecords | None, written: list[Path]) -> None:
     digests: dict[str, list[str | None]] = {}  # format -> what each of its files is made of (Format.input_digests)
     for fmt in todo:
         targets = _targets(opts, name, fmt)
@@ -286,18 +376,6 @@ def build(opts: BuildOptions) -> list[Path]:
             if fmt.name not in digests and fmt.input_digests is not None:
                 digests[fmt.name] = fmt.input_digests(rootfs)
             records.record(fmt.name, _targets(opts, name, fmt), digests.get(fmt.name))
-    if sbom is not None and sbom_todo:  # made after the formats, so that its memory and theirs are not needed at once
-        with atomic_output(sbom_target) as f:
-            if in_image is not None:
-                f.write(in_image)
-            else:
-                write_document(build_sbom(sbom), f)
-        written.append(sbom_target)
-        if records is not None:
-            records.record(SBOM_RECORD, [sbom_target])
-    if shared is not None:
-        shared.push(packages.directories, layer_digests, deflate_tags, rootfs.compression_keys)
-    return written
 
 
 def _sbom_version(opts: BuildOptions, epoch: int) -> str | None:

@@ -27,7 +27,6 @@ import hashlib
 import os
 import struct
 import tempfile
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +106,7 @@ def parse_block(key: str, data: bytes) -> CachedBlock | None:
         expected = bytes.fromhex(key)
     except ValueError:
         return None
-    if magic != MAGIC or stored_key != expected or length != len(payload) or zlib.crc32(payload) != crc:
+    if magic != MAGIC or stored_key != expected or length != len(payload) or zlib_ng.crc32(payload) != crc:
         return None
     return CachedBlock(payload, input_crc, input_size)
 
@@ -194,7 +193,7 @@ class DeflateBlockCache:
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib.crc32(payload),
+                    f.write(HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib_ng.crc32(payload),
                                         block.input_crc32, block.input_size))
                     f.write(payload)
                 os.replace(tmp, path)

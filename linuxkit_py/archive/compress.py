@@ -198,7 +198,7 @@ class ParallelGzipWriter:
         data = _read_pieces(block)
         if len(data) != size:
             raise OSError(f"a gzip block read {len(data)} bytes, expected {size} (did an input change?)")
-        deflated = CachedBlock(deflate_block(data, _read_pieces(dictionary), self._level), zlib.crc32(data), size)
+        deflated = CachedBlock(deflate_block(data, _read_pieces(dictionary), self._level), zlib_ng.crc32(data), size)
         if key is not None and self._block_cache is not None:
             self._block_cache.put(key, deflated)
         return deflated

@@ -9,12 +9,12 @@ the host filesystem.
 from __future__ import annotations
 
 import enum
-import operator
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from types import TracebackType
+from typing import Any, cast
 
 CHUNK = 1 << 20
 
@@ -73,9 +73,7 @@ class Entry:
     def evolve(self, **changes: object) -> Entry:
         """A copy with `changes`, like dataclasses.replace but about twice as fast (hot in assembling big
         images). Entries have slots, not a __dict__: a quarter of the memory, for images of 100,000s of files."""
-        new = object.__new__(Entry)
-        for name, value in zip(_FIELDS, _values(self), strict=True):
-            _set(new, name, value)
+        new = _copy(self)
         for name, value in changes.items():
             _set(new, name, value)
         return new
@@ -85,8 +83,21 @@ class Entry:
 
 
 _FIELDS = tuple(f.name for f in fields(Entry))
-_values = operator.attrgetter(*_FIELDS)
 _set = object.__setattr__
+
+
+def _make_copy() -> Callable[[Entry], Entry]:
+    """A function copying every field of an Entry, written out field by field (as dataclasses writes its
+    __init__): twice as fast as a loop over the fields, and evolve runs once per file of every image."""
+    lines = ["def copy(entry):", "    new = new_entry(Entry)"]
+    lines += [f"    set_field(new, {name!r}, entry.{name})" for name in _FIELDS]
+    lines.append("    return new")
+    namespace: dict[str, Any] = {"new_entry": object.__new__, "Entry": Entry, "set_field": _set}
+    exec("\n".join(lines), namespace)  # noqa: S102 - our own field names only
+    return cast(Callable[[Entry], Entry], namespace["copy"])
+
+
+_copy = _make_copy()
 
 
 def iter_data(data: Data | None, chunk: int = CHUNK) -> Iterator[bytes]:

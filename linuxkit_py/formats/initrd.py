@@ -10,6 +10,7 @@ cpio is prepended to the initrd, where the kernel's early microcode loader looks
 from __future__ import annotations
 
 import hashlib
+import marshal
 import operator
 import os
 import tempfile
@@ -82,6 +83,14 @@ def split_boot(entries: Sequence[Entry]) -> BootSplit:
                      ucode=files.get(UCODE_PATH), initrd=rest)
 
 
+def rootfs_boot(rootfs: Rootfs) -> BootSplit:
+    """split_boot(rootfs.entries), made once per Rootfs: the input digests and the writer both need it."""
+    cached = rootfs.__dict__.get("_boot_split")
+    if cached is None or cached[0] is not rootfs.entries:
+        cached = rootfs.__dict__["_boot_split"] = (rootfs.entries, split_boot(rootfs.entries))
+    return cast(BootSplit, cached[1])
+
+
 def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compression: str = "gzip",
                  level: int | None = None, threads: int | None = None, ucode: Entry | None = None,
                  block_cache: DeflateBlockCache | None = None) -> None:
@@ -112,7 +121,7 @@ def _copy(entry: Entry, out: BinaryIO) -> None:
 def write_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:
     """`kernel+initrd`: NAME-kernel, NAME-initrd.img (ucode first, if any), NAME-cmdline (each skipped when KEPT)."""
     kernel_out, initrd_out, cmdline_out = outs
-    boot = split_boot(rootfs.entries)
+    boot = rootfs_boot(rootfs)
     if kernel_out is not KEPT:
         _copy(boot.kernel, kernel_out)
     if initrd_out is not KEPT:
@@ -125,12 +134,16 @@ def write_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str =
 def kernel_initrd_digests(rootfs: Rootfs) -> list[str | None]:
     """What NAME-kernel, NAME-initrd.img and NAME-cmdline are made of (Format.input_digests): the kernel's
     bytes, every initrd entry (metadata and bytes) with the ucode, the command line."""
-    boot = split_boot(rootfs.entries)
+    boot = rootfs_boot(rootfs)
     identity = rootfs.addresses.identity
     initrd = hashlib.sha256(b"ucode " + (identity(boot.ucode.data) if boot.ucode is not None else b"none"))
+    no_data = identity(None)
+    # marshal (format 2: no back-references, so the bytes depend on the values only) is the quickest
+    # exact encoding of an entry's fields; the tool's code digest, part of every key, names the Python
     for entry in boot.initrd:
-        metadata = (entry.kind.value, _metadata(entry))  # Kind's own repr is Python code: slow
-        initrd.update(b"%s\0%s\n" % (repr(metadata).encode("utf-8", "surrogateescape"), identity(entry.data)))
+        data = entry.data
+        initrd.update(marshal.dumps((entry.kind.value, _metadata(entry), no_data if data is None else identity(data)),
+                                    2))
     return [identity(boot.kernel.data).decode("utf-8", "surrogateescape"), initrd.hexdigest(),
             hashlib.sha256(boot.cmdline).hexdigest()]
 
