@@ -24,7 +24,13 @@ from typing import Any, BinaryIO, cast
 import zstandard
 
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
-from linuxkit_py.archive.tarindex import DEFAULT_MAX_ENTRIES, MAX_ENTRIES_ENV, env_limit, read_tar_entries
+from linuxkit_py.archive.tarindex import (
+    DEFAULT_MAX_ENTRIES,
+    MAX_ENTRIES_ENV,
+    env_limit,
+    read_tar_entries,
+    read_tar_region,
+)
 from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
@@ -356,6 +362,21 @@ def layer_entries(cache: Cache, layer: dict[str, Any], diff_id: str | None = Non
                 save_entry_index(index_path, tar_path, entries)
             except OSError as exc:
                 raise UserError(f"cannot write {index_path}: {exc.strerror}") from exc
+    return entries
+
+
+def region_entries(cache: Cache, region: FileRegion, label: str) -> list[Entry]:
+    """The members of a tar stored inside an unpacked layer (a kernel image's kernel.tar), parsed once: the
+    index is kept beside the layer's own (`<hex>.<offset>-<size>.json`), as immutable as the layer."""
+    tar = Path(region.path)
+    if tar.parent != layers_dir(cache) or tar.suffix != ".tar":
+        return read_tar_region(region, label)
+    index_path = tar.with_name(f"{tar.stem}.{region.offset}-{region.size}.json")
+    entries = load_entry_index(index_path, tar)
+    if entries is None:
+        entries = read_tar_region(region, label)
+        with contextlib.suppress(OSError):
+            save_entry_index(index_path, tar, entries)
     return entries
 
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
-from linuxkit_py.archive.tarindex import read_tar_region
 from linuxkit_py.archive.tree import Tree, normalize_path
 from linuxkit_py.bundle import config as oci_runtime
 from linuxkit_py.bundle.shell import render_runtime_shell
 from linuxkit_py.cache.image import Image
+from linuxkit_py.cache.layers import region_entries
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import SpecError, UserError
 from linuxkit_py.rootfs.filters import RESOLV_SYMLINK, filter_image
@@ -117,7 +117,7 @@ def _add_kernel(tree: Tree, a: Assembly) -> None:
         tar = regular(tar_name, "kernel tar")
         assert isinstance(tar.data, FileRegion) or tar.data is None
         if isinstance(tar.data, FileRegion):
-            for e in read_tar_region(tar.data, f"{ref}: {tar_name}"):
+            for e in region_entries(a.cache, tar.data, f"{ref}: {tar_name}"):
                 tree.add(e.evolve(source=ref, location="kernel"))
 
 

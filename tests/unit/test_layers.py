@@ -210,3 +210,26 @@ def test_unpacking_with_hash_files_keeps_the_sbom_hashes_of_every_file(tmp_path:
     layer = _store(other, gzip.compress(LAYER, mtime=0), OCI_GZIP)
     unpack_layers(other, [(layer, None)])
     assert not sbom_hashes_path(other, str(unpacked_layer(other, layer))).exists()
+
+
+def test_a_tar_inside_a_layer_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel image's kernel.tar (a tar inside the layer) is indexed once, beside the layer's own index."""
+    import linuxkit_py.cache.layers as layers
+    from linuxkit_py.archive.tarindex import read_tar_region
+
+    inner = tar_layer(D("lib"), F("lib/a.ko", b"a" * 5000), F("lib/b.ko", b"b" * 70_000), L("lib/c", "a.ko"))
+    cache = Cache(tmp_path / "cache")
+    layer = _store(cache, gzip.compress(tar_layer(F("kernel", b"k" * 1000), F("kernel.tar", inner)), mtime=0),
+                   OCI_GZIP)
+    (region,) = [e.data for e in layer_entries(cache, layer) if e.path == "kernel.tar"]
+    assert isinstance(region, FileRegion)
+    first = layers.region_entries(cache, region, "kernel.tar")
+    assert [(e.path, e.kind, read_data(e.data)) for e in first] == [
+        (e.path, e.kind, read_data(e.data)) for e in read_tar_region(region, "kernel.tar")]
+    assert (layers_dir(cache) / f"{Path(region.path).stem}.{region.offset}-{region.size}.json").is_file()
+
+    def no_parsing(*_: object) -> None:
+        raise AssertionError("parsed again")
+    monkeypatch.setattr(layers, "read_tar_region", no_parsing)
+    layers._DECODED.clear()
+    assert layers.region_entries(cache, region, "kernel.tar") == first
