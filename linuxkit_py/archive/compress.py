@@ -112,6 +112,10 @@ class ParallelGzipWriter:
         out.write(gzip_header())
 
     def write(self, data: bytes) -> None:
+        if self._filled + len(data) < self._block_size:  # the usual case (a cpio header): no block ends
+            self._literal += data
+            self._filled += len(data)
+            return
         view = memoryview(data)
         while len(view) > 0:
             room = self._block_size - self._filled
@@ -130,6 +134,11 @@ class ParallelGzipWriter:
                 self.write(chunk)
             return
         offset, remaining = region.offset, region.size
+        if 0 < remaining < self._block_size - self._filled:  # the usual case: it fits in the block
+            self._end_literal()
+            self._pieces.append(FileRegion(path, offset, remaining))
+            self._filled += remaining
+            return
         while remaining > 0:
             take = min(remaining, self._block_size - self._filled)
             self._end_literal()
