@@ -222,6 +222,9 @@ def progress_bar(options: RegistryOptions, total: int, description: str) -> Iter
     """A byte-count progress bar (on a TTY unless options say) and a thread-safe update(n) for it."""
     from tqdm import tqdm  # 15 ms of imports that only a pull needs
 
+    # No monitor thread (it only tunes how often the bar redraws, and lives on for seconds after the pull):
+    # the build forks its SBOM writer only when no other thread runs (build._write_outputs).
+    tqdm.monitor_interval = 0
     disable = None if options.progress is None else not options.progress
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=disable,
               desc=description, leave=False) as bar:
