@@ -10,6 +10,7 @@ long names (`L`/`K`); refuses sparse files and paths that climb out of the root.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,12 +166,20 @@ class _Pending:
 
 
 class _Reader:
-    def __init__(self, fd: int, path: str, start: int, end: int, label: str, max_entries: int) -> None:
+    def __init__(self, fd: int, path: str, start: int, end: int, label: str, max_entries: int,
+                 available: Callable[[int], int] | None = None) -> None:
         self.fd, self.path, self.start, self.end, self.label = fd, path, start, end, label
         self.max_entries = max_entries
+        self.available = available  # a file still being written: waits until it holds N bytes, gives its size
+
+    def _reaches(self, offset: int) -> bool:
+        """Whether the archive holds byte `offset - 1` (waiting for a file still being written to grow)."""
+        if offset > self.end and self.available is not None:
+            self.end = self.available(offset)
+        return offset <= self.end
 
     def read(self, offset: int, size: int) -> bytes:
-        if offset + size > self.end:
+        if not self._reaches(offset + size):
             raise _Corrupt(f"truncated at byte {self.end - self.start} (an entry needs {size} bytes "
                            f"at byte {offset - self.start})")
         data = os.pread(self.fd, size, offset)
@@ -183,8 +192,8 @@ class _Reader:
         global_pax: dict[str, bytes] = {}
         pending = _Pending()
         pos = self.start
-        while pos < self.end:
-            if pos + BLOCK > self.end:
+        while self._reaches(pos + 1):
+            if not self._reaches(pos + BLOCK):
                 raise _Corrupt(f"truncated header at byte {pos - self.start}")
             header = self.read(pos, BLOCK)
             if header == ZERO_BLOCK:
@@ -217,7 +226,7 @@ class _Reader:
                 size = pax_size
             kind = _KINDS.get(typeflag)
             has_data = kind is Kind.FILE or kind is None
-            if has_data and data_at + size > self.end:
+            if has_data and not self._reaches(data_at + size):
                 raise _Corrupt(f"truncated: an entry at byte {pos - self.start} needs {size} bytes of data")
             entry = self._entry(header, typeflag, kind, size, data_at, pax, pending)
             if entry is not None:
@@ -330,6 +339,15 @@ def read_tar_entries(source: str | Path | FileRegion, label: str, max_entries: i
         raise UserError(f"{label}: not a valid tar archive: {exc}") from None
     finally:
         os.close(fd)
+
+
+def read_growing_tar_entries(fd: int, path: str, label: str, available: Callable[[int], int]) -> list[Entry]:
+    """read_tar_entries of a tar still being written to `fd`: `available(n)` returns once the file holds `n`
+    bytes or is complete, with its size then. Entries name `path` (where the file will be)."""
+    try:
+        return _Reader(fd, path, 0, 0, label, env_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES), available).entries()
+    except _Corrupt as exc:
+        raise UserError(f"{label}: not a valid tar archive: {exc}") from None
 
 
 def read_tar_region(region: FileRegion, label: str) -> list[Entry]:

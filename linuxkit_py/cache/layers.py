@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from linuxkit_py.archive.tarindex import (
     DEFAULT_MAX_ENTRIES,
     MAX_ENTRIES_ENV,
     env_limit,
+    read_growing_tar_entries,
     read_tar_entries,
     read_tar_region,
 )
@@ -236,13 +238,21 @@ def _atomic_write(target: Path, chunks: Iterator[bytes], check: Callable[[], Non
         raise
 
 
-def _decompress(cache: Cache, layer: dict[str, Any], target: Path, diff_id: str | None) -> None:
-    digest = layer["digest"]
-    blob_path = cache.blob_path(digest)
+def _open_blob(cache: Cache, digest: str) -> BinaryIO:
     try:
-        blob = open(blob_path, "rb")  # noqa: SIM115 - closed below
+        return open(cache.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
     except FileNotFoundError:
         raise UserError(f"layer {digest} is missing from the cache {cache.root}") from None
+
+
+def _decompress(cache: Cache, layer: dict[str, Any], target: Path, diff_id: str | None,
+                indexed: list[list[Entry]] | None = None) -> None:
+    """Decompress the layer blob into `target`, checking its diff_id. With `indexed`, the tar is also
+    indexed while it is written (its entries are appended to `indexed`): read_growing_tar_entries parses
+    the temporary file on a second thread as the inflated bytes reach it. Parsing holds the GIL, inflating,
+    hashing and writing do not, so a cold layer costs about the longer of the two instead of their sum."""
+    digest = layer["digest"]
+    blob = _open_blob(cache, digest)
     sha = hashlib.sha256()
     limit = env_limit(MAX_LAYER_SIZE_ENV, DEFAULT_MAX_LAYER_SIZE)
 
@@ -265,12 +275,91 @@ def _decompress(cache: Cache, layer: dict[str, Any], target: Path, diff_id: str 
         try:
             compression = layer_compression(layer.get("mediaType"), blob.read(4))
             blob.seek(0)
-            _atomic_write(target, hashed(_decompressed_chunks(blob, compression)), check_diff_id)
+            chunks = hashed(_decompressed_chunks(blob, compression))
+            if indexed is None:
+                _atomic_write(target, chunks, check_diff_id)
+            else:
+                indexed.append(_write_indexing(target, chunks, check_diff_id, f"layer {digest}"))
         except CORRUPT_LAYER_ERRORS as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise UserError(f"cannot unpack layer {digest} into {target.parent}: {exc.strerror}") from exc
             raise UserError(f"layer {digest} is corrupt: {exc}",
                             hint="remove it from the cache and pull again") from exc
+
+
+class _Growing:
+    """How much of a file being written is there (the writer's side and the reader's)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.written = 0
+        self.done = False
+        self.failed = False  # the reader gave up: the writer stops
+
+    def wrote(self, n: int) -> None:
+        with self._cond:
+            self.written += n
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.done = True
+            self._cond.notify_all()
+
+    def available(self, needed: int) -> int:
+        with self._cond:
+            while self.written < needed and not self.done:
+                self._cond.wait()
+            return self.written
+
+
+def _write_indexing(target: Path, chunks: Iterator[bytes], check: Callable[[], None], label: str) -> list[Entry]:
+    """_atomic_write of `chunks`, indexing the tar on a second thread meanwhile; the index, once both are done."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    growing = _Growing()
+    parsed: list[list[Entry]] = []
+    failure: list[BaseException] = []
+
+    def parse() -> None:
+        try:
+            reader = os.open(tmp, os.O_RDONLY)
+            try:
+                parsed.append(read_growing_tar_entries(reader, str(target), label, growing.available))
+            finally:
+                os.close(reader)
+        except BaseException as exc:  # noqa: BLE001 - raised on the writer's thread below
+            failure.append(exc)
+            growing.failed = True
+
+    parser = threading.Thread(target=parse, name=f"index {target.name[:12]}", daemon=True)
+    parser.start()
+    try:
+        try:
+            for chunk in chunks:
+                if growing.failed:
+                    break  # the tar is refused: its error is raised below
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+                growing.wrote(len(chunk))
+        finally:
+            growing.finish()
+            parser.join()
+        if failure:
+            raise failure[0]
+        os.fsync(fd)
+        check()
+        os.fchmod(fd, 0o644)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return parsed[0]
 
 
 def unpacked_layer(cache: Cache, layer: dict[str, Any], diff_id: str | None = None) -> Path:
@@ -353,15 +442,20 @@ def layer_entries(cache: Cache, layer: dict[str, Any], diff_id: str | None = Non
     if entries is not None:
         _check_entry_limit(entries, layer)  # indexed by an earlier build, maybe under a higher limit
         return entries
-    tar_path = unpacked_layer(cache, layer, diff_id)
     with _layer_lock(directory, hexdigest):
-        entries = load_entry_index(index_path, tar_path)
-        if entries is None:
+        entries = load_entry_index(index_path, tar_path)  # another build may have indexed it while we waited
+        if entries is not None:
+            return entries
+        if tar_path.is_file():
             entries = read_tar_entries(tar_path, f"layer {layer['digest']}")
-            try:
-                save_entry_index(index_path, tar_path, entries)
-            except OSError as exc:
-                raise UserError(f"cannot write {index_path}: {exc.strerror}") from exc
+        else:  # cold: unpacked and indexed together
+            indexed: list[list[Entry]] = []
+            _decompress(cache, layer, tar_path, diff_id, indexed)
+            entries = indexed[0]
+        try:
+            save_entry_index(index_path, tar_path, entries)
+        except OSError as exc:
+            raise UserError(f"cannot write {index_path}: {exc.strerror}") from exc
     return entries
 
 

@@ -233,3 +233,35 @@ def test_a_tar_inside_a_layer_is_parsed_once(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(layers, "read_tar_region", no_parsing)
     layers._DECODED.clear()
     assert layers.region_entries(cache, region, "kernel.tar") == first
+
+
+def _big_layer(first: Member) -> bytes:
+    """A layer of about 12 MiB (many 1 MiB chunks as it is inflated) and 3,000 members after `first`."""
+    return tar_layer(first, *[F(f"d/f{i}", bytes([i % 251]) * (i % 9000)) for i in range(3000)],
+                     F("d/big", bytes(range(256)) * 4096 * 2))
+
+
+def test_a_cold_layer_is_indexed_while_it_is_written(tmp_path: Path) -> None:
+    """The index made while the tar is inflated (on a second thread, from the growing file) is the index of
+    the finished tar, and the one kept for the next build."""
+    from linuxkit_py.archive.tarindex import read_tar_entries
+
+    cache = Cache(tmp_path / "cache")
+    blob = _big_layer(D("d"))
+    layer = _store(cache, gzip.compress(blob, mtime=0), OCI_GZIP)
+    entries = layer_entries(cache, layer, digest_of(blob))
+    tar = unpacked_layer(cache, layer)
+    assert tar.read_bytes() == blob
+    assert entries == read_tar_entries(tar, "again")
+    assert len(entries) == 3002
+    hexdigest = layer["digest"].split(":")[1]
+    assert sorted(p.name for p in layers_dir(cache).iterdir()) == sorted(
+        [f"{hexdigest}.tar", f"{hexdigest}.json", f"{hexdigest}.lock"])
+
+
+def test_a_member_refused_early_stops_the_unpacking_and_leaves_nothing(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    layer = _store(cache, gzip.compress(_big_layer(F("../escape", b"x")), mtime=0), OCI_GZIP)
+    with pytest.raises(UserError, match=r"refusing tar entry '\.\./escape': its path leaves the root"):
+        layer_entries(cache, layer)
+    assert [p.name for p in layers_dir(cache).iterdir()] == [layer["digest"].split(":")[1] + ".lock"]
