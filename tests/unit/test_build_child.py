@@ -12,9 +12,10 @@ from linuxkit_py.build import _in_child
 from linuxkit_py.errors import UserError
 
 
-def _no_children_left() -> bool:
+def _reaped(pid: int) -> bool:
+    """Whether the child `pid` is gone and waited for (other children of the test process may run)."""
     try:
-        os.waitpid(-1, os.WNOHANG)
+        os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return True
     return False
@@ -29,7 +30,7 @@ def test_the_childs_output_is_whole_and_it_is_waited_for(tmp_path: Path) -> None
         with _in_child(work) as child:
             child.wait()
     assert target.read_bytes() == b"x" * 100_000
-    assert _no_children_left()
+    assert _reaped(child.pid)
 
 
 def test_the_childs_error_is_raised_in_the_parent_as_one_line() -> None:
@@ -38,10 +39,10 @@ def test_the_childs_error_is_raised_in_the_parent_as_one_line() -> None:
     with pytest.raises(UserError, match=r"^NAME.spdx.json: cannot write: No space left on device$"), \
             _in_child(work) as child:
         child.wait()
-    assert _no_children_left()
+    assert _reaped(child.pid)
 
 
 def test_an_error_of_the_parent_still_waits_for_the_child() -> None:
-    with pytest.raises(RuntimeError, match="a format failed"), _in_child(lambda: None):
+    with pytest.raises(RuntimeError, match="a format failed"), _in_child(lambda: None) as child:
         raise RuntimeError("a format failed")
-    assert _no_children_left()
+    assert _reaped(child.pid)
