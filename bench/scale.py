@@ -19,8 +19,8 @@
    initrd's cpio entries and uncompressed bytes.
 
 Prints a markdown table (wall, user, sys, others' CPU, peak RSS, entries, bytes, and the 10x/1x
-ratios); `--json` also writes every number. Needs ~15 GB free disk at N = 10 (copies, registry,
-the cache and the outputs; `--clean` removes the scale cache and outputs afterwards).
+ratios); `--json` also writes every number. Needs ~11 GB free disk at N = 10 (copies 1.2 GB, registry 1.4 GB,
+the cache 6.6 GB, the outputs 1.3 GB; `--clean` removes the scale cache and outputs afterwards).
 """
 
 from __future__ import annotations
