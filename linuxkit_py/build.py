@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.cache.image import Image
-from linuxkit_py.cache.layers import layers_dir, unpack_images
+from linuxkit_py.cache.layers import forget_decoded_indexes, layers_dir, unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import KEPT, AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
@@ -248,6 +248,7 @@ def build(opts: BuildOptions) -> list[Path]:
     # unless a shared cache brings those hashes
     unpack_images(cache, images.values(), hash_files=opts.sbom and shared is None)
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
+    forget_decoded_indexes()  # placed: the layers' own entries are not needed again
     if opts.decompress_kernel:
         entries = decompressed_kernel(entries, cache.derived_dir)
     if opts.ab or any(fmt.name == "update" for fmt in formats):

@@ -16,7 +16,9 @@ CRC-32 and length (the gzip trailer's CRC is combined from those), so a torn, da
 misplaced file is a miss, never bad output. (A file forged on purpose is not detected: whoever
 can write the cache can as well rewrite the layer tars every build trusts.) Files are written
 without fsync (a lost one is only a miss) and the least recently used ones are removed beyond
-a size cap.
+a size cap, except those the current build used or wrote: a build whose blocks alone exceed the
+cap keeps them all, so that its rebuild stays warm (a 10x workload's 1.3 GB initrd against the
+1 GiB cap would otherwise lose the first 40% of its blocks on every build).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import hashlib
 import os
 import struct
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,9 @@ KEY_VERSION = 3  # 3: regions named by directory and file name, not by absolute 
 DEFAULT_MAX_BYTES = 1 << 30
 # After trimming, keep this share of the cap, so that every build does not trim again.
 TRIM_TO = 0.75
+# Files whose mtime is at most this much older than the cache object are the current build's (file system
+# timestamps come from a coarse clock that may lag time.time_ns()).
+OWN_MARGIN_NS = 2_000_000_000
 
 Piece = bytes | bytearray | FileRegion
 
@@ -123,6 +129,8 @@ class DeflateBlockCache:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.used = used
+        # blocks used (get touches them) or written from now on are this build's: trim keeps them
+        self.since_ns = time.time_ns() - OWN_MARGIN_NS
         self._content = (content_addressed if isinstance(content_addressed, ContentAddressed)
                          else ContentAddressed(content_addressed))
         self.addressed = self._content.addressed
@@ -203,8 +211,9 @@ class DeflateBlockCache:
                 raise
 
     def trim(self) -> None:
-        """Remove the least recently used blocks while the cache holds more than `max_bytes`."""
-        files: list[tuple[float, int, str]] = []
+        """Remove the least recently used blocks while the cache holds more than `max_bytes`, never one this
+        build used or wrote (its mtime is at least `since_ns`)."""
+        files: list[tuple[int, int, str]] = []
         total = 0
         with contextlib.suppress(OSError):
             for sub in os.scandir(self.directory):
@@ -213,14 +222,14 @@ class DeflateBlockCache:
                 for item in os.scandir(sub.path):
                     with contextlib.suppress(OSError):
                         st = item.stat(follow_symlinks=False)
-                        files.append((st.st_mtime, st.st_size, item.path))
+                        files.append((st.st_mtime_ns, st.st_size, item.path))
                         total += st.st_size
         if total <= self.max_bytes:
             return
         files.sort()
         target = int(self.max_bytes * TRIM_TO)
-        for _, size, path in files:
-            if total <= target:
+        for mtime, size, path in files:
+            if total <= target or mtime >= self.since_ns:
                 break
             with contextlib.suppress(OSError):
                 os.unlink(path)

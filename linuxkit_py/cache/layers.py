@@ -408,6 +408,12 @@ def _decode(row: list[Any], tar_path: str) -> Entry:
 _DECODED: dict[tuple[str, int, int, int, int], list[Entry]] = {}
 
 
+def forget_decoded_indexes() -> None:
+    """Let the decoded indexes go: once a build has assembled its root filesystem it places no layer again,
+    and on a 230,000-entry image they hold 46 MiB of entries nothing else uses."""
+    _DECODED.clear()
+
+
 def load_entry_index(index_path: Path, tar_path: Path) -> list[Entry] | None:
     """The persisted entries, or None when missing, stale or unreadable (then it is rebuilt)."""
     try:

@@ -106,6 +106,25 @@ def test_least_recently_used_blocks_are_trimmed_beyond_the_cap(tmp_path: Path) -
     assert left - old and not old <= left  # new blocks kept, old ones went first
 
 
+def test_a_build_larger_than_the_cap_keeps_its_own_blocks(tmp_path: Path) -> None:
+    """Trimming never removes what this build used or wrote: an initrd bigger than the cap stays warm."""
+    blocks, data = tmp_path / "blocks", _data(seed=1)
+    cold = _gzip(data, DeflateBlockCache(blocks, max_bytes=1))
+    stored = set(_files(blocks))
+    assert len(stored) > 3  # all kept, though over the cap
+    for path in blocks.rglob("*"):
+        if path.is_file():
+            os.utime(path, (1, 1))  # as if written by an earlier build
+    assert _gzip(data, DeflateBlockCache(blocks, max_bytes=1)) == cold
+    assert set(_files(blocks)) == stored  # every block found again (none new) and kept
+    for path in blocks.rglob("*"):
+        if path.is_file():
+            os.utime(path, (1, 1))
+    _gzip(_data(seed=2), DeflateBlockCache(blocks, max_bytes=1))
+    left = set(_files(blocks))
+    assert left and not left & stored  # another build's blocks, not used by this one, went
+
+
 def test_an_unwritable_cache_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "blocks").write_text("a file where the directory should be")
     data = _data()
