@@ -157,22 +157,8 @@ def _copy_image(kind: str, copy: int) -> tuple[str, list[tuple[str, int, str]]]:
 
 def _add_image(layout: LayoutWriter, tag: str, layers: list[tuple[str, int, str]], config: dict[str, Any]) -> None:
     """LayoutWriter.add_image for layer blobs already written."""
-    cfg = layout.json_blob({"architecture": "amd64", "os": "linux", "config": config,
-                            "rootfs": {"type": "layers", "diff_ids": [d for _, _, d in layers]}})
-    manifest = layout.json_blob({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.digest,
-                   "size": cfg.size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}
-                   for digest, size, _ in layers]})
-    layout.manifests = [m for m in layout.manifests
-                        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag]
-    layout.manifests.append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                             "digest": manifest.digest, "size": manifest.size,
-                             "annotations": {"org.opencontainers.image.ref.name": tag}})
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-             "manifests": layout.manifests}
-    (layout.root / "index.json").write_text(json.dumps(index, indent=1))
+    layout.add_layers(tag, [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest,
+                             "size": size} for digest, size, _ in layers], [d for _, _, d in layers], config)
 
 
 def prepare_copies(copies: int, jobs: int) -> list[str]:

@@ -126,6 +126,11 @@ class LayoutWriter:
             layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                            "digest": blob.digest, "size": blob.size})
             diff_ids.append(diff_id)
+        return self.add_layers(tag, layers, diff_ids, config)
+
+    def add_layers(self, tag: str, layers: list[dict[str, Any]], diff_ids: list[str],
+                   config: dict[str, Any] | None = None) -> str:
+        """The image `tag` of layer blobs already in the layout (descriptors and their diff_ids)."""
         cfg = self.json_blob({"architecture": "amd64", "os": "linux", "config": config or {},
                               "rootfs": {"type": "layers", "diff_ids": diff_ids}})
         manifest = self.json_blob({
