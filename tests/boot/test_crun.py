@@ -5,10 +5,7 @@ pkg/runc, the same runtime on runc, is booted by tests/boot/test_runtime_boot.py
 from __future__ import annotations
 
 import gzip
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import pytest
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.pkg.debs import debs_dir
 from tests.boot.test_qemu_runner import free_port
-from tests.boot.test_specs import SPECS, http_get
+from tests.boot.test_specs import SPECS, run_and_get
 from tests.debstore import DEB_STORE, link_files
 from tests.integration.conftest import run_cli
 
@@ -54,16 +51,8 @@ def test_the_image_carries_crun_and_no_runc_binary(webserver_on_crun: Path) -> N
 @pytest.mark.boot
 def test_webserver_on_crun_serves_http(webserver_on_crun: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "linuxkit_py", "run", "--publish", f"{port}:80", "--accel", "tcg", "--timeout", "180",
-         str(webserver_on_crun)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        status, body = http_get(port, "/", time.monotonic() + 120)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        console, _ = proc.communicate(timeout=30)
-    text = console.decode(errors="replace")
+    status, body, text, _, _ = run_and_get(
+        ["--publish", f"{port}:80", "--accel", "tcg", "--timeout", "180", str(webserver_on_crun)], port)
     assert status == 200, text[-3000:]
     assert b"<h1>Hello from a linuxkit-py image</h1>" in body
     assert "onboot dhcpcd: done in " in text and "service httpd: started" in text

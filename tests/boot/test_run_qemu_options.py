@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.pkg.debs import debs_dir
 from tests.boot.test_qemu_runner import free_port, qemu_still_running
-from tests.boot.test_specs import SPECS, http_get
+from tests.boot.test_specs import SPECS, http_get, run_and_get
 from tests.debstore import DEB_STORE, link_files
 from tests.integration.conftest import run_cli
 
@@ -39,18 +37,11 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.mark.boot
 def test_run_qemu_with_options_after_qemu_serves_http(webserver: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "linuxkit_py", "run", "qemu", "--publish", f"{port}:80", "-mem", "512",
-         "--accel", "tcg", "--timeout", "180", str(webserver)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        status, body = http_get(port, "/", time.monotonic() + 120)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        console, stderr = proc.communicate(timeout=30)
-    assert status == 200, console.decode(errors="replace")[-3000:]
+    status, body, console, stderr, returncode = run_and_get(
+        ["qemu", "--publish", f"{port}:80", "-mem", "512", "--accel", "tcg", "--timeout", "180", str(webserver)], port)
+    assert status == 200, console[-3000:]
     assert b"<h1>Hello from a linuxkit-py image</h1>" in body
-    assert proc.returncode == 143, stderr.decode()
+    assert returncode == 143, stderr
 
 
 def _gone(pid: int) -> bool:

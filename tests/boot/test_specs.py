@@ -146,6 +146,19 @@ def http_get(port: int, path: str, deadline: float) -> tuple[int, bytes]:
             time.sleep(0.5)
 
 
+def run_and_get(run_args: list[str], port: int, path: str = "/") -> tuple[int, bytes, str, str, int]:
+    """`linuxkit-py run RUN_ARGS` (with `--publish PORT:80` among them), a GET of PATH once the guest answers,
+    then SIGTERM: (status, body, console, stderr, run's exit status)."""
+    proc = subprocess.Popen([sys.executable, "-m", "linuxkit_py", "run", *run_args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        status, body = http_get(port, path, time.monotonic() + 120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        console, stderr = proc.communicate(timeout=30)
+    return status, body, console.decode(errors="replace"), stderr.decode(errors="replace"), proc.returncode
+
+
 # -- minimal.yml ---------------------------------------------------------------------------------
 
 
