@@ -54,11 +54,11 @@ DIR_MODE, FILE_MODE, EXEC_MODE, CONSOLE_MODE = 0o755, 0o644, 0o755, 0o600
 MOUNT_POINTS = ("dev", "lower", "medium", "newroot", "overlay", "proc", "sys")
 APPLETS = ("cat", "dd", "find", "grep", "head", "ls", "mkdir", "modprobe", "mount", "poweroff", "sh", "sha256sum",
            "sleep", "sort", "switch_root", "umount", "wc", "xargs")
-# --verity: the kernel command line parameter with the root hash, dmsetup (Debian's, dynamic) where the
-# image may have it, the device-mapper name of the verified root, the modules (dm_mod, dm_bufio: deps)
+# --verity: the kernel command line parameter with the root hash, dmsetup (Debian's, dynamic, from pkg/dmsetup)
+# where the image may have it, the device-mapper name of the verified root, the modules (dm_mod, dm_bufio: deps)
 VERITY_PARAM = "linuxkit.verity"
 DMSETUP_PATHS = ("sbin/dmsetup", "usr/sbin/dmsetup")
-DMSETUP_HINT = "add Debian's dmsetup to an init image: pkg/init has it, e.g. init: [\"@pkg:pkg/init\"]"
+DMSETUP_HINT = "add pkg/dmsetup to the spec's init images, e.g. init: [..., \"@pkg:pkg/dmsetup\"]"
 VERITY_DEVICE = "linuxkit-root"
 VERITY_MODULES = ("dm_mod", "dm_bufio", "dm_verity")
 VERITY_APPLETS = ("losetup",)  # an image that is a file on the medium becomes a block device for dmsetup
@@ -305,7 +305,7 @@ def verity_tool_entries(entries: Sequence[Entry], arch: str) -> tuple[str, list[
         raise UserError(f"/{real} is not an ELF executable: --verity needs Debian's dmsetup", hint=DMSETUP_HINT)
     needed = check_elf_files({real: view.data_entry(real)}, arch, pool=image,
                              hint="the image must have the libraries of its dmsetup (Debian's dmsetup package "
-                                  "and its dependencies; pkg/init has them)")
+                                  "and its dependencies; pkg/dmsetup has them)")
     return "/" + real, [_copied(view, p) for p in dict.fromkeys([real, *walk, *needed])]
 
 

@@ -55,7 +55,7 @@ class Built:
     bundles: dict[str, Path] = field(default_factory=dict)  # "2", "3-broken", "2-other-key", "2-again"
 
 
-def _spec(path: Path, registry: str, broken: bool = False) -> Path:
+def _spec(path: Path, registry: str, broken: bool = False, verity: bool = False) -> Path:
     services: list[dict[str, object]] = [
         {"name": "getty", "image": package("getty"), "env": ["INSECURE=true"]},
         {"name": "update", "image": package("update"),
@@ -66,7 +66,7 @@ def _spec(path: Path, registry: str, broken: bool = False) -> Path:
         services.insert(0, {"name": "broken", "image": package("getty"), "command": ["/bin/sh", "-c", "exit 1"]})
     spec = {
         "kernel": {"image": f"@pkg:{REPO / 'kernels' / 'default'}", "cmdline": "console=ttyS0"},
-        "init": [package("init"), package("runc")],
+        "init": [package("init"), package("runc"), *([package("dmsetup")] if verity else [])],  # --verity: dmsetup
         "onboot": [{"name": "dhcpcd", "image": package("dhcpcd"),
                     "command": ["/sbin/udhcpc", "-i", "eth0", "-q", "-n", "-t", "5", "-T", "1"]},
                    # every boot adds its version to a file on the data partition and prints the file
@@ -274,7 +274,7 @@ def test_a_verity_ab_disk_boots_its_slot_and_a_changed_slot_stops_the_boot(
         built: Built, cache_dir: Path, registry: RegistryProcess, tmp_path: Path, device: list[Device]) -> None:
     """`--ab --verity`: each slot is a verity image; stage one knows its slot by the top block of the hash tree
     (its sha256 in the signed UKI), so one changed byte anywhere else in the slot is dm-verity's to find."""
-    spec = _spec(tmp_path / "device.yml", f"10.0.2.2:{registry.port}")
+    spec = _spec(tmp_path / "device.yml", f"10.0.2.2:{registry.port}", verity=True)
     _build(cache_dir, tmp_path / "out", spec, built.keys, "--ab", "--verity", "--image-version", "1", "-f", "raw-efi")
     disk = tmp_path / "out" / f"{NAME}-efi.img"
     dev = Device(disk, built.keys, tmp_path / "verified.log")

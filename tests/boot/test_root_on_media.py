@@ -36,12 +36,13 @@ STAGE1_ROOT = re.compile(r"stage1: root: (\S+)(?: on (\S+))? \((squashfs|erofs),
 MEDIA_FORMATS = ("kernel+squashfs", "kernel+erofs", "iso-bios", "raw-efi")
 
 
-def minimal_spec(path: Path, files: list[dict[str, str]] | None = None) -> Path:
-    """specs/minimal.yml, with our packages named by absolute path (the spec lives in a temporary directory)."""
+def minimal_spec(path: Path, files: list[dict[str, str]] | None = None, dmsetup: bool = False) -> Path:
+    """specs/minimal.yml, with our packages named by absolute path (the spec lives in a temporary directory);
+    `dmsetup`: with pkg/dmsetup in init too, which a --verity build needs."""
     spec: dict[str, object] = {
         "kernel": {"image": f"@pkg:{REPO / 'kernels' / 'cloud-amd64'}",
                    "cmdline": "console=ttyS0"},
-        "init": [package("init"), package("runc")],
+        "init": [package("init"), package("runc"), *([package("dmsetup")] if dmsetup else [])],
         "onboot": [{"name": "dhcpcd", "image": package("dhcpcd"),
                     "command": ["/sbin/udhcpc", "-i", "eth0", "-q", "-n", "-t", "5", "-T", "1"]}],
         "services": [{"name": "getty", "image": package("getty"), "env": ["INSECURE=true"]}],

@@ -31,7 +31,7 @@ from tests.integration.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "specs"
-SIZE_AIM = 21_500_000  # minimal.yml's kernel + initrd: 20.4 MB on crun, busybox stored once (docs/benchmarks.md)
+SIZE_AIM = 20_000_000  # minimal.yml's kernel + initrd: 19.5 MB, dmsetup only in --verity specs (docs/benchmarks.md)
 SHELL_PROMPT = re.compile(r"\(getty\) \S+:~# ")
 LEASE = "dhcpcd: eth0: 10.0.2.15/24 router 10.0.2.2 dns 10.0.2.3"
 
@@ -195,7 +195,7 @@ def test_minimal_gets_a_lease_at_boot_then_starts_getty(
     record_property("kernel_plus_initrd_bytes", size)
     print(f"\nminimal.yml: kernel {kernel.stat().st_size} + initrd {initrd.stat().st_size} = {size} bytes; "
           f"getty started {service_up:.2f} s after qemu started")
-    assert size < SIZE_AIM
+    assert size <= SIZE_AIM
     assert service_up < 30  # the aim is 10 s (docs/benchmarks.md); this only catches a hang
 
 

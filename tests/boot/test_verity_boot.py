@@ -1,11 +1,11 @@
 """--verity booted under TCG: the root image carries its dm-verity tree, stage one verifies it before mounting.
 
-specs/minimal.yml (as tests/boot/test_root_on_media.py builds it) is built once for this module as raw-efi
-with a squashfs root, signed for Secure Boot with a `keys create` db key, and kernel+erofs, both with --verity.
-Both boot to the services (raw-efi under plain OVMF, and under OVMF with Secure Boot enforced and the key
-enrolled: the root hash is in the signed UKI's command line); the kernel+erofs image with one byte flipped (in
-its data, in its tree) or with another root hash on the command line stops at stage one with one line and
-powers off. Two builds give the same bytes.
+specs/minimal.yml (as tests/boot/test_root_on_media.py builds it) with pkg/dmsetup in init, as --verity needs, is
+built once for this module as raw-efi with a squashfs root, signed for Secure Boot with a `keys create` db key, and
+kernel+erofs, both with --verity. Both boot to the services (raw-efi under plain OVMF, and under OVMF with Secure
+Boot enforced and the key enrolled: the root hash is in the signed UKI's command line); the kernel+erofs image with
+one byte flipped (in its data, in its tree) or with another root hash on the command line stops at stage one with
+one line and powers off. Two builds give the same bytes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def build_verity(cache: Path, out: Path, spec: Path, keys: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return minimal_spec(tmp_path_factory.mktemp("verity-spec") / "minimal.yml")
+    return minimal_spec(tmp_path_factory.mktemp("verity-spec") / "minimal.yml", dmsetup=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,22 @@
 """--verity: the dm-verity hash tree of media/verity.py against cryptsetup's veritysetup, and what stage one
-(formats/stage1.py) and the build get from it. The boots are tests/boot/test_verity_boot.py.
+(formats/stage1.py) and the build get from it: the build of a spec takes dmsetup from pkg/dmsetup in its init
+images. The boots are tests/boot/test_verity_boot.py.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.errors import UserError
@@ -21,6 +25,7 @@ from linuxkit_py.formats.rootimage import root_location
 from linuxkit_py.formats.stage1 import INIT_SCRIPT, RootLocation, verity_cmdline
 from linuxkit_py.media.verity import BLOCK_SIZE, VerityTree, append_verity_tree, level_sizes
 from tests.debian import DebianKernel
+from tests.debstore import stored_debs
 from tests.integration.conftest import run_cli
 from tests.unit.test_stage1 import (
     IMAGE_MODULES,
@@ -33,6 +38,7 @@ from tests.unit.test_stage1 import (
     kernel_entries,
     make_kernel_entries,
     module_names,
+    read_newc,
     stage_one,
 )
 
@@ -200,11 +206,13 @@ def verity_error(rootfs: Rootfs, tmp_path: Path) -> str:
     return str(err.value)
 
 
-def test_an_image_without_dmsetup_is_one_error_naming_pkg_init(kernel_entries: list[Entry], busybox: Entry,
-                                                               tmp_path: Path) -> None:
-    assert verity_error(image(kernel_entries, busybox), tmp_path) == (
-        "the image has no /sbin/dmsetup (nor /usr/sbin/dmsetup) for --verity (hint: add Debian's dmsetup to an "
-        'init image: pkg/init has it, e.g. init: ["@pkg:pkg/init"])')
+NO_DMSETUP = ("the image has no /sbin/dmsetup (nor /usr/sbin/dmsetup) for --verity (hint: add pkg/dmsetup to the "
+              'spec\'s init images, e.g. init: [..., "@pkg:pkg/dmsetup"])')
+
+
+def test_an_image_without_dmsetup_is_one_error_naming_pkg_dmsetup(kernel_entries: list[Entry], busybox: Entry,
+                                                                  tmp_path: Path) -> None:
+    assert verity_error(image(kernel_entries, busybox), tmp_path) == NO_DMSETUP
 
 
 def test_a_missing_library_of_dmsetup_is_named(kernel_entries: list[Entry], busybox: Entry, tmp_path: Path) -> None:
@@ -274,3 +282,48 @@ def test_root_location_appends_the_tree_only_with_verity_and_keeps_the_root_id(t
     assert with_tree.verity is not None and protected.stat().st_size == (50 + 1) * BLOCK_SIZE  # one hash block
     assert with_tree.root_id == without.root_id  # the tree is after the superblock: stage one finds it the same
     assert (with_tree.image_path, with_tree.verity.hash_offset) == ("rootfs.squashfs", 50 * BLOCK_SIZE)
+
+
+# -- the build: dmsetup from pkg/dmsetup ---------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def package_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One cache for the builds below (kernels/cloud-amd64, pkg/init, pkg/dmsetup), seeded with the stored .debs."""
+    with stored_debs(tmp_path_factory.mktemp("verity-build") / "cache") as cache:
+        yield cache
+
+
+def build_verity_spec(cache: Path, tmp_path: Path, *init: str) -> subprocess.CompletedProcess[bytes]:
+    """`build --verity -f kernel+squashfs` of a spec with Debian's cloud kernel and our packages `init`."""
+    spec = tmp_path / "verity.yml"
+    spec.write_text(yaml.safe_dump({
+        "kernel": {"image": f"@pkg:{REPO / 'kernels' / 'cloud-amd64'}", "cmdline": "console=ttyS0"},
+        "init": [f"@pkg:{REPO / 'pkg' / name}" for name in init]}))
+    return run_cli("build", "--cache", cache, "--dir", tmp_path / "out", "--name", "v", "--no-sbom", "--verity",
+                   "-f", "kernel+squashfs", spec, stdin=b"")
+
+
+def test_a_verity_build_of_a_spec_without_pkg_dmsetup_is_one_line_naming_it(package_cache: Path,
+                                                                            tmp_path: Path) -> None:
+    result = build_verity_spec(package_cache, tmp_path, "init")
+
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.decode().splitlines() if line.startswith("linuxkit-py: ")]
+    assert errors == [f"linuxkit-py: {NO_DMSETUP}"]
+    assert not list((tmp_path / "out").glob("v*"))
+
+
+def test_a_verity_build_with_pkg_dmsetup_has_its_dmsetup_and_libraries_in_stage_one(package_cache: Path,
+                                                                                  tmp_path: Path) -> None:
+    result = build_verity_spec(package_cache, tmp_path, "init", "dmsetup")
+
+    assert result.returncode == 0, result.stderr.decode()
+    members = read_newc(gzip.decompress((tmp_path / "out" / "v-squashfs-initrd.img").read_bytes()))
+    assert members["sbin/dmsetup"].data[:4] == b"\x7fELF" and members["sbin/dmsetup"].mode & 0o111
+    assert {"lib/x86_64-linux-gnu/libdevmapper.so.1.02.1", "lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"} <= set(members)
+    assert "DMSETUP=/sbin/dmsetup\n" in conf(members)
+    assert re.search(r"linuxkit\.verity=[0-9a-f]{64}", (tmp_path / "out" / "v-cmdline").read_text())
