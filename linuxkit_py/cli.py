@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import sys
@@ -470,7 +471,23 @@ def _log_level(args: argparse.Namespace) -> int:
     return logging.WARNING if args.verbose is None else VERBOSITY_LEVELS[args.verbose]
 
 
+# A build makes hundreds of thousands of small objects (entries, their regions, tar headers) and frees them by
+# reference counting; hardly any is in a cycle. At CPython's default threshold (700 allocations) the cyclic
+# collector ran 230 times in a one-edit rebuild of the benchmark workload, 82 ms of a 0.8 s build; once
+# per 100,000 allocations it does not run at all there, and cycles are still collected.
+GC_THRESHOLDS = (100_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Collect cycles less often (GC_THRESHOLDS), and never look again at what exists so far (modules,
+    parsers): for the command's own process only."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program's own process (not a caller's, whose objects freezing would keep)
+        tune_gc()
     parser = _parser()
     argv = single_dash_long_options(list(sys.argv[1:] if argv is None else argv), option_strings(parser))
     argv = go_bool_options(argv, switch_strings(parser))

@@ -86,6 +86,11 @@ def _code_digest() -> str:
     return sha.hexdigest()
 
 
+def code_digest() -> str:
+    """The digest of this tool's code and of what else decides the bytes it writes (_code_digest)."""
+    return _code_digest()
+
+
 def _digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -98,6 +98,7 @@ class ParallelGzipWriter:
         self._out = out
         self._level = level
         self._block_cache = block_cache
+        self._addressed = block_cache.addressed if block_cache is not None else None
         self._block_size = block_size
         self._threads = max(1, threads or os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="gzip")
@@ -128,15 +129,17 @@ class ParallelGzipWriter:
 
     def write_region(self, region: FileRegion) -> None:
         """The bytes of `region`, as `write(read_data(region))` would add them."""
-        path = self._block_cache.addressed(region.path) if self._block_cache is not None else None
+        path = self._addressed(region.path) if self._addressed is not None else None
         if path is None:
             for chunk in self._reader.chunks(region):
                 self.write(chunk)
             return
         offset, remaining = region.offset, region.size
         if 0 < remaining < self._block_size - self._filled:  # the usual case: it fits in the block
-            self._end_literal()
-            self._pieces.append(FileRegion(path, offset, remaining))
+            if self._literal:
+                self._pieces.append(self._literal)
+                self._literal = bytearray()
+            self._pieces.append(region if path == region.path else FileRegion(path, offset, remaining))
             self._filled += remaining
             return
         while remaining > 0:

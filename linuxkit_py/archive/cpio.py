@@ -83,6 +83,16 @@ def newc_header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: i
     return NEWC_MAGIC + b"%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X" % fields
 
 
+# newc_header's bytes as one format, with the fields that are the same for every member filled in (c_maj,
+# c_min, c_chksum) and c_filesize ... c_namesize left to fill; write_cpio's hot loop uses it.
+_HEADER_FORMAT = NEWC_MAGIC + b"%08X%08X%08X%08X%08X%08X%08X" + b"%08X%08X" % (ARCHIVE_DEV_MAJOR, ARCHIVE_DEV_MINOR) \
+    + b"%08X%08X%08X" + b"%08X" % NO_CHECKSUM
+_HEADER_FORMAT_SIZE = HEADER_SIZE
+_PADS = tuple(bytes(n) for n in range(ALIGNMENT))
+# after a name of length n: its NUL and the padding of header + name + NUL to ALIGNMENT (HEADER_SIZE is 2 mod 4)
+_NAME_ENDS = tuple(b"\0" + _PADS[-(HEADER_SIZE + n + 1) % ALIGNMENT] for n in range(ALIGNMENT))
+
+
 def newc_member_head(name: str | bytes, **fields: int) -> bytes:
     """Header + NUL-terminated name + padding: everything of a member before its data."""
     raw = (name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")) + b"\0"
@@ -169,41 +179,50 @@ def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
     """
     check_cpio_sizes(entries)
     mark = out.mark if isinstance(out, MarkingSink) else None
+    write = out.write
     write_region = out.write_region if isinstance(out, RegionSink) else None
     links = _Links(entries)
+    target_of, names, subdirs = links.target.get, links.names, links.subdirs
     inos: dict[int, int] = {}
     written = 0
+    FILE, HARDLINK, DIR, SYMLINK = Kind.FILE, Kind.HARDLINK, Kind.DIR, Kind.SYMLINK  # noqa: N806 - hot loop
     with ContentReader() as reader:
         for i, entry in enumerate(entries):
-            t = links.target.get(i, i)
-            source = entries[t]
+            t = target_of(i, i)
+            source = entries[t] if t != i else entry
             ino = inos.setdefault(t, FIRST_INO + len(inos))
             kind = entry.kind
-            if kind is Kind.DIR:
-                nlink = 2 + links.subdirs[entry.path]
-            elif kind is Kind.FILE or kind is Kind.HARDLINK:
-                nlink = links.names[t]
+            data: bytes | FileRegion | None = None
+            filesize = 0
+            if kind is FILE:
+                nlink = names[t]
+                data, filesize = entry.data, entry.size
+            elif kind is DIR:
+                nlink = 2 + subdirs[entry.path]
+            elif kind is HARDLINK:
+                nlink = names[t]
             else:
                 nlink = 1
-            data = entry.data if kind is Kind.FILE else None
-            filesize = entry.size
-            if kind is Kind.SYMLINK:
-                data = entry.linkname.encode("utf-8", "surrogateescape")
-                filesize = len(data)
-            elif kind is not Kind.FILE:
-                filesize = 0
+                if kind is SYMLINK:
+                    data = entry.linkname.encode("utf-8", "surrogateescape")
+                    filesize = len(data)
             name = entry.path.encode("utf-8", "surrogateescape")
-            head = newc_member_head(
-                name, ino=ino, mode=FILE_TYPE_BITS[kind] | (source.mode & 0o7777),
-                uid=source.uid, gid=source.gid, nlink=nlink, mtime=mtime, filesize=filesize,
-                rdevmajor=entry.devmajor, rdevminor=entry.devminor)
+            # newc_member_head written out (it runs once per member): header, name, NUL, padding
+            head = _HEADER_FORMAT % (ino, FILE_TYPE_BITS[kind] | (source.mode & 0o7777), source.uid, source.gid,
+                                     nlink, mtime, filesize, entry.devmajor, entry.devminor, len(name) + 1)
+            if len(head) != _HEADER_FORMAT_SIZE or b"-" in head:  # a field outside 0..MAX_FIELD: say which
+                newc_header(ino=ino, mode=FILE_TYPE_BITS[kind] | (source.mode & 0o7777), uid=source.uid,
+                            gid=source.gid, nlink=nlink, mtime=mtime, filesize=filesize,
+                            rdevmajor=entry.devmajor, rdevminor=entry.devminor, namesize=len(name) + 1)
+            head += name + _NAME_ENDS[len(name) & 3]
             if mark is not None:
                 mark(name)
-            written += len(head) + filesize + (-filesize % ALIGNMENT)
+            padding = -filesize % ALIGNMENT
+            written += len(head) + filesize + padding
             if data is None or isinstance(data, bytes) and len(data) == filesize:
-                out.write(head + (data or b"") + _pad(filesize))  # one write for a member held in memory
+                write(head + data + _PADS[padding] if data else head)  # one write for a member held in memory
                 continue
-            out.write(head)
+            write(head)
             if write_region is not None and isinstance(data, FileRegion):
                 if data.size != filesize:
                     raise UserError(f"{entry.path}: its source has {data.size} bytes, expected {filesize}")
@@ -212,12 +231,12 @@ def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
                 copied = 0
                 for chunk in reader.chunks(data):
                     copied += len(chunk)
-                    out.write(chunk)
+                    write(chunk)
                 if copied != filesize:
                     raise UserError(f"{entry.path}: its source has {copied} bytes, expected {filesize} "
                                     "(did it change during the build?)")
-            if filesize % ALIGNMENT:
-                out.write(_pad(filesize))
+            if padding:
+                write(_PADS[padding])
     trailer = newc_trailer()
     out.write(trailer)
     written += len(trailer)

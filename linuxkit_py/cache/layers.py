@@ -14,7 +14,9 @@ import fcntl
 import gzip
 import hashlib
 import json
+import marshal
 import os
+import struct
 import tempfile
 import threading
 import zlib
@@ -438,6 +440,87 @@ def save_entry_index(index_path: Path, tar_path: Path, entries: list[Entry]) -> 
     _atomic_write(index_path, iter([json.dumps(doc, separators=(",", ":")).encode()]))
 
 
+# -- flattened images, kept ---------------------------------------------------------------------
+#
+# An image's flattened root filesystem is a pure function of its layers (each named by its digest) and of
+# this tool's code: rootfs/flatten.py keeps it under `derived/flat/<key>.marshal`, so that a warm build
+# loads one file per image instead of every layer's index and the overlay of them. marshal: the quickest
+# load there is for rows of plain values, and the file is this machine's own, made by this same Python
+# (the key names the tool's code and Python version; a file another machine wrote is never read, and a
+# damaged or torn one fails its CRC-32 and is a miss).
+
+FLAT_MAGIC = b"LKPYFLT1"
+_FLAT_HEADER = struct.Struct("<8sII")  # magic, CRC-32 of the payload, its length
+
+
+def flat_memo_path(cache: Cache, key: str) -> Path:
+    return cache.derived_dir / "flat" / f"{key}.marshal"
+
+
+def layer_tar_path(cache: Cache, layer: dict[str, Any]) -> Path:
+    return layers_dir(cache) / f"{_hex(layer)}.tar"
+
+
+def save_flat_memo(path: Path, entries: list[Entry], tars: list[str], counts: list[int]) -> None:
+    """Keep the flattened `entries` of an image whose layers are the unpacked `tars` (each with `counts`
+    members); nothing is kept when an entry holds bytes outside those tars, or the cache cannot be written."""
+    index = {tar: i for i, tar in enumerate(tars)}
+    rows = []
+    for e in entries:
+        data = e.data
+        if data is None:
+            where, offset = -1, -1
+        elif isinstance(data, FileRegion) and data.path in index and data.size == e.size:
+            where, offset = index[data.path], data.offset
+        else:
+            return
+        rows.append((e.path, _KIND_CODES[e.kind], e.mode, e.uid, e.gid, e.size, e.linkname, e.devmajor, e.devminor,
+                     where, offset, e.mtime, e.xattrs, e.source, e.location, e.uname, e.gname))
+    try:
+        sizes = [os.stat(tar).st_size for tar in tars]
+        payload = marshal.dumps((list(zip(tars, sizes, strict=True)), counts, rows), 4)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:  # no fsync: a lost or torn file is a miss
+                f.write(_FLAT_HEADER.pack(FLAT_MAGIC, zlib.crc32(payload), len(payload)))
+                f.write(payload)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return
+
+
+def load_flat_memo(path: Path, tars: list[str], layers: list[dict[str, Any]]) -> list[Entry] | None:
+    """The entries save_flat_memo kept for these layers, or None when there are none, they are damaged, or a
+    tar is not the size it was. A layer over the entry limit (lowered since it was indexed) is refused."""
+    try:
+        data = path.read_bytes()
+        magic, crc, length = _FLAT_HEADER.unpack_from(data)
+        payload = memoryview(data)[_FLAT_HEADER.size:]
+        if magic != FLAT_MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
+            return None
+        kept, counts, rows = marshal.loads(payload)
+        if [tar for tar, _ in kept] != tars or any(os.stat(tar).st_size != size for tar, size in kept):
+            return None
+    except (OSError, ValueError, EOFError, TypeError, struct.error):
+        return None
+    limit = env_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES)
+    for count, layer in zip(counts, layers, strict=True):
+        if count > limit:
+            raise UserError(f"layer {layer['digest']}: more than {limit} entries (set by {MAX_ENTRIES_ENV}); "
+                            "refusing it")
+    kinds = _KINDS_BY_CODE
+    return [Entry(path_, kinds[kind], mode, uid, gid, size, linkname, devmajor, devminor,
+                  FileRegion(tars[where], offset, size) if where >= 0 else None, mtime, xattrs, source, location,
+                  uname, gname)
+            for (path_, kind, mode, uid, gid, size, linkname, devmajor, devminor, where, offset, mtime, xattrs,
+                 source, location, uname, gname) in rows]
+
+
 def layer_entries(cache: Cache, layer: dict[str, Any], diff_id: str | None = None) -> list[Entry]:
     """The members of a cached layer as Entries (in tar order) with FileRegion data into its unpacked tar."""
     hexdigest = _hex(layer)
@@ -483,7 +566,8 @@ def region_entries(cache: Cache, region: FileRegion, label: str) -> list[Entry]:
 def _check_entry_limit(entries: list[Entry], layer: dict[str, Any]) -> None:
     limit = env_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES)
     if len(entries) > limit:
-        raise UserError(f"layer {layer['digest']}: more than {limit} entries (set by {MAX_ENTRIES_ENV}); refusing it")
+        raise UserError(f"layer {layer['digest']}: more than {limit} entries (set by {MAX_ENTRIES_ENV}); "
+                        "refusing it")
 
 
 def image_layers(image: Image) -> list[tuple[dict[str, Any], str | None]]:
@@ -496,12 +580,13 @@ def image_layers(image: Image) -> list[tuple[dict[str, Any], str | None]]:
 
 
 def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | None]],
-                  workers: int | None = None, hash_files: bool = False) -> dict[str, list[Entry]]:
+                  workers: int | None = None, hash_files: bool = False, load: bool = True) -> dict[str, list[Entry]]:
     """layer_entries() of every (layer, diff_id), several layers at a time; keyed by layer digest.
 
     Cold layers are decompressed, checked and indexed in parallel (largest first, so the
-    longest job starts first); warm ones only load their index. With `hash_files`, each layer's
-    files are also hashed for the SBOM (hash_layer_files) once it is indexed.
+    longest job starts first); warm ones only load their index, and not even that without `load`
+    (then their entries are []). With `hash_files`, each layer's files are also hashed for the SBOM
+    (hash_layer_files) once it is indexed.
     """
     unique: dict[str, tuple[dict[str, Any], str | None]] = {}
     for layer, diff_id in layers:
@@ -510,9 +595,13 @@ def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | Non
     workers = UNPACK_WORKERS if workers is None else workers
 
     def job(layer: dict[str, Any], diff_id: str | None) -> list[Entry]:
+        tar = layer_tar_path(cache, layer)
+        if not load and tar.is_file() and tar.with_suffix(".json").is_file() and (
+                not hash_files or sbom_hashes_path(cache, str(tar)).exists()):
+            return []  # unpacked and indexed already: whoever needs its entries loads them
         entries = layer_entries(cache, layer, diff_id)
         if hash_files:
-            hash_layer_files(cache, layers_dir(cache) / f"{_hex(layer)}.tar", entries)
+            hash_layer_files(cache, tar, entries)
         return entries
 
     if workers <= 1 or len(jobs) <= 1:
@@ -528,5 +617,7 @@ def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | Non
 
 
 def unpack_images(cache: Cache, images: Iterable[Image], workers: int | None = None, hash_files: bool = False) -> None:
-    """Unpack and index the layers of all `images` in parallel, before they are flattened one by one."""
-    unpack_layers(cache, [pair for image in images for pair in image_layers(image)], workers, hash_files)
+    """Unpack and index the layers of all `images` in parallel, before they are flattened one by one (a layer
+    unpacked and indexed already is left as it is: its index is loaded when an image needs it)."""
+    unpack_layers(cache, [pair for image in images for pair in image_layers(image)], workers, hash_files,
+                  load=False)

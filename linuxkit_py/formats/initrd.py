@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from linuxkit_py.archive.blockcache import DeflateBlockCache
 from linuxkit_py.archive.compress import compressed_writer
@@ -135,15 +135,24 @@ def kernel_initrd_digests(rootfs: Rootfs) -> list[str | None]:
     """What NAME-kernel, NAME-initrd.img and NAME-cmdline are made of (Format.input_digests): the kernel's
     bytes, every initrd entry (metadata and bytes) with the ucode, the command line."""
     boot = rootfs_boot(rootfs)
-    identity = rootfs.addresses.identity
+    addresses = rootfs.addresses
+    identity, addressed = addresses.identity, addresses.addressed
     initrd = hashlib.sha256(b"ucode " + (identity(boot.ucode.data) if boot.ucode is not None else b"none"))
-    no_data = identity(None)
+    dumps, update = marshal.dumps, initrd.update
+    # Per entry: its kind, its other fields and what names its bytes: the bytes themselves when held in
+    # memory, (path, offset, size) in a content-addressed file, else ("sha256", digest), read now.
     # marshal (format 2: no back-references, so the bytes depend on the values only) is the quickest
-    # exact encoding of an entry's fields; the tool's code digest, part of every key, names the Python
+    # exact encoding of them; the tool's code digest, part of every key, names the Python.
     for entry in boot.initrd:
         data = entry.data
-        initrd.update(marshal.dumps((entry.kind.value, _metadata(entry), no_data if data is None else identity(data)),
-                                    2))
+        named: Any
+        if data is None or data.__class__ is bytes:
+            named = data
+        elif isinstance(data, FileRegion) and (path := addressed(data.path)) is not None:
+            named = (path, data.offset, data.size)
+        else:
+            named = ("sha256", identity(data))
+        update(dumps((entry.kind.value, _metadata(entry), named), 2))
     return [identity(boot.kernel.data).decode("utf-8", "surrogateescape"), initrd.hexdigest(),
             hashlib.sha256(boot.cmdline).hexdigest()]
 

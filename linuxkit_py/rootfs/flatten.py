@@ -22,14 +22,24 @@ output order) plus HARDLINK entries pointing at it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import deque
 from dataclasses import replace
 
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.cache.image import Image
-from linuxkit_py.cache.layers import image_layers, unpack_layers
+from linuxkit_py.cache.layers import (
+    flat_memo_path,
+    image_layers,
+    layer_tar_path,
+    load_flat_memo,
+    save_flat_memo,
+    unpack_layers,
+)
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
+from linuxkit_py.uptodate import code_digest
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -216,10 +226,26 @@ def flatten_layers(layers: list[list[Entry]], labels: list[str] | None = None) -
     return tree.entries()
 
 
+FLAT_MEMO_VERSION = 1  # what the kept flattened images are keyed by, besides the code
+
+
 def flatten_image(cache: Cache, image: Image) -> list[Entry]:
-    """The flattened root filesystem of a cached image (layers unpacked and indexed once, then reused)."""
+    """The flattened root filesystem of a cached image (layers unpacked and indexed once, then reused).
+
+    The result is kept (cache/layers.py, "flattened images, kept") under a key of the layers' digests and
+    this tool's code: a warm build loads it instead of the layers' indexes."""
     layers = image_layers(image)
+    descriptors = [layer for layer, _ in layers]
+    key = hashlib.sha256(json.dumps([FLAT_MEMO_VERSION, code_digest(), [layer["digest"] for layer in descriptors]])
+                         .encode()).hexdigest()
+    memo = flat_memo_path(cache, key)
+    tars = [str(layer_tar_path(cache, layer)) for layer in descriptors]
+    entries = load_flat_memo(memo, tars, descriptors)
+    if entries is not None:
+        return entries
     by_digest = unpack_layers(cache, layers)
-    entries = [by_digest[layer["digest"]] for layer, _ in layers]
-    labels = [f"{image.ref}: layer {layer['digest']}" for layer, _ in layers]
-    return flatten_layers(entries, labels)
+    per_layer = [by_digest[layer["digest"]] for layer in descriptors]
+    labels = [f"{image.ref}: layer {layer['digest']}" for layer in descriptors]
+    entries = flatten_layers(per_layer, labels)
+    save_flat_memo(memo, entries, tars, [len(members) for members in per_layer])
+    return entries

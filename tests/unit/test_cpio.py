@@ -127,6 +127,21 @@ def test_file_over_4_gib_is_refused_before_writing(tmp_path: Path) -> None:
     assert buf.getvalue() == b""
 
 
+@pytest.mark.parametrize(("field", "value"), [("uid", 1 << 32), ("gid", -1), ("devmajor", 1 << 40)])
+def test_a_header_field_newc_cannot_hold_is_named(field: str, value: int) -> None:
+    entry = Entry("dev/odd", Kind.CHAR if field == "devmajor" else Kind.FILE, 0o600, **{field: value})
+    with pytest.raises(ValueError, match=f"cpio header field out of range: {value}"):
+        _cpio([Entry("dev", Kind.DIR, 0o755), entry])
+
+
+def test_every_name_length_is_padded_as_gnu_cpio_reads_it(tmp_path: Path) -> None:
+    """Header + name + NUL end on a 4-byte boundary for each name length mod 4 (the hot loop's table)."""
+    entries = [Entry("d", Kind.DIR, 0o755)]
+    entries += [Entry("d/" + "n" * n, Kind.FILE, 0o644, size=n, data=b"x" * n) for n in range(1, 9)]
+    listing = subprocess.run(["cpio", "-it", "--quiet"], input=_cpio(entries), capture_output=True, check=True)
+    assert listing.stdout.decode().split() == [e.path for e in entries]
+
+
 def test_hard_link_without_its_file_is_a_bug() -> None:
     with pytest.raises(ValueError, match="hard link b -> a: no regular file before it"):
         _cpio([Entry("b", Kind.HARDLINK, 0o644, linkname="a")])

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,3 +233,71 @@ def test_a_directory_replaced_between_its_members_is_made_again(tmp_path: Path) 
     assert [(e.path, e.kind) for e in entries] == [
         ("d", Kind.DIR), ("d/y", Kind.FILE), ("lib", Kind.SYMLINK), ("usr", Kind.DIR), ("usr/lib", Kind.DIR),
         ("usr/lib/b", Kind.FILE)]
+
+
+# -- the kept flattened image (derived/flat/) -----------------------------------------------------------------
+
+KEPT_LAYERS = [
+    [D("etc"), F("etc/a", "a" * 70_000), F("etc/b", "b"), L("etc/l", "a"), H("etc/h", "etc/a"), D("gone")],
+    [D("etc"), WH("gone"), F("etc/b", "b again"), F("etc/c", "c", mode=0o600, uid=7, gid=8)],
+]
+
+
+def _kept_image(tmp_path: Path) -> tuple[Cache, Any]:
+    layout = Layout(tmp_path / "layout")
+    layout.add_image("kept", ImageSpec(layers=[tar_layer(*members) for members in KEPT_LAYERS]))
+    cache = Cache(layout.root)
+    image = load_cached_image(cache, "kept", "amd64")
+    assert image is not None
+    return cache, image
+
+
+def _kept_files(cache: Cache) -> list[Path]:
+    return sorted((cache.derived_dir / "flat").glob("*.marshal"))
+
+
+def test_a_warm_flatten_loads_the_kept_image_not_the_layer_indexes(tmp_path: Path) -> None:
+    cache, image = _kept_image(tmp_path)
+    first = flatten_image(cache, image)
+    assert len(_kept_files(cache)) == 1
+    indexes = sorted((cache.derived_dir / "layers").glob("*.json"))
+    assert len(indexes) == 2
+    for index in indexes:
+        index.unlink()  # a warm build that still read them would index the layers again
+    again = flatten_image(cache, image)
+    assert again == first  # every field, regions included
+    assert not list((cache.derived_dir / "layers").glob("*.json"))
+    assert [(e.path, read_data(e.data)) for e in again if e.kind is Kind.FILE] == [
+        ("etc/a", b"a" * 70_000), ("etc/b", b"b again"), ("etc/c", b"c")]
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "not ours"])
+def test_a_damaged_kept_image_is_a_miss_and_is_written_again(tmp_path: Path, damage: str) -> None:
+    cache, image = _kept_image(tmp_path)
+    first = flatten_image(cache, image)
+    (kept,) = _kept_files(cache)
+    good = kept.read_bytes()
+    bad = {"flip a byte": good[:-5] + bytes([good[-5] ^ 1]) + good[-4:], "truncate": good[: len(good) // 2],
+           "not ours": b"\x00" * len(good)}[damage]
+    kept.write_bytes(bad)
+    assert flatten_image(cache, image) == first
+    assert kept.read_bytes() == good
+
+
+def test_a_kept_image_is_not_used_when_a_layer_tar_changed(tmp_path: Path) -> None:
+    cache, image = _kept_image(tmp_path)
+    flatten_image(cache, image)
+    tar = next((cache.derived_dir / "layers").glob("*.tar"))
+    with tar.open("ab") as f:
+        f.write(b"\0" * 512)  # another size: the regions the kept entries name may not hold what they did
+    again = flatten_image(cache, image)
+    assert [(e.path, read_data(e.data)) for e in again if e.kind is Kind.FILE] == [
+        ("etc/a", b"a" * 70_000), ("etc/b", b"b again"), ("etc/c", b"c")]
+
+
+def test_a_kept_image_still_obeys_a_lowered_entry_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, image = _kept_image(tmp_path)
+    flatten_image(cache, image)
+    monkeypatch.setenv("LINUXKIT_PY_MAX_LAYER_ENTRIES", "4")
+    with pytest.raises(UserError, match=f"^layer {image.layers[0]['digest']}: more than 4 entries"):
+        flatten_image(cache, image)
