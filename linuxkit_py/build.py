@@ -15,7 +15,13 @@ from typing import BinaryIO
 
 from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.cache.image import Image
-from linuxkit_py.cache.layers import forget_decoded_indexes, layers_dir, unpack_images
+from linuxkit_py.cache.layers import (
+    KnownFileHashes,
+    forget_decoded_indexes,
+    forget_deferred_layers,
+    layers_dir,
+    unpack_images,
+)
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import KEPT, AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
@@ -43,6 +49,8 @@ log = logging.getLogger("linuxkit_py")
 
 # Files several formats write with the same bytes (kernel+initrd, kernel+squashfs, kernel+erofs).
 SAME_IN_EVERY_FORMAT = frozenset({"-kernel", "-cmdline"})
+# Formats that read a file's bytes only to deflate a block the block cache lacks (and the kernel's).
+READS_WHAT_MISSES = frozenset({"kernel+initrd", "tar-kernel-initrd"})
 SBOM_RECORD = "sbom"  # the name NAME.spdx.json is recorded under beside the formats' (uptodate.py)
 
 # LinuxKit's fixed modification time for generated entries (2017-04-18T16:30:00Z).
@@ -197,6 +205,13 @@ def _check_verity(formats: list[Format], opts: BuildOptions) -> None:
 
 def build(opts: BuildOptions) -> list[Path]:
     """Run a build; returns the files written (nothing for --dry-run or -o -)."""
+    try:
+        return _build(opts)
+    finally:
+        forget_deferred_layers()  # layers this build left packed are made by the next one that reads them
+
+
+def _build(opts: BuildOptions) -> list[Path]:
     cache = Cache(opts.cache_dir or default_cache())
     arch = normalize_arch(opts.arch)
     formats = [] if opts.dry_run else _formats(opts)
@@ -244,9 +259,14 @@ def build(opts: BuildOptions) -> list[Path]:
             shared.push(packages.directories, layer_digests, [], None)
         return []
     fetched = shared.fetch(layer_digests, deflate_tags if todo else []) if shared is not None else None
+    # Outputs that read only the kernel and the bytes of the deflate blocks the cache lacks leave a layer they
+    # have the index of (from --cache-from) packed until something reads it (cache/layers.py, defer_layer).
+    defer = bool(formats) and all(fmt.name in READS_WHAT_MISSES for fmt in formats)
+    if fetched is not None and defer:
+        fetched.indexes()
     # every image's layers decompressed and indexed in parallel; their files hashed for the SBOM meanwhile,
     # unless a shared cache brings those hashes
-    unpack_images(cache, images.values(), hash_files=opts.sbom and shared is None)
+    unpack_images(cache, images.values(), hash_files=opts.sbom and shared is None, defer=defer)
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     forget_decoded_indexes()  # placed: the layers' own entries are not needed again
     if opts.decompress_kernel:
@@ -263,6 +283,7 @@ def build(opts: BuildOptions) -> list[Path]:
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
                     compression_keys=set() if opts.cache_to else None,
                     content_addressed=(layers_dir(cache), cache.derived_dir / KERNEL_SUBDIR),
+                    known_sha256=KnownFileHashes(cache).sha256,
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
                                           verity=opts.verity, ab=_ab_layout(opts, epoch)))
     if opts.output is not None:

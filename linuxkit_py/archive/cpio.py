@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import stat
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from linuxkit_py.archive.entry import ContentReader, Entry, FileRegion, Kind
@@ -137,7 +137,8 @@ class _Links:
         self.subdirs = Counter(path.rpartition("/")[0] for path in dirs)
 
 
-def link_identical_files(entries: Sequence[Entry], min_size: int = SHARE_MIN_SIZE) -> list[Entry]:
+def link_identical_files(entries: Sequence[Entry], min_size: int = SHARE_MIN_SIZE,
+                         known_sha256: Callable[[FileRegion], bytes | None] | None = None) -> list[Entry]:
     """`entries` with each later copy of a regular file turned into a hard link to the first copy.
 
     A copy has the same bytes, permission bits, owner and group (a newc member carries nothing more
@@ -146,6 +147,7 @@ def link_identical_files(entries: Sequence[Entry], min_size: int = SHARE_MIN_SIZ
     An initramfs that holds one name per copy unpacks the same files; the initrd holds the bytes
     once. Nothing writes to a file of the image through one name and reads another: rc.init makes
     the root read-only, and containers see their root through overlay or read-only mounts.
+    `known_sha256` gives the SHA256 of a region when it is known without reading it (None when not).
     """
     groups: dict[tuple[int, int, int, int], list[int]] = {}
     for i, entry in enumerate(entries):
@@ -158,10 +160,14 @@ def link_identical_files(entries: Sequence[Entry], min_size: int = SHARE_MIN_SIZ
             if len(members) < 2:
                 continue
             for i in members:
-                digest = hashlib.sha256()
-                for chunk in reader.chunks(entries[i].data):
-                    digest.update(chunk)
-                target = first.setdefault((key, digest.digest()), entries[i].path)
+                data = entries[i].data
+                sha256 = known_sha256(data) if known_sha256 is not None and isinstance(data, FileRegion) else None
+                if sha256 is None:
+                    digest = hashlib.sha256()
+                    for chunk in reader.chunks(data):
+                        digest.update(chunk)
+                    sha256 = digest.digest()
+                target = first.setdefault((key, sha256), entries[i].path)
                 if target != entries[i].path:
                     links[i] = target
     if not links:

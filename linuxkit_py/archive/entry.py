@@ -113,6 +113,32 @@ def read_data(data: Data | None) -> bytes:
 
 MAX_OPEN_FILES = 64
 
+# Files made when something first reads them (cache/layers.py leaves a layer packed until then, in a
+# `build --cache-from` that brought the layer's index): path -> what makes the file.
+_MADE_ON_READ: dict[str, Callable[[], None]] = {}
+
+
+def make_on_read(path: str, make: Callable[[], None]) -> None:
+    """Have open_content(path) call `make()` (which must create `path`, and may be called from any thread,
+    more than once) when the file does not exist yet."""
+    _MADE_ON_READ[path] = make
+
+
+def forget_made_on_read() -> None:
+    _MADE_ON_READ.clear()
+
+
+def open_content(path: str) -> int:
+    """os.open(path, O_RDONLY), making the file first if it is one make_on_read named."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        make = _MADE_ON_READ.get(path)
+        if make is None:
+            raise
+    make()
+    return os.open(path, os.O_RDONLY)
+
 
 class ContentReader:
     """`chunks(data)` yields the bytes of an entry's data; use as a context manager.
@@ -140,7 +166,7 @@ class ContentReader:
         if fd is not None:
             self._fds.move_to_end(path)
             return fd
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_content(path)
         self._fds[path] = fd
         if len(self._fds) > MAX_OPEN_FILES:
             os.close(self._fds.popitem(last=False)[1])

@@ -6,7 +6,7 @@ import io
 import os
 from typing import BinaryIO
 
-from linuxkit_py.archive.entry import Data, FileRegion
+from linuxkit_py.archive.entry import Data, FileRegion, open_content
 
 
 class RegionFile(io.RawIOBase):
@@ -14,7 +14,7 @@ class RegionFile(io.RawIOBase):
 
     def __init__(self, path: str, offset: int, size: int) -> None:
         super().__init__()
-        self._fd = os.open(path, os.O_RDONLY)
+        self._fd = open_content(path)
         self._start = offset
         self._size = size
         self._pos = 0

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind, open_content
 from linuxkit_py.errors import UserError
 
 BLOCK = 512
@@ -328,7 +328,7 @@ def read_tar_entries(source: str | Path | FileRegion, label: str, max_entries: i
     else:
         path, start, end = str(source), 0, -1
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_content(path)
     except OSError as exc:
         raise UserError(f"{label}: cannot read {path}: {exc.strerror}") from exc
     try:

@@ -14,6 +14,7 @@ import fcntl
 import gzip
 import hashlib
 import json
+import logging
 import marshal
 import os
 import struct
@@ -26,7 +27,7 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
-from linuxkit_py.archive.entry import Entry, FileRegion, Kind
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind, forget_made_on_read, make_on_read
 from linuxkit_py.archive.tarindex import (
     DEFAULT_MAX_ENTRIES,
     MAX_ENTRIES_ENV,
@@ -49,6 +50,7 @@ except ImportError:  # no ISA-L wheel for this machine: zlib
 CORRUPT_LAYER_ERRORS: tuple[type[BaseException], ...] = (
     OSError, EOFError, zlib.error, zstandard.ZstdError, ValueError, *ISAL_ERRORS)
 
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 INDEX_VERSION = 1
@@ -121,6 +123,31 @@ def hash_layer_files(cache: Cache, tar_path: Path, entries: list[Entry]) -> None
     with contextlib.suppress(OSError):
         target.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(target, iter([json.dumps(table, sort_keys=True, separators=(",", ":")).encode()]))
+
+
+class KnownFileHashes:
+    """The SHA256 of a region of an unpacked layer tar, from the SBOM's table of that layer (hash_layer_files;
+    fetched by `--cache-from`), without reading the file: None when the table does not have it."""
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+        self._tables: dict[str, dict[str, Any]] = {}
+
+    def sha256(self, region: FileRegion) -> bytes | None:
+        table = self._tables.get(region.path)
+        if table is None:
+            try:
+                loaded = json.loads(sbom_hashes_path(self._cache, region.path).read_bytes())
+            except (OSError, ValueError):
+                loaded = None
+            table = self._tables[region.path] = loaded if isinstance(loaded, dict) else {}
+        row = table.get(f"{region.offset}:{region.size}")
+        if not isinstance(row, list) or len(row) != 2 or not isinstance(row[1], str) or len(row[1]) != 64:
+            return None
+        try:
+            return bytes.fromhex(row[1])
+        except ValueError:
+            return None
 
 
 def _hex(layer: dict[str, Any]) -> str:
@@ -417,14 +444,21 @@ def forget_decoded_indexes() -> None:
 
 
 def load_entry_index(index_path: Path, tar_path: Path) -> list[Entry] | None:
-    """The persisted entries, or None when missing, stale or unreadable (then it is rebuilt)."""
+    """The persisted entries, or None when missing, stale or unreadable (then it is rebuilt). The index of a
+    layer left packed (defer_layer) is taken as it is: its tar is checked against it once it is made."""
     try:
-        st, tar_size = index_path.stat(), tar_path.stat().st_size
+        st = index_path.stat()
+        try:
+            tar_size = tar_path.stat().st_size
+        except FileNotFoundError:
+            if str(tar_path) not in _DEFERRED:
+                return None
+            tar_size = DEFERRED_SIZE
         memo = (str(index_path), st.st_size, st.st_mtime_ns, st.st_ino, tar_size)
         if memo in _DECODED:
             return list(_DECODED[memo])
         doc = json.loads(index_path.read_bytes())
-        if doc.get("version") != INDEX_VERSION or doc.get("tar_size") != tar_size:
+        if doc.get("version") != INDEX_VERSION or tar_size != DEFERRED_SIZE and doc.get("tar_size") != tar_size:
             return None
         tar = str(tar_path)
         entries = [_decode(row, tar) for row in doc["entries"]]
@@ -521,6 +555,55 @@ def load_flat_memo(path: Path, tars: list[str], layers: list[dict[str, Any]]) ->
                  source, location, uname, gname) in rows]
 
 
+# -- layers left packed until read ------------------------------------------------------------------
+#
+# A build whose outputs read only some files (kernel+initrd: the kernel and the bytes of deflate blocks the
+# block cache lacks) need not decompress a layer whose index it already has, from `--cache-from`: the
+# layer is left packed (its blob is in the cache) and decompressed, its diff_id checked, the first time
+# something opens its tar (archive/entry.py, make_on_read). Its tar must then have the size its index
+# says, or the build stops with an error naming the layer (and the index is removed: the next build
+# makes its own).
+
+DEFERRED_SIZE = -2  # the tar size load_entry_index takes for a layer left packed
+_DEFERRED: set[str] = set()  # the tar paths of layers left packed
+_DEFERRED_LOCK = threading.Lock()
+
+
+def defer_layer(cache: Cache, layer: dict[str, Any], diff_id: str | None) -> bool:
+    """Leave `layer` packed until its tar is read, when its index is here and its tar is not; True if so."""
+    tar = layer_tar_path(cache, layer)
+    index = tar.with_suffix(".json")
+    if tar.exists() or not index.is_file():
+        return False
+    path = str(tar)
+
+    def make() -> None:
+        with _DEFERRED_LOCK:  # one decompression at a time: the reader that asked waits for it either way
+            if tar.exists():
+                return
+            log.info("layer %s: decompressing it now (first read)", layer["digest"])
+            unpacked_layer(cache, layer, diff_id)
+            try:
+                expected = json.loads(index.read_bytes()).get("tar_size")
+            except (OSError, ValueError):
+                expected = None
+            size = tar.stat().st_size
+            if expected != size:
+                with contextlib.suppress(OSError):
+                    index.unlink()
+                raise UserError(f"layer {layer['digest']}: its index (from --cache-from) is of a {expected}-byte "
+                                f"tar, the layer's is {size} bytes", hint="the index was removed: build again")
+
+    _DEFERRED.add(path)
+    make_on_read(path, make)
+    return True
+
+
+def forget_deferred_layers() -> None:
+    _DEFERRED.clear()
+    forget_made_on_read()
+
+
 def layer_entries(cache: Cache, layer: dict[str, Any], diff_id: str | None = None) -> list[Entry]:
     """The members of a cached layer as Entries (in tar order) with FileRegion data into its unpacked tar."""
     hexdigest = _hex(layer)
@@ -580,13 +663,15 @@ def image_layers(image: Image) -> list[tuple[dict[str, Any], str | None]]:
 
 
 def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | None]],
-                  workers: int | None = None, hash_files: bool = False, load: bool = True) -> dict[str, list[Entry]]:
+                  workers: int | None = None, hash_files: bool = False, load: bool = True,
+                  defer: bool = False) -> dict[str, list[Entry]]:
     """layer_entries() of every (layer, diff_id), several layers at a time; keyed by layer digest.
 
     Cold layers are decompressed, checked and indexed in parallel (largest first, so the
     longest job starts first); warm ones only load their index, and not even that without `load`
     (then their entries are []). With `hash_files`, each layer's files are also hashed for the SBOM
-    (hash_layer_files) once it is indexed.
+    (hash_layer_files) once it is indexed. With `defer`, a layer with an index but no tar is left packed
+    until read (defer_layer; its entries are []).
     """
     unique: dict[str, tuple[dict[str, Any], str | None]] = {}
     for layer, diff_id in layers:
@@ -596,9 +681,11 @@ def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | Non
 
     def job(layer: dict[str, Any], diff_id: str | None) -> list[Entry]:
         tar = layer_tar_path(cache, layer)
-        if not load and tar.is_file() and tar.with_suffix(".json").is_file() and (
-                not hash_files or sbom_hashes_path(cache, str(tar)).exists()):
+        hashed = not hash_files or sbom_hashes_path(cache, str(tar)).exists()
+        if not load and hashed and tar.is_file() and tar.with_suffix(".json").is_file():
             return []  # unpacked and indexed already: whoever needs its entries loads them
+        if defer and hashed and defer_layer(cache, layer, diff_id):
+            return []  # indexed, left packed until read
         entries = layer_entries(cache, layer, diff_id)
         if hash_files:
             hash_layer_files(cache, tar, entries)
@@ -616,8 +703,10 @@ def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | Non
             raise
 
 
-def unpack_images(cache: Cache, images: Iterable[Image], workers: int | None = None, hash_files: bool = False) -> None:
+def unpack_images(cache: Cache, images: Iterable[Image], workers: int | None = None, hash_files: bool = False,
+                  defer: bool = False) -> None:
     """Unpack and index the layers of all `images` in parallel, before they are flattened one by one (a layer
-    unpacked and indexed already is left as it is: its index is loaded when an image needs it)."""
+    unpacked and indexed already is left as it is: its index is loaded when an image needs it). With
+    `defer`, a layer whose index is here but not its tar is left packed until something reads it."""
     unpack_layers(cache, [pair for image in images for pair in image_layers(image)], workers, hash_files,
-                  load=False)
+                  load=False, defer=defer)

@@ -16,7 +16,7 @@ from typing import BinaryIO, cast
 
 from linuxkit_py.arch import Arch, get_arch
 from linuxkit_py.archive.blockcache import ContentAddressed, DeflateBlockCache
-from linuxkit_py.archive.entry import Entry
+from linuxkit_py.archive.entry import Entry, FileRegion
 from linuxkit_py.errors import UserError
 from linuxkit_py.sign import Signer
 
@@ -68,6 +68,8 @@ class Rootfs:
     # Directories whose files are never rewritten with other bytes (the cache's unpacked layers): the
     # block cache names their regions by place instead of reading them (archive/blockcache.py).
     content_addressed: tuple[Path, ...] = ()
+    # The SHA256 of a file region when it is known without reading it (the SBOM's tables of the cache's layers).
+    known_sha256: Callable[[FileRegion], bytes | None] | None = None
 
     @functools.cached_property
     def addresses(self) -> ContentAddressed:

@@ -14,7 +14,7 @@ import marshal
 import operator
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, BinaryIO, cast
 
@@ -93,7 +93,8 @@ def rootfs_boot(rootfs: Rootfs) -> BootSplit:
 
 def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compression: str = "gzip",
                  level: int | None = None, threads: int | None = None, ucode: Entry | None = None,
-                 block_cache: DeflateBlockCache | None = None) -> None:
+                 block_cache: DeflateBlockCache | None = None,
+                 known_sha256: Callable[[FileRegion], bytes | None] | None = None) -> None:
     """Write `entries` as a compressed newc cpio initramfs, after the uncompressed `ucode` cpio if given.
 
     `compression` is "gzip" (parallel, deterministic; zlib-ng, default level 4) or "zstd" (default level 3);
@@ -102,7 +103,7 @@ def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compres
     check_cpio_sizes(entries)
     if ucode is not None:
         _copy(ucode, out)
-    entries = link_identical_files(entries)
+    entries = link_identical_files(entries, known_sha256=known_sha256)
     sink = compressed_writer(out, compression, level, threads, block_cache)
     try:
         write_cpio(entries, sink, epoch)
@@ -126,7 +127,7 @@ def write_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str =
         _copy(boot.kernel, kernel_out)
     if initrd_out is not KEPT:
         write_initrd(boot.initrd, initrd_out, rootfs.epoch, compression=compression, ucode=boot.ucode,
-                     block_cache=rootfs.block_cache())
+                     block_cache=rootfs.block_cache(), known_sha256=rootfs.known_sha256)
     if cmdline_out is not KEPT:
         cmdline_out.write(boot.cmdline)
 
@@ -174,7 +175,7 @@ def write_tar_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: s
     directory = os.path.dirname(name) if isinstance(name, str) and os.path.isabs(name) else None
     with tempfile.NamedTemporaryFile(prefix=".initrd-", suffix=".tmp", dir=directory) as initrd:
         write_initrd(boot.initrd, cast(BinaryIO, initrd), rootfs.epoch, compression=compression,
-                     block_cache=rootfs.block_cache())
+                     block_cache=rootfs.block_cache(), known_sha256=rootfs.known_sha256)
         initrd.flush()
         size = initrd.tell()
         members = [

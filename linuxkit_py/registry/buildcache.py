@@ -174,6 +174,23 @@ class Taken:
         return f"{self.packages} packages, {self.layers} layer indexes, {self.blocks} deflate blocks"
 
 
+class Fetching:
+    """What RegistryBuildCache.fetch started: `indexes()` waits for the layer indexes, calling it for all."""
+
+    def __init__(self, threads: list[threading.Thread], done: Callable[[], None]) -> None:
+        self._threads = threads
+        self._done = done
+
+    def indexes(self) -> None:
+        if self._threads:
+            self._threads[0].join()
+
+    def __call__(self) -> None:
+        for thread in self._threads:
+            thread.join()
+        self._done()
+
+
 @dataclass
 class RegistryBuildCache:
     """One build's --cache-from and --cache-to; faults on the cache end its use, never the build."""
@@ -305,25 +322,28 @@ class RegistryBuildCache:
                     self.cache.remove_ref(remote_ref)
                     self.taken.packages += 1
 
-    def fetch(self, layer_digests: Iterable[str], deflate_keys: list[str]) -> Callable[[], None]:
+    def fetch(self, layer_digests: Iterable[str], deflate_keys: list[str]) -> Fetching:
         """Start fetching the layer indexes and deflated blocks the local cache lacks, while the layers are
-        unpacked; call the result before compressing: it waits for them and logs one line of what came.
+        unpacked; call the result before compressing: it waits for them and logs one line of what came
+        (`indexes()` waits for the layer indexes only).
 
         A layer unpacked before its index arrives is indexed here as without the option (both are written
         atomically; one made here replaces a fetched one, never the other way), so the race costs time, never
         bytes."""
         source = self.source
         if source is None:
-            return lambda: None
-        blocks = threading.Thread(target=self._from, name="cache-from", daemon=True,
-                                  args=([*self._layer_jobs(layer_digests), *self._deflate_jobs(deflate_keys)],))
+            return Fetching([], lambda: None)
+        indexes = threading.Thread(target=self._from, name="cache-from-indexes", daemon=True,
+                                   args=(self._layer_jobs(layer_digests),))
+        blocks = threading.Thread(target=self._from, name="cache-from-blocks", daemon=True,
+                                  args=(self._deflate_jobs(deflate_keys),))
+        indexes.start()
         blocks.start()
 
-        def wait() -> None:
-            blocks.join()
+        def done() -> None:
             if self._usable("--cache-from"):
                 log.warning("--cache-from %s: took %s", source.text, self.taken)
-        return wait
+        return Fetching([indexes, blocks], done)
 
     def _layer_jobs(self, layer_digests: Iterable[str]) -> list[Callable[[RegistryClient, Cache], None]]:
         """The member index and SBOM hashes of every layer not indexed locally yet."""

@@ -4,6 +4,7 @@ empty cache starts warm (no package build, blocks not deflated again), and fault
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from collections.abc import Iterator
@@ -99,8 +100,8 @@ def test_a_second_builder_starts_warm_from_the_registry(spec_dir: Path, registry
     assert took is not None, stderr
     packages, layers, taken_blocks = map(int, took.groups())
     assert packages == 1
-    # of the 4 layers (kernel, data image's 2, package), those whose index came before the build unpacked them
-    assert 0 <= layers <= 4
+    # the 4 layers' (kernel, data image's 2, package): a kernel+initrd build waits for them before it unpacks
+    assert layers == 4
     assert taken_blocks == len(blocks(cache_a)) > 4
     assert blocks(cache_b) == blocks(cache_a)  # every block came from the registry, none was deflated again
     assert verify_cache(Cache(cache_b)).problems == []
@@ -217,3 +218,77 @@ def test_pkg_build_takes_the_package_from_the_cache(spec_dir: Path, registry: Re
     name = done.stdout.decode().strip()
     assert f"docker.io/{name} is already in the cache" in stderr
     assert Cache(cache).get_ref(f"docker.io/{name}") == Cache(builder_a[0]).get_ref(f"docker.io/{name}")
+
+
+def _packed(cache: Path) -> set[str]:
+    """The layers whose index is in the cache but not their tar (left packed until something reads them)."""
+    layers = cache / "linuxkit-py" / "layers"
+    return {p.stem for p in layers.glob("*.json") if "." not in p.stem and not p.with_suffix(".tar").exists()}
+
+
+def _edited(spec_dir: Path, command: str) -> Path:
+    """system.yml with a command for the data container: its config.json changes, so do the deflate blocks around
+    it, which hold the start of the data image's 3 MiB file."""
+    text = (spec_dir / "system.yml").read_text()
+    edited = spec_dir / f"edited-{command}.yml"
+    edited.write_text(text + f'    command: ["/bin/{command}"]\n')
+    return edited
+
+
+def _build_spec(spec: Path, cache: Path, out: Path, *options: str) -> tuple[int, str]:
+    done = run_cli("build", "--cache", cache, "--dir", out, *options, spec, cwd=spec.parent)
+    return done.returncode, done.stderr.decode()
+
+
+def test_a_second_builder_decompresses_only_the_layers_it_reads(spec_dir: Path, registry: RegistryProcess,
+                                                                builder_a: tuple[Path, bytes], tmp_path: Path) -> None:
+    """kernel+initrd with --cache-from: the kernel's layer is decompressed (its kernel is copied), the others wait
+    packed until an edit needs bytes the block cache lacks, or a format reads every file; the bytes are always
+    those of a build that decompressed everything."""
+    cache = tmp_path / "builder-b"
+    _, initrd = build(spec_dir, cache, tmp_path / "out", "--cache-from", f"{registry.host}/ci/cache")
+    assert initrd == builder_a[1]
+    packed = _packed(cache)
+    assert len(packed) == 3  # the data image's 2 layers and the package's; not the kernel's
+    assert all(Cache(cache).blob_path(f"sha256:{hex_}").is_file() for hex_ in packed)
+    assert verify_cache(Cache(cache)).problems == []
+
+    edited = _edited(spec_dir, "false")
+    rc, stderr = _build_spec(edited, cache, tmp_path / "edit")
+    assert rc == 0, stderr
+    rc, stderr = _build_spec(edited, tmp_path / "scratch", tmp_path / "edit-scratch")
+    assert rc == 0, stderr
+    assert (tmp_path / "edit" / f"{edited.stem}-initrd.img").read_bytes() == \
+        (tmp_path / "edit-scratch" / f"{edited.stem}-initrd.img").read_bytes()
+    assert len(_packed(cache)) < len(packed)  # the data layer was decompressed for the blocks that changed
+
+    for directory, where in ((cache, "tar"), (tmp_path / "scratch", "tar-scratch")):
+        rc, stderr = _build_spec(spec_dir / "system.yml", directory, tmp_path / where, "-f", "tar")
+        assert rc == 0, stderr
+    assert (tmp_path / "tar" / "system.tar").read_bytes() == (tmp_path / "tar-scratch" / "system.tar").read_bytes()
+    assert _packed(cache) == set()  # a format that reads every file decompresses every layer
+    assert verify_cache(Cache(cache)).problems == []
+
+
+def test_a_fetched_index_that_does_not_fit_its_layer_stops_the_build_once(
+        spec_dir: Path, registry: RegistryProcess, builder_a: tuple[Path, bytes], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    build(spec_dir, cache, tmp_path / "out", "--cache-from", f"{registry.host}/ci/cache")
+    layers = cache / "linuxkit-py" / "layers"
+    for hex_ in _packed(cache):
+        index = layers / f"{hex_}.json"
+        doc = json.loads(index.read_bytes())
+        doc["tar_size"] += 512
+        index.write_text(json.dumps(doc))
+    edited = _edited(spec_dir, "sh")  # not /bin/true: the image's own Cmd
+    rc, stderr = _build_spec(edited, cache, tmp_path / "edit")
+    assert rc == 1
+    [line] = stderr.splitlines()[-1:]
+    assert re.fullmatch(r"linuxkit-py: layer sha256:[0-9a-f]{64}: its index \(from --cache-from\) is of a \d+-byte "
+                        r"tar, the layer's is \d+ bytes \(hint: the index was removed: build again\)", line), stderr
+    assert not (tmp_path / "edit" / f"{edited.stem}-initrd.img").exists()
+    rc, stderr = _build_spec(edited, cache, tmp_path / "edit")
+    assert rc == 0, stderr
+    rc, _ = _build_spec(edited, tmp_path / "scratch", tmp_path / "scratch-out")
+    assert (tmp_path / "edit" / f"{edited.stem}-initrd.img").read_bytes() == \
+        (tmp_path / "scratch-out" / f"{edited.stem}-initrd.img").read_bytes()

@@ -195,3 +195,19 @@ def test_identical_big_files_are_stored_once_and_unpack_as_before(tmp_path: Path
 def test_nothing_to_share_leaves_the_entries_as_they_are(tmp_path: Path) -> None:
     entries = _entries(tmp_path)
     assert link_identical_files(entries) == entries
+
+
+def test_known_hashes_link_copies_without_reading_them(tmp_path: Path) -> None:
+    """link_identical_files takes a region's SHA256 from `known_sha256` (the SBOM's tables) when it has it, and
+    reads the bytes only when it does not."""
+    absent = str(tmp_path / "never-read.tar")  # reading it would fail
+    size = 70_000
+    copies = [Entry(f"c{i}", Kind.FILE, 0o755, size=size, data=FileRegion(absent, i * size, size)) for i in range(3)]
+    other = tmp_path / "other"
+    other.write_bytes(b"o" * size)
+    unknown = Entry("u", Kind.FILE, 0o755, size=size, data=FileRegion(str(other), 0, size))
+    same, different = bytes(32), bytes([1]) * 32
+    known = {copies[0].data: same, copies[1].data: same, copies[2].data: different}
+    linked = link_identical_files([*copies, unknown], known_sha256=known.get)
+    assert [(e.path, e.kind, e.linkname) for e in linked] == [
+        ("c0", Kind.FILE, ""), ("c1", Kind.HARDLINK, "c0"), ("c2", Kind.FILE, ""), ("u", Kind.FILE, "")]
