@@ -63,3 +63,19 @@ def _rename_all(temps: list[str], targets: list[Path]) -> None:
                     path.unlink()
             raise UserError(f"cannot write {target}: {exc.strerror}") from exc
         done.append(target)
+
+
+def replace_unsynced(target: Path, *parts: bytes) -> None:
+    """Write `parts` to a temp file beside `target` (which must exist as a directory's child) and rename it into
+    place, without fsync: for derived files of a cache, where a file lost in a crash is only a miss. OSError
+    propagates; the temp file never stays."""
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

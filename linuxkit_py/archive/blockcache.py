@@ -28,7 +28,6 @@ import functools
 import hashlib
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pathlib import Path
 from zlib_ng import zlib_ng
 
 from linuxkit_py.archive.entry import Data, FileRegion, iter_data
+from linuxkit_py.fsutil import replace_unsynced
 
 MAGIC = b"LKPYDFL2"
 # magic, the key (a file copied under another key's name is a miss), payload length, CRC-32 of the
@@ -201,17 +201,8 @@ class DeflateBlockCache:
             if path.parent not in self._made:  # once per directory: 783 blocks, 256 directories
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made.add(path.parent)
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib_ng.crc32(payload),
-                                        block.input_crc32, block.input_size))
-                    f.write(payload)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            replace_unsynced(path, HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib_ng.crc32(payload),
+                                               block.input_crc32, block.input_size), payload)
 
     def trim(self) -> None:
         """Remove the least recently used blocks while the cache holds more than `max_bytes`, never one this

@@ -39,6 +39,7 @@ from linuxkit_py.archive.tarindex import (
 from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
+from linuxkit_py.fsutil import replace_unsynced
 
 try:
     from isal import igzip, isal_zlib
@@ -514,16 +515,8 @@ def save_flat_memo(path: Path, entries: list[Entry], tars: list[str], counts: li
         sizes = [os.stat(tar).st_size for tar in tars]
         payload = marshal.dumps((list(zip(tars, sizes, strict=True)), counts, rows), 4)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:  # no fsync: a lost or torn file is a miss
-                f.write(_FLAT_HEADER.pack(FLAT_MAGIC, zlib.crc32(payload), len(payload)))
-                f.write(payload)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        # no fsync: a lost or torn file is a miss
+        replace_unsynced(path, _FLAT_HEADER.pack(FLAT_MAGIC, zlib.crc32(payload), len(payload)), payload)
     except OSError:
         return
 
