@@ -246,8 +246,13 @@ def test_a_second_builder_decompresses_only_the_layers_it_reads(spec_dir: Path, 
     packed until an edit needs bytes the block cache lacks, or a format reads every file; the bytes are always
     those of a build that decompressed everything."""
     cache = tmp_path / "builder-b"
+    blob = deflate_blob(registry)
+    seen = len(registry.requests_log())
     _, initrd = build(spec_dir, cache, tmp_path / "out", "--cache-from", f"{registry.host}/ci/cache")
     assert initrd == builder_a[1]
+    # the blocks' blob is fetched once
+    assert [path for method, path, _ in registry.requests_log()[seen:] if method == "GET" and path.endswith(blob)] \
+        == [f"/v2/ci/cache/blobs/{blob}"]
     packed = _packed(cache)
     assert len(packed) == 3  # the data image's 2 layers and the package's; not the kernel's
     assert all(Cache(cache).blob_path(f"sha256:{hex_}").is_file() for hex_ in packed)
