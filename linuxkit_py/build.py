@@ -283,7 +283,7 @@ def _build(opts: BuildOptions) -> list[Path]:
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
                     compression_keys=set() if opts.cache_to else None,
                     content_addressed=(layers_dir(cache), cache.derived_dir / KERNEL_SUBDIR),
-                    known_sha256=KnownFileHashes(cache).sha256,
+                    known_sha256=KnownFileHashes(cache).sha256s,
                     options=FormatOptions(size=opts.size, root=opts.root, arch=arch, assets=assets, signer=signer,
                                           verity=opts.verity, ab=_ab_layout(opts, epoch)))
     if opts.output is not None:

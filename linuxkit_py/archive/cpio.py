@@ -114,31 +114,36 @@ def check_cpio_sizes(entries: Sequence[Entry]) -> None:
 
 
 class _Links:
-    """Hard-link groups and directory link counts, from a pass over the whole list."""
+    """Hard-link groups and directory link counts, from a pass over the whole list (lists indexed by entry, not
+    dicts: at 230,000 entries a dict per entry costs 20 MiB each)."""
 
     def __init__(self, entries: Sequence[Entry]) -> None:
         self.target: dict[int, int] = {}  # index of a HARDLINK -> index of its FILE
-        self.names: Counter[int] = Counter()  # index of a FILE -> number of names
-        current: dict[str, int] = {}  # path -> index of the FILE it names so far
+        self.names = [0] * len(entries)  # index of a FILE -> number of names
+        linked = {e.linkname for e in entries if e.kind is Kind.HARDLINK}  # the paths hard links name
+        current: dict[str, int] = {}  # such a path -> index of the FILE it names so far
         for i, entry in enumerate(entries):
             if entry.kind is Kind.FILE:
-                current[entry.path] = i
-                self.names[i] += 1
+                self.names[i] = 1
+                if entry.path in linked:
+                    current[entry.path] = i
             elif entry.kind is Kind.HARDLINK:
                 t = current.get(entry.linkname)
                 if t is None:
                     raise ValueError(f"hard link {entry.path} -> {entry.linkname}: no regular file before it")
                 self.target[i] = t
                 self.names[t] += 1
-                current[entry.path] = t
-            else:
+                if entry.path in linked:
+                    current[entry.path] = t
+            elif entry.path in linked:
                 current.pop(entry.path, None)
         dirs = {e.path for e in entries if e.kind is Kind.DIR}
         self.subdirs = Counter(path.rpartition("/")[0] for path in dirs)
 
 
 def link_identical_files(entries: Sequence[Entry], min_size: int = SHARE_MIN_SIZE,
-                         known_sha256: Callable[[FileRegion], bytes | None] | None = None) -> list[Entry]:
+                         known_sha256: Callable[[list[FileRegion]], dict[FileRegion, bytes]] | None = None
+                         ) -> list[Entry]:
     """`entries` with each later copy of a regular file turned into a hard link to the first copy.
 
     A copy has the same bytes, permission bits, owner and group (a newc member carries nothing more
@@ -147,12 +152,15 @@ def link_identical_files(entries: Sequence[Entry], min_size: int = SHARE_MIN_SIZ
     An initramfs that holds one name per copy unpacks the same files; the initrd holds the bytes
     once. Nothing writes to a file of the image through one name and reads another: rc.init makes
     the root read-only, and containers see their root through overlay or read-only mounts.
-    `known_sha256` gives the SHA256 of a region when it is known without reading it (None when not).
+    `known_sha256` gives the SHA256s it knows of the regions it is given without reading them (the others are
+    read).
     """
     groups: dict[tuple[int, int, int, int], list[int]] = {}
     for i, entry in enumerate(entries):
         if entry.kind is Kind.FILE and entry.size >= min_size:
             groups.setdefault((entry.size, entry.mode, entry.uid, entry.gid), []).append(i)
+    candidates = [entries[i].data for members in groups.values() if len(members) > 1 for i in members]
+    known = known_sha256([d for d in candidates if isinstance(d, FileRegion)]) if known_sha256 is not None else {}
     first: dict[tuple[tuple[int, int, int, int], bytes], str] = {}
     links: dict[int, str] = {}
     with ContentReader() as reader:
@@ -161,7 +169,7 @@ def link_identical_files(entries: Sequence[Entry], min_size: int = SHARE_MIN_SIZ
                 continue
             for i in members:
                 data = entries[i].data
-                sha256 = known_sha256(data) if known_sha256 is not None and isinstance(data, FileRegion) else None
+                sha256 = known.get(data) if isinstance(data, FileRegion) else None
                 if sha256 is None:
                     digest = hashlib.sha256()
                     for chunk in reader.chunks(data):
@@ -189,14 +197,18 @@ def write_cpio(entries: Sequence[Entry], out: Sink, mtime: int) -> None:
     write_region = out.write_region if isinstance(out, RegionSink) else None
     links = _Links(entries)
     target_of, names, subdirs = links.target.get, links.names, links.subdirs
-    inos: dict[int, int] = {}
+    inos = [0] * len(entries)  # index of a FILE (or other member) -> its inode number, once given
+    next_ino = FIRST_INO
     written = 0
     FILE, HARDLINK, DIR, SYMLINK = Kind.FILE, Kind.HARDLINK, Kind.DIR, Kind.SYMLINK  # noqa: N806 - hot loop
     with ContentReader() as reader:
         for i, entry in enumerate(entries):
             t = target_of(i, i)
             source = entries[t] if t != i else entry
-            ino = inos.setdefault(t, FIRST_INO + len(inos))
+            ino = inos[t]
+            if not ino:
+                ino = inos[t] = next_ino
+                next_ino += 1
             kind = entry.kind
             data: bytes | FileRegion | None = None
             filesize = 0

@@ -68,8 +68,8 @@ class Rootfs:
     # Directories whose files are never rewritten with other bytes (the cache's unpacked layers): the
     # block cache names their regions by place instead of reading them (archive/blockcache.py).
     content_addressed: tuple[Path, ...] = ()
-    # The SHA256 of a file region when it is known without reading it (the SBOM's tables of the cache's layers).
-    known_sha256: Callable[[FileRegion], bytes | None] | None = None
+    # The SHA256s it knows of file regions without reading them (the SBOM's tables of the cache's layers).
+    known_sha256: Callable[[list[FileRegion]], dict[FileRegion, bytes]] | None = None
 
     @functools.cached_property
     def addresses(self) -> ContentAddressed:

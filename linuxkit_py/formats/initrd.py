@@ -94,7 +94,7 @@ def rootfs_boot(rootfs: Rootfs) -> BootSplit:
 def write_initrd(entries: Sequence[Entry], out: BinaryIO, epoch: int, *, compression: str = "gzip",
                  level: int | None = None, threads: int | None = None, ucode: Entry | None = None,
                  block_cache: DeflateBlockCache | None = None,
-                 known_sha256: Callable[[FileRegion], bytes | None] | None = None) -> None:
+                 known_sha256: Callable[[list[FileRegion]], dict[FileRegion, bytes]] | None = None) -> None:
     """Write `entries` as a compressed newc cpio initramfs, after the uncompressed `ucode` cpio if given.
 
     `compression` is "gzip" (parallel, deterministic; zlib-ng, default level 4) or "zstd" (default level 3);

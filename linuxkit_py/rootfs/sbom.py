@@ -172,13 +172,13 @@ def _analysed(pkg: dict[str, Any], files: list[tuple[str, str, str, str]]) -> No
     pkg["hasFiles"] = [spdxid for _, spdxid, _, _ in files]
 
 
-def _files(entries: list[Entry], hashes: _HashCache) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
-    """(fileName, SPDXID, SHA1, SHA256) of every regular file (by path), and the source image of each file id.
+def _files(entries: list[Entry], hashes: _HashCache) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+    """(fileName, SPDXID, SHA1, SHA256) of every regular file (by path), and the source image of each ("": none).
 
     The files are looked up one layer tar at a time, each tar's hash table released after it."""
     regular = sorted((e for e in entries if e.kind is Kind.FILE), key=lambda e: e.path)
     files: list[Any] = [None] * len(regular)
-    sources: dict[str, str] = {}
+    sources = [entry.source for entry in regular]  # a list, not a dict by file id: 20 MiB less at 230,000 files
     table: str | None = None
     for i in sorted(range(len(regular)), key=lambda i: _tar_of(regular[i])):
         entry = regular[i]
@@ -190,8 +190,6 @@ def _files(entries: list[Entry], hashes: _HashCache) -> tuple[list[tuple[str, st
         raw = entry.path.encode("utf-8", "surrogateescape")  # a name need not be UTF-8
         file_id = FILE_ID_PREFIX + hashlib.sha256(raw).hexdigest()[:24]
         files[i] = ("./" + raw.decode("utf-8", "backslashreplace"), file_id, sha1, sha256)
-        if entry.source:
-            sources[file_id] = entry.source
     if table:
         hashes.release(table)
     return files, sources
@@ -239,8 +237,8 @@ def build_sbom(inp: SbomInput) -> dict[str, Any]:
     hashes = _HashCache(inp.cache)
     files, sources = _files(inp.entries, hashes)
     by_source: dict[str, list[tuple[str, str, str, str]]] = {}  # one pass, not one per image
-    for f in files:
-        if (source := sources.get(f[1])) is not None:
+    for f, source in zip(files, sources, strict=True):
+        if source:
             by_source.setdefault(source, []).append(f)
     root = package(IMAGE_ID, inp.name, version=inp.version, purpose="OPERATING-SYSTEM",
                    comment=f"the linux/{inp.arch} image built by linuxkit-py")

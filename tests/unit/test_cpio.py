@@ -208,6 +208,12 @@ def test_known_hashes_link_copies_without_reading_them(tmp_path: Path) -> None:
     unknown = Entry("u", Kind.FILE, 0o755, size=size, data=FileRegion(str(other), 0, size))
     same, different = bytes(32), bytes([1]) * 32
     known = {copies[0].data: same, copies[1].data: same, copies[2].data: different}
-    linked = link_identical_files([*copies, unknown], known_sha256=known.get)
+    asked: list[list[FileRegion]] = []
+
+    def known_sha256(regions: list[FileRegion]) -> dict[FileRegion, bytes]:
+        asked.append(regions)
+        return {r: known[r] for r in regions if r in known}
+    linked = link_identical_files([*copies, unknown], known_sha256=known_sha256)
+    assert asked == [[e.data for e in [*copies, unknown]]]  # once, with every candidate
     assert [(e.path, e.kind, e.linkname) for e in linked] == [
         ("c0", Kind.FILE, ""), ("c1", Kind.HARDLINK, "c0"), ("c2", Kind.FILE, ""), ("u", Kind.FILE, "")]
