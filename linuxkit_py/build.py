@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from linuxkit_py.arch import get_arch, normalize_arch
+from linuxkit_py.cache.filehashes import KnownFileHashes
 from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layers import (
-    KnownFileHashes,
     forget_decoded_indexes,
     forget_deferred_layers,
     layers_dir,

@@ -15,9 +15,7 @@ import gzip
 import hashlib
 import json
 import logging
-import marshal
 import os
-import struct
 import tempfile
 import threading
 import zlib
@@ -36,10 +34,10 @@ from linuxkit_py.archive.tarindex import (
     read_tar_entries,
     read_tar_region,
 )
+from linuxkit_py.cache.filehashes import hash_layer_files, sbom_hashes_path
 from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
-from linuxkit_py.fsutil import replace_unsynced
 
 try:
     from isal import igzip, isal_zlib
@@ -85,73 +83,6 @@ _MEDIA_COMPRESSION = {
 
 def layers_dir(cache: Cache) -> Path:
     return cache.derived_dir / "layers"
-
-
-def sbom_hashes_path(cache: Cache, tar_path: str) -> Path:
-    """Where rootfs/sbom.py keeps the SHA1/SHA256 of the files of the unpacked layer tar `tar_path`."""
-    return cache.derived_dir / "sbom" / (hashlib.sha256(tar_path.encode()).hexdigest()[:32] + ".json")
-
-
-def hash_layer_files(cache: Cache, tar_path: Path, entries: list[Entry]) -> None:
-    """SHA1 and SHA256 of every regular file of an unpacked layer, kept where rootfs/sbom.py looks for
-    them (offset:size -> [sha1, sha256]), unless they are there already.
-
-    Run while other layers are still being unpacked (`unpack_layers(hash_files=True)`), the hashing of a
-    cold build's SBOM uses the cores that inflating and indexing leave idle. Only a speed-up: a table
-    that cannot be written is left to the SBOM, which hashes what it does not find.
-    """
-    target = sbom_hashes_path(cache, str(tar_path))
-    if target.exists():
-        return
-    table: dict[str, list[str]] = {}
-    with open(tar_path, "rb", buffering=0) as f:
-        fd = f.fileno()
-        for entry in entries:
-            data = entry.data
-            if entry.kind is not Kind.FILE or not isinstance(data, FileRegion):
-                continue
-            sha1, sha256 = hashlib.sha1(usedforsecurity=False), hashlib.sha256()
-            offset, left = data.offset, data.size
-            while left > 0:
-                chunk = os.pread(fd, min(CHUNK, left), offset)
-                if not chunk:
-                    return  # shorter than its index says: the SBOM reads it and reports it
-                sha1.update(chunk)
-                sha256.update(chunk)
-                offset += len(chunk)
-                left -= len(chunk)
-            table[f"{data.offset}:{data.size}"] = [sha1.hexdigest(), sha256.hexdigest()]
-    with contextlib.suppress(OSError):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(target, iter([json.dumps(table, sort_keys=True, separators=(",", ":")).encode()]))
-
-
-class KnownFileHashes:
-    """The SHA256s of regions of unpacked layer tars, from the SBOM's tables of those layers (hash_layer_files;
-    fetched by `--cache-from`), without reading the files. Each table is loaded, looked up and let go: at 10x the
-    tables of all layers would be 70 MiB."""
-
-    def __init__(self, cache: Cache) -> None:
-        self._cache = cache
-
-    def sha256s(self, regions: list[FileRegion]) -> dict[FileRegion, bytes]:
-        by_tar: dict[str, list[FileRegion]] = {}
-        for region in regions:
-            by_tar.setdefault(region.path, []).append(region)
-        known: dict[FileRegion, bytes] = {}
-        for path, wanted in by_tar.items():
-            try:
-                table = json.loads(sbom_hashes_path(self._cache, path).read_bytes())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(table, dict):
-                continue
-            for region in wanted:
-                row = table.get(f"{region.offset}:{region.size}")
-                if isinstance(row, list) and len(row) == 2 and isinstance(row[1], str) and len(row[1]) == 64:
-                    with contextlib.suppress(ValueError):
-                        known[region] = bytes.fromhex(row[1])
-        return known
 
 
 def _hex(layer: dict[str, Any]) -> str:
@@ -478,77 +409,8 @@ def save_entry_index(index_path: Path, tar_path: Path, entries: list[Entry]) -> 
     _atomic_write(index_path, iter([json.dumps(doc, separators=(",", ":")).encode()]))
 
 
-# -- flattened images, kept ---------------------------------------------------------------------
-#
-# An image's flattened root filesystem is a pure function of its layers (each named by its digest) and of
-# this tool's code: rootfs/flatten.py keeps it under `derived/flat/<key>.marshal`, so that a warm build
-# loads one file per image instead of every layer's index and the overlay of them. marshal: the quickest
-# load there is for rows of plain values, and the file is this machine's own, made by this same Python
-# (the key names the tool's code and Python version; a file another machine wrote is never read, and a
-# damaged or torn one fails its CRC-32 and is a miss).
-
-FLAT_MAGIC = b"LKPYFLT1"
-_FLAT_HEADER = struct.Struct("<8sII")  # magic, CRC-32 of the payload, its length
-
-
-def flat_memo_path(cache: Cache, key: str) -> Path:
-    return cache.derived_dir / "flat" / f"{key}.marshal"
-
-
 def layer_tar_path(cache: Cache, layer: dict[str, Any]) -> Path:
     return layers_dir(cache) / f"{_hex(layer)}.tar"
-
-
-def save_flat_memo(path: Path, entries: list[Entry], tars: list[str], counts: list[int]) -> None:
-    """Keep the flattened `entries` of an image whose layers are the unpacked `tars` (each with `counts`
-    members); nothing is kept when an entry holds bytes outside those tars, or the cache cannot be written."""
-    index = {tar: i for i, tar in enumerate(tars)}
-    rows = []
-    for e in entries:
-        data = e.data
-        if data is None:
-            where, offset = -1, -1
-        elif isinstance(data, FileRegion) and data.path in index and data.size == e.size:
-            where, offset = index[data.path], data.offset
-        else:
-            return
-        rows.append((e.path, _KIND_CODES[e.kind], e.mode, e.uid, e.gid, e.size, e.linkname, e.devmajor, e.devminor,
-                     where, offset, e.mtime, e.xattrs, e.source, e.location, e.uname, e.gname))
-    try:
-        sizes = [os.stat(tar).st_size for tar in tars]
-        payload = marshal.dumps((list(zip(tars, sizes, strict=True)), counts, rows), 4)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # no fsync: a lost or torn file is a miss
-        replace_unsynced(path, _FLAT_HEADER.pack(FLAT_MAGIC, zlib.crc32(payload), len(payload)), payload)
-    except OSError:
-        return
-
-
-def load_flat_memo(path: Path, tars: list[str], layers: list[dict[str, Any]]) -> list[Entry] | None:
-    """The entries save_flat_memo kept for these layers, or None when there are none, they are damaged, or a
-    tar is not the size it was. A layer over the entry limit (lowered since it was indexed) is refused."""
-    try:
-        data = path.read_bytes()
-        magic, crc, length = _FLAT_HEADER.unpack_from(data)
-        payload = memoryview(data)[_FLAT_HEADER.size:]
-        if magic != FLAT_MAGIC or length != len(payload) or zlib.crc32(payload) != crc:
-            return None
-        kept, counts, rows = marshal.loads(payload)
-        if [tar for tar, _ in kept] != tars or any(os.stat(tar).st_size != size for tar, size in kept):
-            return None
-    except (OSError, ValueError, EOFError, TypeError, struct.error):
-        return None
-    limit = env_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES)
-    for count, layer in zip(counts, layers, strict=True):
-        if count > limit:
-            raise UserError(f"layer {layer['digest']}: more than {limit} entries (set by {MAX_ENTRIES_ENV}); "
-                            "refusing it")
-    kinds = _KINDS_BY_CODE
-    return [Entry(path_, kinds[kind], mode, uid, gid, size, linkname, devmajor, devminor,
-                  FileRegion(tars[where], offset, size) if where >= 0 else None, mtime, xattrs, source, location,
-                  uname, gname)
-            for (path_, kind, mode, uid, gid, size, linkname, devmajor, devminor, where, offset, mtime, xattrs,
-                 source, location, uname, gname) in rows]
 
 
 # -- layers left packed until read ------------------------------------------------------------------

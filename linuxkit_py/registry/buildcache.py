@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from linuxkit_py.archive.blockcache import DeflateBlockCache
+from linuxkit_py.cache.filehashes import sbom_hashes_path
 from linuxkit_py.cache.image import load_cached_image
-from linuxkit_py.cache.layers import layers_dir, sbom_hashes_path
+from linuxkit_py.cache.layers import layers_dir
 from linuxkit_py.cache.layout import Cache, canonical_json, file_sha256_digest
 from linuxkit_py.errors import UserError
 from linuxkit_py.registry.client import DIGEST_RE, RegistryClient, RegistryOptions, Remote, resolve_remote

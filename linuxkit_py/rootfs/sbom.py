@@ -29,8 +29,8 @@ from linuxkit_py.archive.entry import Entry, FileRegion, Kind
 from linuxkit_py.archive.regionfile import open_data
 from linuxkit_py.archive.tree import normalize_path, parent_dirs
 from linuxkit_py.cache.attestation import cached_sboms
+from linuxkit_py.cache.filehashes import sbom_hashes_path
 from linuxkit_py.cache.image import Image
-from linuxkit_py.cache.layers import sbom_hashes_path
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output

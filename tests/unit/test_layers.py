@@ -13,7 +13,8 @@ import pytest
 import zstandard
 
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind, read_data
-from linuxkit_py.cache.layers import layer_entries, layers_dir, sbom_hashes_path, unpack_layers, unpacked_layer
+from linuxkit_py.cache.filehashes import sbom_hashes_path
+from linuxkit_py.cache.layers import layer_entries, layers_dir, unpack_layers, unpacked_layer
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from tests.imagetools import D, F, H, L, Member, digest_of, tar_layer

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
-from linuxkit_py.cache.layers import sbom_hashes_path
+from linuxkit_py.cache.filehashes import sbom_hashes_path
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.rootfs.sbom import _files, _HashCache
 
