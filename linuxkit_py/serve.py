@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import http.server
 import logging
 import socket
 from pathlib import Path
@@ -26,19 +25,21 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.warning("%s %s", self.command, self.path)  # LinuxKit logs every request
+def _server(address: tuple[str, int], directory: Path) -> Any:
+    """A threading HTTP server of `directory`; http.server is loaded here, not by every command (8 MiB)."""
+    import http.server
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info(format, *args)
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            log.warning("%s %s", self.command, self.path)  # LinuxKit logs every request
 
+        def log_message(self, format: str, *args: Any) -> None:
+            log.info(format, *args)
 
-class _Server(http.server.ThreadingHTTPServer):
-    def __init__(self, address: tuple[str, int], handler: Any) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+
+    return Server(address, functools.partial(Handler, directory=str(directory)))
 
 
 def serve_directory(directory: Path, address: str = DEFAULT_ADDRESS) -> int:
@@ -46,9 +47,8 @@ def serve_directory(directory: Path, address: str = DEFAULT_ADDRESS) -> int:
     host, port = parse_address(address)
     if not directory.is_dir():
         raise UserError(f"--directory {directory}: no such directory")
-    handler = functools.partial(_Handler, directory=str(directory))
     try:
-        server = _Server((host, port), handler)
+        server = _server((host, port), directory)
     except OSError as exc:
         raise UserError(f"cannot listen on {address}: {exc.strerror}") from exc
     with server:

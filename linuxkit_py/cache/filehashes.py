@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
@@ -15,6 +16,8 @@ from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output
 
 CHUNK = 1 << 20
+# a row of a table as hash_layer_files writes it (compact JSON): "offset:size":["sha1","sha256"]
+_ROW = re.compile(rb'"([0-9]+:[0-9]+)":\["[0-9a-f]{40}","([0-9a-f]{64})"\]')
 
 
 def sbom_hashes_path(cache: Cache, tar_path: str) -> Path:
@@ -64,20 +67,18 @@ class KnownFileHashes:
         self._cache = cache
 
     def sha256s(self, regions: list[FileRegion]) -> dict[FileRegion, bytes]:
-        by_tar: dict[str, list[FileRegion]] = {}
+        """The SHA256s the tables give of `regions`. A table's rows are scanned, not decoded: decoded, the
+        table of a big layer is 8 MiB of objects, for the few files looked up in it."""
+        by_tar: dict[str, dict[bytes, FileRegion]] = {}
         for region in regions:
-            by_tar.setdefault(region.path, []).append(region)
+            by_tar.setdefault(region.path, {})[b"%d:%d" % (region.offset, region.size)] = region
         known: dict[FileRegion, bytes] = {}
         for path, wanted in by_tar.items():
             try:
-                table = json.loads(sbom_hashes_path(self._cache, path).read_bytes())
-            except (OSError, ValueError):
+                raw = sbom_hashes_path(self._cache, path).read_bytes()
+            except OSError:
                 continue
-            if not isinstance(table, dict):
-                continue
-            for region in wanted:
-                row = table.get(f"{region.offset}:{region.size}")
-                if isinstance(row, list) and len(row) == 2 and isinstance(row[1], str) and len(row[1]) == 64:
-                    with contextlib.suppress(ValueError):
-                        known[region] = bytes.fromhex(row[1])
+            for row in _ROW.finditer(raw):
+                if (found := wanted.get(row[1])) is not None:
+                    known[found] = bytes.fromhex(row[2].decode())
         return known

@@ -356,13 +356,14 @@ def _encode(entry: Entry) -> list[Any]:
             entry.source, entry.location]
 
 
-def _decode(row: list[Any], tar_path: str) -> Entry:
+def _decode(row: list[Any], tar_path: str, one: Callable[[int, int], int]) -> Entry:
     (path, kind, mode, uid, gid, size, linkname, devmajor, devminor, offset, mtime, xattrs, uname, gname,
      source, location) = row
     # Positional (Entry's field order), and no generator for the usual empty xattrs: a quarter faster, on
-    # tens of thousands of rows per image.
-    return Entry(path, _KINDS_BY_CODE[kind], mode, uid, gid, size, linkname, devmajor, devminor,
-                 FileRegion(tar_path, offset, size) if offset >= 0 else None, mtime,
+    # tens of thousands of rows per image. `one` gives one object per distinct mode, owner and time (JSON
+    # makes an object of each; an int above 256 is 28 bytes, and most files share a handful of each).
+    return Entry(path, _KINDS_BY_CODE[kind], one(mode, mode), one(uid, uid), one(gid, gid), size, linkname,
+                 devmajor, devminor, FileRegion(tar_path, offset, size) if offset >= 0 else None, one(mtime, mtime),
                  tuple([(name, base64.b64decode(value)) for name, value in xattrs]) if xattrs else (),
                  source, location, uname, gname)
 
@@ -372,10 +373,16 @@ def _decode(row: list[Any], tar_path: str) -> Entry:
 _DECODED: dict[tuple[str, int, int, int, int], list[Entry]] = {}
 
 
-def forget_decoded_indexes() -> None:
-    """Let the decoded indexes go: once a build has assembled its root filesystem it places no layer again,
-    and on a 230,000-entry image they hold 46 MiB of entries nothing else uses."""
-    _DECODED.clear()
+def forget_decoded_indexes(tars: Iterable[str] | None = None) -> None:
+    """Let the decoded indexes go (of the layers whose tars are `tars`, or all): once a build has assembled its
+    root filesystem it places no layer again, and on a 230,000-entry image they hold 46 MiB of entries nothing
+    else uses."""
+    if tars is None:
+        _DECODED.clear()
+        return
+    indexes = {str(Path(tar).with_suffix(".json")) for tar in tars}
+    for memo in [memo for memo in _DECODED if memo[0] in indexes]:
+        del _DECODED[memo]
 
 
 def load_entry_index(index_path: Path, tar_path: Path) -> list[Entry] | None:
@@ -396,7 +403,9 @@ def load_entry_index(index_path: Path, tar_path: Path) -> list[Entry] | None:
         if doc.get("version") != INDEX_VERSION or tar_size != DEFERRED_SIZE and doc.get("tar_size") != tar_size:
             return None
         tar = str(tar_path)
-        entries = [_decode(row, tar) for row in doc["entries"]]
+        shared: dict[int, int] = {}
+        one = shared.setdefault
+        entries = [_decode(row, tar, one) for row in doc["entries"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     _DECODED[memo] = entries
@@ -547,7 +556,7 @@ def unpack_layers(cache: Cache, layers: Iterable[tuple[dict[str, Any], str | Non
         entries = layer_entries(cache, layer, diff_id)
         if hash_files:
             hash_layer_files(cache, tar, entries)
-        return entries
+        return entries if load else []  # not kept for the caller: at 10x all layers' entries are 60 MiB
 
     if workers <= 1 or len(jobs) <= 1:
         return {layer["digest"]: job(layer, diff_id) for layer, diff_id in jobs}

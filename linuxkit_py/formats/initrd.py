@@ -52,14 +52,18 @@ def _is_boot(path: str) -> bool:
 
 def split_boot(entries: Sequence[Entry]) -> BootSplit:
     """Take the kernel, cmdline and ucode out of the root filesystem; drop the rest of boot/."""
-    files: dict[str, Entry] = {}  # path -> the FILE it names (hard links resolved)
+    # path -> the FILE it names (hard links resolved), for the paths of boot/ and those hard links name only
+    # (a dict of every file is 10 MiB at 230,000)
+    wanted = {entry.linkname for entry in entries if entry.kind is Kind.HARDLINK}
+    files: dict[str, Entry] = {}
     rest: list[Entry] = []
     moved: dict[str, str] = {}  # dropped boot/ file -> the first link outside boot/ that now holds it
     for entry in entries:
-        if entry.kind is Kind.FILE:
-            files[entry.path] = entry
-        elif entry.kind is Kind.HARDLINK and entry.linkname in files:
-            files[entry.path] = files[entry.linkname]
+        if entry.path in wanted or _is_boot(entry.path):
+            if entry.kind is Kind.FILE:
+                files[entry.path] = entry
+            elif entry.kind is Kind.HARDLINK and entry.linkname in files:
+                files[entry.path] = files[entry.linkname]
         if _is_boot(entry.path):
             continue
         if entry.kind is Kind.HARDLINK and _is_boot(entry.linkname):

@@ -8,12 +8,9 @@ the user's one-line error after the image reference, e.g. `cannot connect to reg
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import http.client
 import ipaddress
 import os
 import socket
-import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -99,6 +96,9 @@ def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
 
 def describe_connection_error(exc: BaseException, timeout: float) -> tuple[str, bool]:
     """(short cause such as `connection refused`, whether another try may help)."""
+    import http.client  # here, as requests is: a build from the cache never loads them (5 MiB)
+    import ssl
+
     import requests
     import urllib3.exceptions
 
@@ -149,6 +149,8 @@ def retry_after_seconds(response: requests.Response, default: float) -> float:
     try:
         seconds = float(value)
     except ValueError:
+        import email.utils
+
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):

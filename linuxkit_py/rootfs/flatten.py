@@ -30,7 +30,7 @@ from dataclasses import replace
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.cache.flat import flat_memo_path, load_flat_memo, save_flat_memo
 from linuxkit_py.cache.image import Image
-from linuxkit_py.cache.layers import image_layers, layer_tar_path, unpack_layers
+from linuxkit_py.cache.layers import forget_decoded_indexes, image_layers, layer_tar_path, unpack_layers
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.uptodate import code_digest
@@ -242,4 +242,8 @@ def flatten_image(cache: Cache, image: Image) -> list[Entry]:
     labels = [f"{image.ref}: layer {layer['digest']}" for layer in descriptors]
     entries = flatten_layers(per_layer, labels)
     save_flat_memo(memo, entries, tars, [len(members) for members in per_layer])
+    # the next build loads the kept image; this one does not need these layers' entries again unless another
+    # image shares a layer (it is decoded again): 46 MiB less at 10x while the rest is assembled
+    del per_layer, by_digest
+    forget_decoded_indexes(tars)
     return entries

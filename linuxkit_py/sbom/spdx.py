@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import quote
 
 from linuxkit_py.sbom.debian import NOASSERTION, Licence
@@ -99,13 +99,24 @@ def relationship(element: str, kind: str, related: str) -> Doc:
     return {"spdxElementId": element, "relationshipType": kind, "relatedSpdxElement": related}
 
 
+Record = tuple[str, str, str, str]  # a file's fileName, SPDXID, SHA1 and SHA256 (hex)
+
+
+class Records(Protocol):
+    """A list of records, or what makes each record as it is asked for."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Record]: ...
+    def __getitem__(self, index: int, /) -> Record: ...
+
+
 class FileList:
     """SPDX files kept small: (fileName, SPDXID, SHA1, SHA256) per file, made into objects only when written
     (an image of 250,000 files would otherwise hold a gigabyte of dictionaries); files of merged documents
     are appended as they are."""
 
-    def __init__(self, records: list[tuple[str, str, str, str]]) -> None:
-        self.records = records
+    def __init__(self, records: Records) -> None:
+        self.records = records  # a list, or a sequence making each record as it is asked for
         self.others: list[Doc] = []
 
     def append(self, file: Doc) -> None:
@@ -143,6 +154,40 @@ class FileList:
         return (f'{{"fileName": {encode(name)}, "SPDXID": {encode(spdxid)}, "checksums": [{{"algorithm": "SHA1", '
                 f'"checksumValue": {encode(sha1)}}}, {{"algorithm": "SHA256", "checksumValue": {encode(sha256)}}}], '
                 f'"licenseConcluded": "{NOASSERTION}", "copyrightText": "{NOASSERTION}"}}')
+
+
+class FileIds:
+    """A package's hasFiles too long to hold as strings (every file of a 230,000-file image): `ids()` makes
+    them in order each time the document is written (write_document streams them)."""
+
+    def __init__(self, ids: Callable[[], Iterator[str]], count: int) -> None:
+        self.ids, self.count = ids, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[str]:
+        return self.ids()
+
+
+_MARK = "\0hasFiles\0"
+
+
+def _element(encode: Callable[[Any], str], element: Any) -> Iterator[str]:
+    """The JSON of one list element, in pieces when it is a package whose hasFiles are FileIds: the same text
+    `encode` gives for it with those ids as a list."""
+    ids = element.get("hasFiles") if isinstance(element, dict) else None
+    if not isinstance(ids, FileIds):
+        yield encode(element)
+        return
+    head, _, tail = encode({**element, "hasFiles": [_MARK]}).partition(encode(_MARK))
+    yield head
+    separator = ""
+    iterator = iter(ids)
+    while batch := list(itertools.islice(iterator, WRITE_BATCH)):
+        yield separator + ", ".join(map(encode, batch))
+        separator = ", "
+    yield tail
 
 
 class _Hashing:
@@ -190,17 +235,30 @@ def write_document(doc: Doc, out: BinaryIO) -> None:
     for n, (key, value) in enumerate(doc.items()):
         out.write(f"  {encode(key)}: ".encode())
         if isinstance(value, (list, FileList)) and len(value):
-            elements = value.encoded(encode) if isinstance(value, FileList) else map(encode, value)
             out.write(b"[\n    ")
-            separator = ""
-            while batch := list(itertools.islice(elements, WRITE_BATCH)):  # a few thousand per write
-                out.write((separator + ",\n    ".join(batch)).encode())
-                separator = ",\n    "
+            if isinstance(value, FileList):
+                _write_elements(out, value.encoded(encode))
+            elif not any(isinstance(e, dict) and isinstance(e.get("hasFiles"), FileIds) for e in value):
+                _write_elements(out, map(encode, value))
+            else:  # packages, a few of them with streamed hasFiles
+                for n_element, element in enumerate(value):
+                    if n_element:
+                        out.write(b",\n    ")
+                    for piece in _element(encode, element):  # each piece a few thousand ids
+                        out.write(piece.encode())
             out.write(b"\n  ]")
         else:
             out.write(encode(value).encode())
         out.write(b",\n" if n < len(doc) - 1 else b"\n")
     out.write(b"}\n")
+
+
+def _write_elements(out: BinaryIO, pieces: Iterator[str], separator: str = ",\n    ") -> None:
+    """`pieces` joined by `separator`, a few thousand per write."""
+    first = ""
+    while batch := list(itertools.islice(pieces, WRITE_BATCH)):
+        out.write((first + separator.join(batch)).encode())
+        first = separator
 
 
 def dumps(doc: Doc) -> bytes:

@@ -11,7 +11,16 @@ from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from linuxkit_py.sbom.debian import licence_from_copyright
-from linuxkit_py.sbom.spdx import WRITE_BATCH, FileList, document, dumps, merge_into, package, relationship
+from linuxkit_py.sbom.spdx import (
+    WRITE_BATCH,
+    FileIds,
+    FileList,
+    document,
+    dumps,
+    merge_into,
+    package,
+    relationship,
+)
 
 DEP5 = """\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -167,3 +176,14 @@ def test_file_lists_are_written_as_their_objects_one_per_line(count: int) -> Non
     expected = [f"    {encode(f)}," for f in files]
     expected[-1] = expected[-1].removesuffix(",")
     assert lines[first : first + count + 1] == expected
+
+
+@pytest.mark.parametrize("count", [0, 1, WRITE_BATCH, 2 * WRITE_BATCH + 3])
+def test_streamed_has_files_give_the_text_of_the_list(count: int) -> None:
+    ids = [f"SPDXRef-File-{i:024x}" for i in range(count)]
+    streamed = package("SPDXRef-Image", "x")
+    listed = dict(streamed)
+    streamed["hasFiles"], listed["hasFiles"] = FileIds(lambda: iter(ids), count), list(ids)
+    other = package("SPDXRef-Package-y", "y")
+    assert dumps({"packages": [streamed, other], "relationships": []}) == \
+        dumps({"packages": [listed, other], "relationships": []})
