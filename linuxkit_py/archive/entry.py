@@ -12,9 +12,9 @@ import enum
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 CHUNK = 1 << 20
 
@@ -41,9 +41,47 @@ class FileRegion:
 Data = bytes | FileRegion
 
 
-@dataclass(frozen=True, slots=True)
+# Entry's fields in order (its constructor's positional order, and what equality compares).
+FIELDS = ("path", "kind", "mode", "uid", "gid", "size", "linkname", "devmajor", "devminor", "data", "mtime",
+          "xattrs", "source", "location", "uname", "gname")
+# The fields most entries share with many others (owner, time, the image they come from; link targets and
+# devices are rare): kept together in one tuple that equal entries share, so that an entry is 9 words
+# smaller. At 230,000 entries that is 15 MiB.
+SHARED_FIELDS = ("uid", "gid", "linkname", "devmajor", "devminor", "mtime", "xattrs", "source", "location",
+                 "uname", "gname")
+SharedFields = tuple[int, int, str, int, int, int, tuple[tuple[str, bytes], ...], str, str, str, str]
+_SHARED_INDEX = {name: i for i, name in enumerate(SHARED_FIELDS)}
+_DEFAULT_SHARED: SharedFields = (0, 0, "", 0, 0, 0, (), "", "", "", "")
+_MAX_SHARED = 1 << 14
+_shared: dict[SharedFields, SharedFields] = {_DEFAULT_SHARED: _DEFAULT_SHARED}
+_set = object.__setattr__
+
+
+def share_fields(values: SharedFields) -> SharedFields:
+    """`values`, or an equal tuple made earlier (one object for the entries of an image that share them)."""
+    known = _shared.get(values)
+    if known is not None:
+        return known
+    if len(_shared) >= _MAX_SHARED:  # bounded: a long-lived process forgets, and only shares less
+        _shared.clear()
+        _shared[_DEFAULT_SHARED] = _DEFAULT_SHARED
+    _shared[values] = values
+    return values
+
+
+class FrozenEntryError(AttributeError):
+    """An entry's fields cannot be assigned: make a changed copy with evolve()."""
+
+
+def _shared_field(index: int) -> property:
+    def get(entry: Entry) -> Any:
+        return entry._shared[index]
+
+    return property(get)
+
+
 class Entry:
-    """A filesystem entry.
+    """A filesystem entry (immutable; equal when every field is).
 
     path: relative POSIX path with no leading '/' or './' and no trailing '/'.
     mode: permission bits only (0o7777), the type is `kind`.
@@ -51,53 +89,109 @@ class Entry:
       entry it links to (which comes earlier in the same stream).
     data: contents of a FILE (None means empty).
     source/location: LinuxKit's PAX records (`LINUXKIT.source`, `LINUXKIT.location`).
+
+    The SHARED_FIELDS live in one tuple shared by the entries that have the same values (share_fields).
     """
 
+    __slots__ = ("path", "kind", "mode", "size", "data", "_shared")
     path: str
     kind: Kind
     mode: int
-    uid: int = 0
-    gid: int = 0
-    size: int = 0
-    linkname: str = ""
-    devmajor: int = 0
-    devminor: int = 0
-    data: Data | None = None
-    mtime: int = 0
-    xattrs: tuple[tuple[str, bytes], ...] = ()
-    source: str = ""
-    location: str = ""
-    uname: str = ""
-    gname: str = ""
+    size: int
+    data: Data | None
+    _shared: SharedFields
 
-    def evolve(self, **changes: object) -> Entry:
-        """A copy with `changes`, like dataclasses.replace but about twice as fast (hot in assembling big
-        images). Entries have slots, not a __dict__: a quarter of the memory, for images of 100,000s of files."""
-        new = _copy(self)
-        for name, value in changes.items():
-            _set(new, name, value)
+    def __init__(self, path: str, kind: Kind, mode: int, uid: int = 0, gid: int = 0, size: int = 0,
+                 linkname: str = "", devmajor: int = 0, devminor: int = 0, data: Data | None = None,
+                 mtime: int = 0, xattrs: tuple[tuple[str, bytes], ...] = (), source: str = "",
+                 location: str = "", uname: str = "", gname: str = "") -> None:
+        _set(self, "path", path)
+        _set(self, "kind", kind)
+        _set(self, "mode", mode)
+        _set(self, "size", size)
+        _set(self, "data", data)
+        _set(self, "_shared", share_fields((uid, gid, linkname, devmajor, devminor, mtime, xattrs, source,
+                                            location, uname, gname)))
+
+    uid: int = _shared_field(0)  # type: ignore[assignment]
+    gid: int = _shared_field(1)  # type: ignore[assignment]
+    linkname: str = _shared_field(2)  # type: ignore[assignment]
+    devmajor: int = _shared_field(3)  # type: ignore[assignment]
+    devminor: int = _shared_field(4)  # type: ignore[assignment]
+    mtime: int = _shared_field(5)  # type: ignore[assignment]
+    xattrs: tuple[tuple[str, bytes], ...] = _shared_field(6)  # type: ignore[assignment]
+    source: str = _shared_field(7)  # type: ignore[assignment]
+    location: str = _shared_field(8)  # type: ignore[assignment]
+    uname: str = _shared_field(9)  # type: ignore[assignment]
+    gname: str = _shared_field(10)  # type: ignore[assignment]
+
+    @classmethod
+    def made(cls, path: str, kind: Kind, mode: int, size: int, data: Data | None, shared: SharedFields) -> Entry:
+        """An entry from its own fields and a tuple of the shared ones (already shared: share_fields)."""
+        new = _new_entry(cls)
+        _set(new, "path", path)
+        _set(new, "kind", kind)
+        _set(new, "mode", mode)
+        _set(new, "size", size)
+        _set(new, "data", data)
+        _set(new, "_shared", shared)
+        return new
+
+    @property
+    def shared_fields(self) -> SharedFields:
+        return self._shared
+
+    def evolve(self, **changes: Any) -> Entry:
+        """A copy with `changes` (any of FIELDS), like dataclasses.replace but several times faster (hot in
+        assembling big images)."""
+        new = _new_entry(Entry)
+        _set(new, "path", changes.pop("path", self.path))
+        _set(new, "kind", changes.pop("kind", self.kind))
+        _set(new, "mode", changes.pop("mode", self.mode))
+        _set(new, "size", changes.pop("size", self.size))
+        _set(new, "data", changes.pop("data", self.data))
+        shared = self._shared
+        if changes:
+            values = list(shared)
+            for name, value in changes.items():
+                index = _SHARED_INDEX.get(name)
+                if index is None:
+                    raise TypeError(f"Entry has no field {name!r}")
+                values[index] = value
+            shared = share_fields(tuple(values))  # type: ignore[arg-type]
+        _set(new, "_shared", shared)
         return new
 
     def with_path(self, path: str) -> Entry:
         return self.evolve(path=path)
 
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in FIELDS)
 
-_FIELDS = tuple(f.name for f in fields(Entry))
-_set = object.__setattr__
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenEntryError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenEntryError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Entry:
+            return NotImplemented
+        assert isinstance(other, Entry)
+        return (self.path == other.path and self.kind is other.kind and self.mode == other.mode
+                and self.size == other.size and self.data == other.data and self._shared == other._shared)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.kind, self.mode, self.size, self.data, self._shared))
+
+    def __repr__(self) -> str:
+        return "Entry(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS) + ")"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Entry, self._values())
 
 
-def _make_copy() -> Callable[[Entry], Entry]:
-    """A function copying every field of an Entry, written out field by field (as dataclasses writes its
-    __init__): twice as fast as a loop over the fields, and evolve runs once per file of every image."""
-    lines = ["def copy(entry):", "    new = new_entry(Entry)"]
-    lines += [f"    set_field(new, {name!r}, entry.{name})" for name in _FIELDS]
-    lines.append("    return new")
-    namespace: dict[str, Any] = {"new_entry": object.__new__, "Entry": Entry, "set_field": _set}
-    exec("\n".join(lines), namespace)  # noqa: S102 - our own field names only
-    return cast(Callable[[Entry], Entry], namespace["copy"])
-
-
-_copy = _make_copy()
+_new_entry = object.__new__
 
 
 def iter_data(data: Data | None, chunk: int = CHUNK) -> Iterator[bytes]:

@@ -8,7 +8,6 @@ parents before children, and a hard link always points at an earlier regular fil
 from __future__ import annotations
 
 import posixpath
-from dataclasses import replace
 
 from linuxkit_py.archive.entry import Entry, Kind
 
@@ -46,7 +45,7 @@ class Tree:
                 existing = self._entries.get(p)
                 if existing is None or existing.kind != Kind.DIR:
                     template = parent or Entry(p, Kind.DIR, 0o755, source=entry.source, location=entry.location)
-                    self._put(replace(template, path=p, kind=Kind.DIR))
+                    self._put(template.evolve(path=p, kind=Kind.DIR))
         old = self._entries.get(entry.path)
         if old is not None and old.kind == Kind.DIR and entry.kind == Kind.DIR and keep_existing_dir:
             return
@@ -87,10 +86,10 @@ class Tree:
         if not links:
             return
         heir, rest = links[0], links[1:]
-        self._entries[heir] = replace(old, path=heir, source=self._entries[heir].source,
+        self._entries[heir] = old.evolve(path=heir, source=self._entries[heir].source,
                                       location=self._entries[heir].location)
         for p in rest:
-            self._entries[p] = replace(self._entries[p], linkname=heir)
+            self._entries[p] = self._entries[p].evolve(linkname=heir)
         if rest:
             self._links[heir] = rest
 

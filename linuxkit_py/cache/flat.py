@@ -37,8 +37,9 @@ def save_flat_memo(path: Path, entries: list[Entry], tars: list[str], counts: li
     """Keep the flattened `entries` of an image whose layers are the unpacked `tars` (each with `counts`
     members); nothing is kept when an entry holds bytes outside those tars, or the cache cannot be written."""
     index = {tar: i for i, tar in enumerate(tars)}
-    # one object per distinct mode, owner and time, which marshal then writes once and loads as one (most
-    # files share a handful of each; an int above 256 is otherwise an object of its own: 13 MiB at 230k files)
+    # one object per distinct mode and size, which marshal then writes once and loads as one (an int above 256
+    # is otherwise an object of its own: 13 MiB at 230k files); the entries' shared fields are shared tuples
+    # already (archive/entry.py, share_fields), which marshal writes once each too
     share: dict[int, int] = {}
     one = share.setdefault
     rows = []
@@ -50,9 +51,8 @@ def save_flat_memo(path: Path, entries: list[Entry], tars: list[str], counts: li
             where, offset = index[data.path], data.offset
         else:
             return
-        rows.append((e.path, _KIND_CODES[e.kind], one(e.mode, e.mode), one(e.uid, e.uid), one(e.gid, e.gid), e.size,
-                     e.linkname, e.devmajor, e.devminor, where, offset, one(e.mtime, e.mtime), e.xattrs, e.source,
-                     e.location, e.uname, e.gname))
+        rows.append((e.path, _KIND_CODES[e.kind], one(e.mode, e.mode), one(e.size, e.size), where, offset,
+                     e.shared_fields))
     try:
         sizes = [os.stat(tar).st_size for tar in tars]
         payload = marshal.dumps((list(zip(tars, sizes, strict=True)), counts, rows), 4)
@@ -83,8 +83,7 @@ def load_flat_memo(path: Path, tars: list[str], layers: list[dict[str, Any]]) ->
             raise UserError(f"layer {layer['digest']}: more than {limit} entries (set by {MAX_ENTRIES_ENV}); "
                             "refusing it")
     kinds = _KINDS_BY_CODE
-    return [Entry(path_, kinds[kind], mode, uid, gid, size, linkname, devmajor, devminor,
-                  FileRegion(tars[where], offset, size) if where >= 0 else None, mtime, xattrs, source, location,
-                  uname, gname)
-            for (path_, kind, mode, uid, gid, size, linkname, devmajor, devminor, where, offset, mtime, xattrs,
-                 source, location, uname, gname) in rows]
+    made = Entry.made
+    return [made(path_, kinds[kind], mode, size, FileRegion(tars[where], offset, size) if where >= 0 else None,
+                 shared)
+            for (path_, kind, mode, size, where, offset, shared) in rows]

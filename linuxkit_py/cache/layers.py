@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
-from linuxkit_py.archive.entry import Entry, FileRegion, Kind, forget_made_on_read, make_on_read
+from linuxkit_py.archive.entry import Entry, FileRegion, Kind, forget_made_on_read, make_on_read, share_fields
 from linuxkit_py.archive.tarindex import (
     DEFAULT_MAX_ENTRIES,
     MAX_ENTRIES_ENV,
@@ -359,13 +359,15 @@ def _encode(entry: Entry) -> list[Any]:
 def _decode(row: list[Any], tar_path: str, one: Callable[[int, int], int]) -> Entry:
     (path, kind, mode, uid, gid, size, linkname, devmajor, devminor, offset, mtime, xattrs, uname, gname,
      source, location) = row
-    # Positional (Entry's field order), and no generator for the usual empty xattrs: a quarter faster, on
-    # tens of thousands of rows per image. `one` gives one object per distinct mode, owner and time (JSON
-    # makes an object of each; an int above 256 is 28 bytes, and most files share a handful of each).
-    return Entry(path, _KINDS_BY_CODE[kind], one(mode, mode), one(uid, uid), one(gid, gid), size, linkname,
-                 devmajor, devminor, FileRegion(tar_path, offset, size) if offset >= 0 else None, one(mtime, mtime),
-                 tuple([(name, base64.b64decode(value)) for name, value in xattrs]) if xattrs else (),
-                 source, location, uname, gname)
+    # No generator for the usual empty xattrs: a quarter faster, on tens of thousands of rows per image. `one`
+    # gives one object per distinct mode and size (JSON makes an object of each; an int above 256 is 28 bytes),
+    # share_fields one tuple per distinct owner, time, link target and origin.
+    size = one(size, size)
+    return Entry.made(path, _KINDS_BY_CODE[kind], one(mode, mode), size,
+                      FileRegion(tar_path, offset, size) if offset >= 0 else None,
+                      share_fields((uid, gid, linkname, devmajor, devminor, mtime,
+                                    tuple([(name, base64.b64decode(value)) for name, value in xattrs]) if xattrs
+                                    else (), source, location, uname, gname)))
 
 
 # Indexes this process has decoded, by (index path, its size, mtime and inode, the tar's size): a build

@@ -15,12 +15,13 @@ import operator
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from linuxkit_py.archive.blockcache import DeflateBlockCache
 from linuxkit_py.archive.compress import compressed_writer
 from linuxkit_py.archive.cpio import check_cpio_sizes, link_identical_files, write_cpio
+from linuxkit_py.archive.entry import FIELDS as ENTRY_FIELDS
 from linuxkit_py.archive.entry import ContentReader, Entry, FileRegion, Kind, read_data
 from linuxkit_py.archive.tar import write_tar
 from linuxkit_py.errors import UserError
@@ -74,9 +75,9 @@ def split_boot(entries: Sequence[Entry]) -> BootSplit:
                 raise ValueError(f"hard link {entry.path} -> {entry.linkname}: no regular file before it")
             if holder is None:
                 moved[entry.linkname] = entry.path
-                entry = replace(target, path=entry.path, source=entry.source, location=entry.location)
+                entry = target.evolve(path=entry.path, source=entry.source, location=entry.location)
             else:
-                entry = replace(entry, linkname=holder)
+                entry = entry.evolve(linkname=holder)
         rest.append(entry)
     kernel = files.get(KERNEL_PATH)
     if kernel is None:
@@ -163,7 +164,7 @@ def kernel_initrd_digests(rootfs: Rootfs) -> list[str | None]:
 
 
 # every field of an entry but its kind and data
-_metadata = operator.attrgetter(*(f.name for f in fields(Entry) if f.name not in ("kind", "data")))
+_metadata = operator.attrgetter(*(name for name in ENTRY_FIELDS if name not in ("kind", "data")))
 
 
 def write_tar_kernel_initrd(rootfs: Rootfs, outs: list[BinaryIO], compression: str = "gzip") -> None:

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -71,7 +70,7 @@ def check_root_fs(fs: str) -> None:
 def root_entries(rootfs: Rootfs) -> list[Entry]:
     """The entries of the root image: everything outside boot/, without LinuxKit's provenance records
     (neither mksquashfs nor tar knows those pax keywords)."""
-    return [replace(entry, source="", location="") for entry in split_boot(rootfs.entries).initrd]
+    return [entry.evolve(source="", location="") for entry in split_boot(rootfs.entries).initrd]
 
 
 def write_root_image(rootfs: Rootfs, out_path: Path, fs: str) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ class _Assembly:
 
 def _numeric_owner(entry: Entry) -> Entry:
     """Owners by number only, as in the entries we make (a .deb's owner names are its build machine's)."""
-    return replace(entry, uname="", gname="") if entry.uname or entry.gname else entry
+    return entry.evolve(uname="", gname="") if entry.uname or entry.gname else entry
 
 
 def _add_packages(a: _Assembly) -> None:

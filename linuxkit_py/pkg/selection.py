@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
 
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.archive.tree import parent_dirs
@@ -58,9 +57,9 @@ def _detach_hard_links(entries: list[Entry], chosen: set[str], by_path: dict[str
             if heir is None:
                 heirs[entry.linkname] = entry.path
                 target = by_path[entry.linkname]
-                entry = replace(target, path=entry.path, source=entry.source, location=entry.location)
+                entry = target.evolve(path=entry.path, source=entry.source, location=entry.location)
             else:
-                entry = replace(entry, linkname=heir)
+                entry = entry.evolve(linkname=heir)
         out.append(entry)
     return out
 

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from linuxkit_py.archive.entry import Entry, FileRegion, Kind
@@ -110,9 +110,9 @@ def _add_kernel(tree: Tree, a: Assembly) -> None:
     cmdline = (k.get("cmdline") or "").encode()
     tree.add(_dir("boot", ref, "kernel"))
     tree.add(_file("boot/cmdline", cmdline, ref, "kernel"))
-    tree.add(replace(kernel, path="boot/kernel", source=ref, location="kernel"))
+    tree.add(kernel.evolve(path="boot/kernel", source=ref, location="kernel"))
     if ucode:
-        tree.add(replace(regular(ucode, "ucode"), path="boot/ucode.cpio", source=ref, location="kernel"))
+        tree.add(regular(ucode, "ucode").evolve(path="boot/ucode.cpio", source=ref, location="kernel"))
     if tar_name:
         tar = regular(tar_name, "kernel tar")
         assert isinstance(tar.data, FileRegion) or tar.data is None
@@ -287,12 +287,12 @@ def _add_files(tree: Tree, a: Assembly) -> None:
             raise UserError(f"{where}{location}: {exc.message}") from exc
         base = Entry(path, Kind.FILE, mode, uid=uid, gid=gid, source=FILES_SOURCE, location=location)
         if is_dir:
-            entry = replace(base, kind=Kind.DIR)
+            entry = base.evolve(kind=Kind.DIR)
         elif f.get("symlink"):
-            entry = replace(base, kind=Kind.SYMLINK, linkname=f["symlink"])
+            entry = base.evolve(kind=Kind.SYMLINK, linkname=f["symlink"])
         elif "contents" in f and f["contents"] is not None:
             data = str(f["contents"]).encode()
-            entry = replace(base, size=len(data), data=data)
+            entry = base.evolve(size=len(data), data=data)
         elif f.get("source"):
             src = _source_path(f["source"], pos.file if pos else None)
             try:
@@ -306,10 +306,10 @@ def _add_files(tree: Tree, a: Assembly) -> None:
                 raise UserError(f"{where}{location}: cannot read source {src}: {exc.strerror}") from exc
             if not src.is_file():
                 raise UserError(f"{where}{location}: source {src} is not a regular file")
-            entry = replace(base, size=st.st_size, data=FileRegion(str(src), 0, st.st_size))
+            entry = base.evolve(size=st.st_size, data=FileRegion(str(src), 0, st.st_size))
         elif f.get("metadata"):
             data = a.metadata(f["metadata"])
-            entry = replace(base, size=len(data), data=data)
+            entry = base.evolve(size=len(data), data=data)
         else:
             raise UserError(f"{where}{location}: contents of file {path} not specified")
         parent = Entry("", Kind.DIR, _dir_mode(mode), uid=uid, gid=gid, source=FILES_SOURCE, location=location)

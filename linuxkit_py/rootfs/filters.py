@@ -8,8 +8,6 @@ volumes, a symlink to the resolv.conf that DHCP writes under /run).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from linuxkit_py.archive.entry import Entry, Kind
 
 EXCLUDED = frozenset({".dockerenv", "Dockerfile", "dev/console", "dev/pts", "dev/shm", "etc/hostname"})
@@ -41,10 +39,10 @@ ENSURED: tuple[tuple[str, Kind, int, str], ...] = (
 
 def _replacement(entry: Entry, resolv_symlink: str | None) -> Entry:
     if entry.path == "etc/resolv.conf" and resolv_symlink:
-        return replace(entry, kind=Kind.SYMLINK, linkname=resolv_symlink, size=0, data=None)
+        return entry.evolve(kind=Kind.SYMLINK, linkname=resolv_symlink, size=0, data=None)
     content = HOSTS if entry.path == "etc/hosts" else NO_RESOLV
     mode = entry.mode if entry.kind == Kind.FILE else 0o644
-    return replace(entry, kind=Kind.FILE, mode=mode, linkname="", size=len(content), data=content)
+    return entry.evolve(kind=Kind.FILE, mode=mode, linkname="", size=len(content), data=content)
 
 
 def filter_image(entries: list[Entry], source: str, location: str, resolv_symlink: str | None,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from dataclasses import replace
 
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.cache.flat import flat_memo_path, load_flat_memo, save_flat_memo
@@ -200,13 +199,13 @@ class _Tree:
             if first == path:
                 out.append(_at(node.entry, path))
             else:
-                out.append(replace(node.entry, path=path, kind=Kind.HARDLINK, linkname=first, size=0,
+                out.append(node.entry.evolve(path=path, kind=Kind.HARDLINK, linkname=first, size=0,
                                    data=None))
         return out
 
 
 def _at(entry: Entry, path: str) -> Entry:
-    return entry if entry.path == path else replace(entry, path=path)
+    return entry if entry.path == path else entry.evolve(path=path)
 
 
 def flatten_layers(layers: list[list[Entry]], labels: list[str] | None = None) -> list[Entry]:

@@ -12,7 +12,6 @@ import io
 import lzma
 import tarfile
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -167,7 +166,7 @@ def test_virtio_net_brings_its_dependencies(package: list[Entry], debian_kernel:
 def test_modules_under_usr_lib_go_to_lib_modules(package: list[Entry], debian_kernel: DebianKernel,
                                                  tmp_path: Path) -> None:
     """Debian 13 ships modules under usr/lib/modules (merged /usr); kernel.tar keeps LinuxKit's lib/modules."""
-    merged = [replace(e, path="usr/" + e.path) if e.path.startswith("lib/") else e for e in package]
+    merged = [e.evolve(path="usr/" + e.path) if e.path.startswith("lib/") else e for e in package]
     assert kernel_version(merged) == debian_kernel.version
     files = kernel_tar_files(kernel_package_entries(merged, debian_kernel.version, [VIRTIO_NET], LABEL, tmp_path))
     assert f"lib/modules/{debian_kernel.version}/{VIRTIO_NET}" in files
@@ -204,7 +203,7 @@ def test_a_glob_that_matches_nothing_is_an_error(package: list[Entry], debian_ke
 
 def replaced(package: list[Entry], path: str, data: bytes, new_path: str | None = None) -> list[Entry]:
     """`package` with the file at `path` given `data` (and moved to `new_path`)."""
-    return [replace(e, path=new_path or path, size=len(data), data=data) if e.path == path else e for e in package]
+    return [e.evolve(path=new_path or path, size=len(data), data=data) if e.path == path else e for e in package]
 
 
 def test_a_dependency_built_for_another_kernel_fails_the_build(package: list[Entry], debian_kernel: DebianKernel,

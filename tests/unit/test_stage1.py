@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import stat
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -210,7 +210,7 @@ def test_same_image_same_bytes_with_the_ucode_cpio_first(kernel_entries: list[En
                                   Entry("bin/busybox", Kind.HARDLINK, 0o755, linkname="usr/bin/busybox")])
 def test_busybox_behind_a_link_is_found(kernel_entries: list[Entry], busybox: Entry, link: Entry,
                                         tmp_path: Path) -> None:
-    rootfs = image(kernel_entries, replace(busybox, path="usr/bin/busybox"), link)
+    rootfs = image(kernel_entries, busybox.evolve(path="usr/bin/busybox"), link)
     members = stage_one(rootfs, RootLocation("squashfs", ROOT_ID), "virtio", tmp_path)
     assert members["bin/busybox"].data == read_data_of(busybox)
     assert members["bin/busybox"].mode == stat.S_IFREG | 0o755
@@ -286,7 +286,7 @@ def test_module_named_by_modules_dep_but_missing(kernel_entries: list[Entry], bu
 def test_modules_of_another_kernel(kernel_entries: list[Entry], busybox: Entry, debian_kernel: DebianKernel,
                                    tmp_path: Path) -> None:
     version = debian_kernel.version
-    other = [replace(e, path=e.path.replace(version, "5.10.0-99-amd64")) for e in kernel_entries]
+    other = [e.evolve(path=e.path.replace(version, "5.10.0-99-amd64")) for e in kernel_entries]
     assert stage_one_error(image(other, busybox), tmp_path) == (
         f"the kernel is {version} but the image has modules for 5.10.0-99-amd64 only "
         "(hint: use the kernel image's own kernel.tar)")
