@@ -20,6 +20,7 @@ from linuxkit_py.cache.layers import (
     forget_decoded_indexes,
     forget_deferred_layers,
     layers_dir,
+    prefetch_deferred_layer,
     unpack_images,
 )
 from linuxkit_py.cache.layout import Cache
@@ -267,6 +268,9 @@ def _build(opts: BuildOptions) -> list[Path]:
     # every image's layers decompressed and indexed in parallel; their files hashed for the SBOM meanwhile,
     # unless a shared cache brings those hashes
     unpack_images(cache, images.values(), hash_files=opts.sbom and shared is None, defer=defer)
+    # the kernel's layer left packed is read for NAME-kernel whatever else hits: decompressed meanwhile
+    kernel = images.get(spec.kernel.get("image") or "") if fetched is not None and defer else None
+    prefetch = [t for layer in (kernel.layers if kernel else []) if (t := prefetch_deferred_layer(cache, layer))]
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     forget_decoded_indexes()  # placed: the layers' own entries are not needed again
     if opts.decompress_kernel:
@@ -280,6 +284,8 @@ def _build(opts: BuildOptions) -> list[Path]:
         entries = [*entries, *sbom_entries(opts.sbom_output, in_image, entries)]
     if fetched is not None:
         fetched()  # the deflated blocks, fetched while the layers were unpacked
+    for thread in prefetch:
+        thread.join()  # before the SBOM's writer is forked (build._write_outputs: one thread only)
     rootfs = Rootfs(entries, epoch, compression_cache=cache.derived_dir / "deflate",
                     compression_keys=set() if opts.cache_to else None,
                     content_addressed=(layers_dir(cache), cache.derived_dir / KERNEL_SUBDIR),

@@ -213,8 +213,9 @@ _MADE_ON_READ: dict[str, Callable[[], None]] = {}
 
 
 def make_on_read(path: str, make: Callable[[], None]) -> None:
-    """Have open_content(path) call `make()` (which must create `path`, and may be called from any thread,
-    more than once) when the file does not exist yet."""
+    """Have open_content(path) call `make()` before it opens the file: `make` must create `path` when it does not
+    exist yet, or raise why it cannot be read (again to every reader); it may be called from any thread, more
+    than once."""
     _MADE_ON_READ[path] = make
 
 
@@ -224,13 +225,9 @@ def forget_made_on_read() -> None:
 
 def open_content(path: str) -> int:
     """os.open(path, O_RDONLY), making the file first if it is one make_on_read named."""
-    try:
-        return os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        make = _MADE_ON_READ.get(path)
-        if make is None:
-            raise
-    make()
+    make = _MADE_ON_READ.get(path)
+    if make is not None:
+        make()
     return os.open(path, os.O_RDONLY)
 
 

@@ -25,7 +25,15 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
-from linuxkit_py.archive.entry import Entry, FileRegion, Kind, forget_made_on_read, make_on_read, share_fields
+from linuxkit_py.archive.entry import (
+    Entry,
+    FileRegion,
+    Kind,
+    forget_made_on_read,
+    make_on_read,
+    open_content,
+    share_fields,
+)
 from linuxkit_py.archive.tarindex import (
     DEFAULT_MAX_ENTRIES,
     MAX_ENTRIES_ENV,
@@ -445,27 +453,53 @@ def defer_layer(cache: Cache, layer: dict[str, Any], diff_id: str | None) -> boo
     if tar.exists() or not index.is_file():
         return False
     path = str(tar)
+    failed: list[UserError] = []
 
     def make() -> None:
         with _DEFERRED_LOCK:  # one decompression at a time: the reader that asked waits for it either way
+            if failed:  # for every reader, not only the first (prefetch_deferred_layer's may have been first)
+                raise failed[0]
             if tar.exists():
                 return
             log.info("layer %s: decompressing it now (first read)", layer["digest"])
             unpacked_layer(cache, layer, diff_id)
-            try:
-                expected = json.loads(index.read_bytes()).get("tar_size")
-            except (OSError, ValueError):
-                expected = None
             size = tar.stat().st_size
-            if expected != size:
-                with contextlib.suppress(OSError):
-                    index.unlink()
-                raise UserError(f"layer {layer['digest']}: its index (from --cache-from) is of a {expected}-byte "
-                                f"tar, the layer's is {size} bytes", hint="the index was removed: build again")
+            # its own index, and those of tars inside it (region_entries), all made of the tar of that size
+            for made in [index, *tar.parent.glob(f"{tar.stem}.*-*.json")]:
+                try:
+                    expected = json.loads(made.read_bytes()).get("tar_size")
+                except (OSError, ValueError, AttributeError):
+                    expected = None
+                if expected != size:
+                    with contextlib.suppress(OSError):
+                        made.unlink()
+                    which = "its index" if made == index else \
+                        f"the index of the tar at {made.name[len(tar.stem) + 1:-len('.json')]} in it"
+                    failed.append(UserError(
+                        f"layer {layer['digest']}: {which} (from --cache-from) is of a {expected}-byte tar, the "
+                        f"layer's is {size} bytes", hint="the index was removed: build again"))
+                    raise failed[0]
 
     _DEFERRED.add(path)
     make_on_read(path, make)
     return True
+
+
+def prefetch_deferred_layer(cache: Cache, layer: dict[str, Any]) -> threading.Thread | None:
+    """Start decompressing a layer left packed that the build is known to read (the kernel's), on a thread of
+    its own, while the build goes on; None if it is not left packed. A failure is raised to whoever reads it
+    (make_on_read), not here."""
+    path = str(layer_tar_path(cache, layer))
+    if path not in _DEFERRED:
+        return None
+
+    def prefetch() -> None:
+        with contextlib.suppress(Exception):
+            os.close(open_content(path))
+
+    thread = threading.Thread(target=prefetch, name=f"prefetch {layer['digest'][7:19]}", daemon=True)
+    thread.start()
+    return thread
 
 
 def forget_deferred_layers() -> None:

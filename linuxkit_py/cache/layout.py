@@ -66,8 +66,11 @@ def canonical_json(doc: Any) -> bytes:
 
 
 class Cache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durable: bool = True) -> None:
+        """`durable=False`: a scratch cache whose blobs are read once and removed with it (`--cache-from`'s
+        staging), so a verified download is not forced to disk first."""
         self.root = Path(root)
+        self.durable = durable
 
     # -- layout -------------------------------------------------------------
     def ensure(self) -> None:
@@ -142,21 +145,27 @@ class Cache:
                 os.unlink(lock_path)
             os.close(fd)  # releases the lock
 
-    def commit_partial(self, digest: str, size: int) -> Path:
-        """Verify a complete partial download (whole file hashed) and rename it into place.
+    def commit_partial(self, digest: str, size: int, streamed: str | None = None) -> Path:
+        """Verify a complete partial download and rename it into place: the whole file is hashed, unless
+        `streamed` is the digest of every byte written to it, hashed as the one download that wrote them all
+        went by (then only its size is checked again).
 
         Raises BlobMismatch (the partial file removed) when its size or digest is wrong.
         Call with blob_lock(digest) held.
         """
         partial = self.partial_path(digest)
-        h = hashlib.sha256()
-        n = 0
         with open(partial, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                n += len(chunk)
-            os.fsync(f.fileno())
-        got = "sha256:" + h.hexdigest()
+            if streamed is None:
+                h = hashlib.sha256()
+                n = 0
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    n += len(chunk)
+                got = "sha256:" + h.hexdigest()
+            else:
+                n, got = os.fstat(f.fileno()).st_size, streamed
+            if self.durable:
+                os.fsync(f.fileno())
         if n != size or got != digest:
             partial.unlink()
             if n != size:

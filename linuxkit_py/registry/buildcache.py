@@ -4,7 +4,8 @@ What a warm build reuses from its local cache goes to REF's repository as ordina
 that builders sharing REF start warm without any service of ours (docs/packages.md, "Sharing a build cache"):
 
 * `TAG-pkg-<sha256 of the package reference>`: a built `@pkg:` image, pushed as the image it is;
-* `TAG-layer-<layer digest hex>`: the member index of the unpacked layer and its files' SBOM hashes;
+* `TAG-layer-<layer digest hex>`: the member index of the unpacked layer, its files' SBOM hashes and the
+  indexes of tars inside it (a kernel image's kernel.tar);
 * `TAG-deflate-<build key>` and `TAG-deflate-<sha256 of name, formats and arch>` (the latest build of
   that output): the deflated blocks of the outputs, as one tar named by the blocks' keys.
 
@@ -58,6 +59,8 @@ MAX_KEY_TAG = len("-deflate-") + 64
 MAX_ITEMS_BYTES = 4 << 30  # a cache blob larger than this is refused, not downloaded
 MAX_ITEM_BYTES = 256 << 20  # one item is read into memory: a layer index of a million entries fits
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+REGION_FILE_RE = re.compile(r"^\.([0-9]{1,19})-([0-9]{1,19})\.json$")  # after the hex digest (region_entries)
+REGION_ITEM_RE = re.compile(r"^region-([0-9]{1,19})-([0-9]{1,19})\.json$")
 INDEX_ITEM = "index.json"
 SBOM_ITEM = "sbom.json"
 # Cache requests give up sooner than pulls: a slow cache only delays a build that can go without it.
@@ -289,7 +292,7 @@ class RegistryBuildCache:
         with self._guard("--cache-from", source), RegistryClient(self.options) as client, \
                 tempfile.TemporaryDirectory(prefix="cache-from-", dir=self._scratch()) as tmp, \
                 concurrent.futures.ThreadPoolExecutor(max(1, self.options.workers)) as pool:
-            staging = Cache(Path(tmp))
+            staging = Cache(Path(tmp), durable=False)  # read once, then removed: nothing to fsync
             staging.ensure()
 
             def run(job: Callable[[RegistryClient, Cache], None]) -> None:
@@ -360,14 +363,16 @@ class RegistryBuildCache:
                 if blob is None:
                     return
                 items = dict(_read_items(blob))
-                index = json.loads(items[INDEX_ITEM])
-                if not isinstance(index, dict) or not isinstance(index.get("entries"), list):
+                if not _is_index(items[INDEX_ITEM]):
                     raise ValueError(f"layer {hexdigest}: the cached index is not one")
                 directory.mkdir(parents=True, exist_ok=True)
                 if SBOM_ITEM in items and isinstance(json.loads(items[SBOM_ITEM]), dict):
                     hashes = sbom_hashes_path(self.cache, str(directory / f"{hexdigest}.tar"))
                     hashes.parent.mkdir(parents=True, exist_ok=True)
                     _write_new(hashes, items[SBOM_ITEM])
+                for name, data in items.items():
+                    if (match := REGION_ITEM_RE.match(name)) is not None and _is_index(data):
+                        _write_new(directory / f"{hexdigest}.{match[1]}-{match[2]}.json", data)
                 if _write_new(directory / f"{hexdigest}.json", items[INDEX_ITEM]):
                     with self._lock:
                         self.taken.layers += 1
@@ -421,6 +426,11 @@ class RegistryBuildCache:
                     continue
                 hashes = sbom_hashes_path(self.cache, str(directory / f"{hexdigest}.tar"))
                 files = {INDEX_ITEM: index, SBOM_ITEM: hashes}
+                # the indexes of tars inside the layer (a kernel image's kernel.tar): with them a build that
+                # leaves the layer packed need not decompress it to place the kernel's modules
+                for region in directory.glob(f"{hexdigest}.*-*.json"):
+                    if (match := REGION_FILE_RE.match(region.name[len(hexdigest):])) is not None:
+                        files[f"region-{match[1]}-{match[2]}.json"] = region
                 self._push_artifact(client, remote, "layer", files, functools.partial(_read_item, files),
                                     [f"{destination.tag}-layer-{hexdigest}"])
             if block_keys and deflate_tags:
@@ -445,6 +455,15 @@ class RegistryBuildCache:
             _push_blob(client, remote, blob, digest, size, lambda n: None)
             for tag in tags:
                 _put_manifest(client, remote, document, tag)
+
+
+def _is_index(data: bytes) -> bool:
+    """Whether `data` reads as a member index (cache/layers.py checks its rows when it loads it)."""
+    try:
+        index = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(index, dict) and isinstance(index.get("entries"), list)
 
 
 def _read_item(files: dict[str, Path], name: str) -> bytes | None:

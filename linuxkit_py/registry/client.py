@@ -268,6 +268,7 @@ class RegistryClient:
             progress(have)
             while True:
                 headers = {"Range": f"bytes={have}-"} if 0 < have < size else {}
+                streamed = None  # the digest of the whole file, when one body wrote all of it
                 if have < size:
                     response = self.request("GET", remote, remote.url("blobs", digest), headers, ok=(200, 206))
                     if response.status_code != 206 or _range_start(response) != have:
@@ -301,9 +302,11 @@ class RegistryClient:
                         partial.unlink(missing_ok=True)
                         raise RegistryFault(f"{remote.peer}: blob {digest} has {have} bytes, "
                                             f"its descriptor says {size}")
+                    if body.received == have:  # this body wrote the file from its first byte
+                        streamed = body.digest
                 f.flush()
                 try:
-                    cache.commit_partial(digest, size)
+                    cache.commit_partial(digest, size, streamed)
                     return
                 except BlobMismatch as exc:  # commit_partial removed the file
                     progress(-have)

@@ -4,6 +4,7 @@ empty cache starts warm (no package build, blocks not deflated again), and fault
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import re
@@ -105,6 +106,25 @@ def test_a_second_builder_starts_warm_from_the_registry(spec_dir: Path, registry
     assert taken_blocks == len(blocks(cache_a)) > 4
     assert blocks(cache_b) == blocks(cache_a)  # every block came from the registry, none was deflated again
     assert verify_cache(Cache(cache_b)).problems == []
+    # the kernel layer's artifact carries the index of its kernel.tar too (placing the modules needs no tar)
+    (inner,) = (cache_a / "linuxkit-py" / "layers").glob("*.*-*.json")
+    hexdigest, _, region = inner.name.removesuffix(".json").partition(".")
+    items = layer_items(registry, hexdigest)
+    assert items["region-" + region + ".json"] == inner.read_bytes() == \
+        (cache_b / "linuxkit-py" / "layers" / inner.name).read_bytes()
+    assert sorted(items) == ["index.json", f"region-{region}.json", "sbom.json"]
+
+
+def layer_items(registry: RegistryProcess, hexdigest: str) -> dict[str, bytes]:
+    """The items of the cache artifact of the layer `hexdigest` (name -> bytes)."""
+    import tarfile
+
+    base = f"http://{registry.host}/v2/ci/cache"
+    manifest = requests.get(f"{base}/manifests/cache-layer-{hexdigest}", timeout=5,
+                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    blob = requests.get(f"{base}/blobs/{manifest['layers'][0]['digest']}", timeout=5).content
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
 
 
 def test_without_the_cache_the_same_bytes(spec_dir: Path, builder_a: tuple[Path, bytes], tmp_path: Path) -> None:

@@ -266,3 +266,69 @@ def test_a_member_refused_early_stops_the_unpacking_and_leaves_nothing(tmp_path:
     with pytest.raises(UserError, match=r"refusing tar entry '\.\./escape': its path leaves the root"):
         layer_entries(cache, layer)
     assert [p.name for p in layers_dir(cache).iterdir()] == [layer["digest"].split(":")[1] + ".lock"]
+
+
+def _kernel_layer_left_packed(tmp_path: Path, region_tar_size: int | None = None) -> tuple[Cache, dict[str, Any],
+                                                                                         FileRegion]:
+    """A kernel image's layer indexed (with its kernel.tar's index) and then removed, as `--cache-from` brings
+    the indexes of a layer whose tar this machine never made; left packed (defer_layer)."""
+    import linuxkit_py.cache.layers as layers
+
+    inner = tar_layer(D("lib"), F("lib/a.ko", b"a" * 5000))
+    cache = Cache(tmp_path / "cache")
+    layer = _store(cache, gzip.compress(tar_layer(F("kernel", b"k" * 1000), F("kernel.tar", inner)), mtime=0),
+                   OCI_GZIP)
+    (region,) = [e.data for e in layer_entries(cache, layer) if e.path == "kernel.tar"]
+    assert isinstance(region, FileRegion)
+    layers.region_entries(cache, region, "kernel.tar")
+    tar = Path(region.path)
+    region_index = tar.with_name(f"{tar.stem}.{region.offset}-{region.size}.json")
+    if region_tar_size is not None:
+        doc = json.loads(region_index.read_bytes())
+        doc["tar_size"] = region_tar_size
+        region_index.write_text(json.dumps(doc))
+    tar.unlink()
+    layers._DECODED.clear()
+    assert layers.defer_layer(cache, layer, None)
+    return cache, layer, region
+
+
+def test_a_packed_kernel_layer_places_its_modules_without_decompressing_and_is_prefetched(tmp_path: Path) -> None:
+    import linuxkit_py.cache.layers as layers
+
+    cache, layer, region = _kernel_layer_left_packed(tmp_path)
+    try:
+        modules = layers.region_entries(cache, region, "kernel.tar")  # from the kernel.tar's index alone
+        assert [e.path for e in modules] == ["lib", "lib/a.ko"]
+        assert not Path(region.path).exists()
+        thread = layers.prefetch_deferred_layer(cache, layer)
+        assert thread is not None
+        thread.join()
+        assert Path(region.path).is_file()  # decompressed meanwhile, its diff and sizes checked
+        (ko,) = [e for e in modules if e.path == "lib/a.ko"]
+        assert read_data(ko.data) == b"a" * 5000
+        assert layers.prefetch_deferred_layer(cache, {**layer, "digest": "sha256:" + "0" * 64}) is None
+    finally:
+        layers.forget_deferred_layers()
+
+
+def test_a_packed_layer_whose_inner_index_does_not_fit_fails_every_reader(tmp_path: Path) -> None:
+    """A kernel.tar index of a tar of another size (a cache pushed by a broken builder): the prefetch finds it,
+    and then every reader of the layer gets the error, naming the layer and the index, which is removed."""
+    import linuxkit_py.cache.layers as layers
+    from linuxkit_py.archive.entry import open_content
+
+    cache, layer, region = _kernel_layer_left_packed(tmp_path, region_tar_size=512)
+    try:
+        thread = layers.prefetch_deferred_layer(cache, layer)
+        assert thread is not None
+        thread.join()  # it failed quietly: the error is the readers'
+        for _ in range(2):
+            with pytest.raises(UserError, match=rf"^layer {layer['digest']}: the index of the tar at "
+                                                rf"{region.offset}-{region.size} in it \(from --cache-from\) is of "
+                                                r"a 512-byte tar, the layer's is \d+ bytes \(hint: the index was"):
+                open_content(region.path)
+        tar = Path(region.path)
+        assert not tar.with_name(f"{tar.stem}.{region.offset}-{region.size}.json").exists()
+    finally:
+        layers.forget_deferred_layers()
