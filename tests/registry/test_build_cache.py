@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from linuxkit_py.archive.blockcache import pack_members
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.cache.verify import verify_cache
 from linuxkit_py.registry.buildcache import latest_deflate_key
@@ -86,7 +87,14 @@ def builder_a(spec_dir: Path, registry: RegistryProcess,
 
 
 def blocks(cache: Path) -> set[str]:
-    return {p.name for p in (cache / "linuxkit-py" / "deflate").rglob("*") if p.is_file()}
+    """The keys of the deflated blocks the cache holds: in files of their own, and in packs (--cache-from)."""
+    deflate = cache / "linuxkit-py" / "deflate"
+    own = {p.name for p in deflate.glob("??/*") if p.is_file()}
+    return own | {key for pack in deflate.glob("packs/*.tar") for key, _, _ in pack_members(str(pack))}
+
+
+def packs(cache: Path) -> list[Path]:
+    return sorted((cache / "linuxkit-py" / "deflate").glob("packs/*"))
 
 
 def test_a_second_builder_starts_warm_from_the_registry(spec_dir: Path, registry: RegistryProcess,
@@ -105,6 +113,9 @@ def test_a_second_builder_starts_warm_from_the_registry(spec_dir: Path, registry
     assert layers == 4
     assert taken_blocks == len(blocks(cache_a)) > 4
     assert blocks(cache_b) == blocks(cache_a)  # every block came from the registry, none was deflated again
+    # kept as the one file they came in (the blob the registry sent), no file of their own
+    assert [p.name for p in packs(cache_b)] == [deflate_blob(registry).split(":")[1] + ".tar"]
+    assert not list((cache_b / "linuxkit-py" / "deflate").glob("??/*"))
     assert verify_cache(Cache(cache_b)).problems == []
     # the kernel layer's artifact carries the index of its kernel.tar too (placing the modules needs no tar)
     (inner,) = (cache_a / "linuxkit-py" / "layers").glob("*.*-*.json")

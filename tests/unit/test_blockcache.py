@@ -323,3 +323,54 @@ def test_a_shared_block_file_is_taken_only_whole_and_under_its_own_key(tmp_path:
     assert target.get(key) is None and target.get(other) is None
     assert target.put_file(key, data)
     assert target.get(key) == CachedBlock(b"deflated", 1234, 5678)
+
+
+def _pack(tmp_path: Path, data: bytes) -> tuple[Path, dict[str, bytes]]:
+    """The blocks of `data` as `build --cache-to` shares them: one tar of block files named by their keys."""
+    from linuxkit_py.registry.buildcache import _items_tar
+
+    source = DeflateBlockCache(tmp_path / "source")
+    _gzip(data, source)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "source").glob("??/*")}
+    blob = tmp_path / "items.tar"
+    with open(blob, "wb") as f:
+        _items_tar(files, files.get, f)
+    return blob, files
+
+
+def test_blocks_kept_in_their_pack_give_the_same_bytes_and_stay_one_file(tmp_path: Path) -> None:
+    data = _data(seed=7)
+    blob, files = _pack(tmp_path, data)
+    cache = DeflateBlockCache(tmp_path / "blocks")
+    assert sorted(cache.adopt_pack(blob, "abc")) == sorted(files)
+    assert not blob.exists()  # moved, not copied
+    assert [p.relative_to(tmp_path / "blocks").as_posix() for p in (tmp_path / "blocks").rglob("*") if p.is_file()] \
+        == ["packs/abc.tar"]
+    assert all(cache.has(key) and cache.read_file(key) == file for key, file in files.items())
+    warm = DeflateBlockCache(tmp_path / "blocks")
+    assert _gzip(data, warm) == _gzip(data, None)
+    assert not list((tmp_path / "blocks").glob("??/*"))  # every block came from the pack: none deflated again
+
+
+def test_a_pack_with_a_damaged_block_is_refused_whole(tmp_path: Path) -> None:
+    blob, files = _pack(tmp_path, _data(seed=8))
+    raw = bytearray(blob.read_bytes())
+    raw[raw.index(files[sorted(files)[1]]) + 100] ^= 1  # one bit of the second block's payload
+    blob.write_bytes(bytes(raw))
+    cache = DeflateBlockCache(tmp_path / "blocks")
+    with pytest.raises(ValueError, match=f"block {sorted(files)[1]} is damaged"):
+        cache.adopt_pack(blob, "abc")
+    assert not (tmp_path / "blocks").exists() and not any(cache.has(key) for key in files)
+
+
+def test_an_unused_pack_is_trimmed_like_a_block_and_a_used_one_kept(tmp_path: Path) -> None:
+    blocks = tmp_path / "blocks"
+    for seed, name in ((9, "old"), (10, "used")):
+        blob, _ = _pack(tmp_path, _data(seed=seed))
+        DeflateBlockCache(blocks).adopt_pack(blob, name)
+        os.utime(blocks / "packs" / f"{name}.tar", (1, 1))
+    size = sum(p.stat().st_size for p in blocks.rglob("*") if p.is_file())
+    cache = DeflateBlockCache(blocks, max_bytes=int(size * 0.6))
+    _gzip(_data(seed=10), cache)  # reads every block of "used"
+    cache.trim()
+    assert sorted(p.name for p in (blocks / "packs").iterdir()) == ["used.tar"]
