@@ -32,7 +32,10 @@ import os
 import re
 import struct
 import tarfile
+import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +56,12 @@ TRIM_TO = 0.75
 # Files whose mtime is at most this much older than the cache object are the current build's (file system
 # timestamps come from a coarse clock that may lag time.time_ns()).
 OWN_MARGIN_NS = 2_000_000_000
-# Blocks fetched together (`build --cache-from`) stay in the tar they came in, one file: `packs/<digest>.tar`.
+# Blocks fetched together (`build --cache-from`) stay in the tar they came in, one file: `packs/<digest>.tar`;
+# a build that deflates many blocks packs them the same way (`packs/<random>.tar`).
 PACKS = "packs"
 PACK_SUFFIX = ".tar"
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+OWN_FILES = 32  # blocks a cache object stores as files of their own before it packs the rest
 
 Piece = bytes | bytearray | FileRegion
 
@@ -109,6 +114,12 @@ def _place(path: str) -> bytes:
     return f"{os.path.basename(head)}/{name}".encode("utf-8", "surrogateescape")
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def pack_members(path: str) -> list[tuple[str, int, int]]:
     """(key, offset, size) of each block file in the pack tar at `path`; ValueError for any other member."""
     members = []
@@ -156,6 +167,9 @@ class DeflateBlockCache:
         self._made: set[Path] = set()  # directories put() made or found
         self._packs: dict[str, tuple[str, int, int]] | None = None  # _pack_index
         self._touched: set[str] = set()  # the packs this build read from (marked used once)
+        self._lock = threading.Lock()
+        self._puts = 0
+        self._pack_fd, self._pack_tmp = -1, ""  # this object's pack being written (-2: it could not be)
 
     @staticmethod
     def key(level: int, dictionary: Sequence[Piece], block: Sequence[Piece]) -> str:
@@ -267,19 +281,66 @@ class DeflateBlockCache:
         return True
 
     def put(self, key: str, block: CachedBlock) -> None:
-        """Store `block`; a cache that cannot be written is skipped, never an error."""
-        path = self.path(key)
+        """Store `block` (from any thread); a cache that cannot be written is skipped, never an error. The first
+        OWN_FILES blocks get files of their own (a rebuild after an edit writes a few), the rest go into one pack
+        for this cache object, kept when it is trimmed (a cold build's hundreds: one file to make, not hundreds)."""
         payload = block.payload
+        data = HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib_ng.crc32(payload), block.input_crc32,
+                           block.input_size) + payload
+        with self._lock:
+            self._puts += 1
+            if self._puts > OWN_FILES:
+                self._append(key, data)
+                return
+        path = self.path(key)
         with contextlib.suppress(OSError):
             if path.parent not in self._made:  # once per directory: 783 blocks, 256 directories
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made.add(path.parent)
-            replace_unsynced(path, HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib_ng.crc32(payload),
-                                               block.input_crc32, block.input_size), payload)
+            replace_unsynced(path, data)
+
+    def _append(self, key: str, data: bytes) -> None:
+        """Add a block file to this object's pack (a temporary file until finish_pack); under self._lock."""
+        if self._pack_fd == -2:
+            return  # it could not be written: the rest of this build's blocks are not kept
+        try:
+            if self._pack_fd == -1:
+                (self.directory / PACKS).mkdir(parents=True, exist_ok=True)
+                self._pack_fd, self._pack_tmp = tempfile.mkstemp(prefix=".", suffix=".tmp",
+                                                                 dir=self.directory / PACKS)
+            info = tarfile.TarInfo(key)
+            info.size, info.mode = len(data), 0o644
+            padding = -len(data) % tarfile.BLOCKSIZE
+            _write_all(self._pack_fd, info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * padding)
+        except OSError:
+            self._drop_pack()
+
+    def finish_pack(self) -> None:
+        """Put the pack of this object's blocks in place (packs/<random>.tar), readable from now on."""
+        with self._lock:
+            if self._pack_fd < 0:
+                return
+            try:
+                _write_all(self._pack_fd, b"\0" * (2 * tarfile.BLOCKSIZE))
+                os.close(self._pack_fd)
+                self._pack_fd = -1
+                os.replace(self._pack_tmp, self.directory / PACKS / f"{uuid.uuid4().hex}{PACK_SUFFIX}")
+                self._packs = None  # read again, with this one
+            except OSError:
+                self._drop_pack()
+
+    def _drop_pack(self) -> None:
+        if self._pack_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._pack_fd)
+        self._pack_fd = -2
+        with contextlib.suppress(OSError):
+            os.unlink(self._pack_tmp)
 
     def trim(self) -> None:
         """Remove the least recently used blocks while the cache holds more than `max_bytes`, never one this
-        build used or wrote (its mtime is at least `since_ns`)."""
+        build used or wrote (its mtime is at least `since_ns`). This object's pack is put in place first."""
+        self.finish_pack()
         files: list[tuple[int, int, str]] = []
         total = 0
         with contextlib.suppress(OSError):

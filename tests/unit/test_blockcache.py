@@ -374,3 +374,20 @@ def test_an_unused_pack_is_trimmed_like_a_block_and_a_used_one_kept(tmp_path: Pa
     _gzip(_data(seed=10), cache)  # reads every block of "used"
     cache.trim()
     assert sorted(p.name for p in (blocks / "packs").iterdir()) == ["used.tar"]
+
+
+def test_a_build_that_deflates_many_blocks_packs_all_but_its_first(tmp_path: Path) -> None:
+    """A cold build's hundreds of new blocks: OWN_FILES files, the rest one pack; a rebuild finds them all."""
+    from linuxkit_py.archive.blockcache import OWN_FILES, pack_members
+
+    data = _data(seed=11, size=(OWN_FILES + 20) * BLOCK)
+    plain = _gzip(data, None)
+    blocks = tmp_path / "blocks"
+    assert _gzip(data, DeflateBlockCache(blocks)) == plain
+    own = list(blocks.glob("??/*"))
+    (pack,) = blocks.glob("packs/*")
+    assert pack.suffix == ".tar" and len(own) == OWN_FILES
+    assert len(pack_members(str(pack))) == -(-len(data) // BLOCK) - OWN_FILES
+    before = {p: p.stat().st_size for p in blocks.rglob("*") if p.is_file()}
+    assert _gzip(data, DeflateBlockCache(blocks)) == plain
+    assert {p: p.stat().st_size for p in blocks.rglob("*") if p.is_file()} == before  # nothing deflated again
