@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from linuxkit_py.arch import get_arch, normalize_arch
+from linuxkit_py.archive.entry import forget_shared_fields
 from linuxkit_py.cache.filehashes import KnownFileHashes
 from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layers import (
@@ -268,6 +269,7 @@ def _build(opts: BuildOptions) -> list[Path]:
     # every image's layers decompressed and indexed in parallel; their files hashed for the SBOM meanwhile,
     # unless a shared cache brings those hashes
     unpack_images(cache, images.values(), hash_files=opts.sbom and shared is None, defer=defer)
+    forget_shared_fields()  # of the entries of the layers indexed just now, which are gone (5 MiB at 10x)
     # the kernel's layer left packed is read for NAME-kernel whatever else hits: decompressed meanwhile
     kernel = images.get(spec.kernel.get("image") or "") if fetched is not None and defer else None
     prefetch = [t for layer in (kernel.layers if kernel else []) if (t := prefetch_deferred_layer(cache, layer))]

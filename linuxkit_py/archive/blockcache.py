@@ -114,10 +114,16 @@ def _place(path: str) -> bytes:
     return f"{os.path.basename(head)}/{name}".encode("utf-8", "surrogateescape")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd: int, *parts: bytes) -> None:
+    """Write every part, in order (os.writev, again for what a short write left)."""
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views:
+            views[0] = views[0][written:]
 
 
 def pack_members(path: str) -> list[tuple[str, int, int]]:
@@ -285,21 +291,21 @@ class DeflateBlockCache:
         OWN_FILES blocks get files of their own (a rebuild after an edit writes a few), the rest go into one pack
         for this cache object, kept when it is trimmed (a cold build's hundreds: one file to make, not hundreds)."""
         payload = block.payload
-        data = HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib_ng.crc32(payload), block.input_crc32,
-                           block.input_size) + payload
+        head = HEADER.pack(MAGIC, bytes.fromhex(key), len(payload), zlib_ng.crc32(payload), block.input_crc32,
+                           block.input_size)
         with self._lock:
             self._puts += 1
             if self._puts > OWN_FILES:
-                self._append(key, data)
+                self._append(key, head, payload)
                 return
         path = self.path(key)
         with contextlib.suppress(OSError):
             if path.parent not in self._made:  # once per directory: 783 blocks, 256 directories
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made.add(path.parent)
-            replace_unsynced(path, data)
+            replace_unsynced(path, head, payload)
 
-    def _append(self, key: str, data: bytes) -> None:
+    def _append(self, key: str, head: bytes, payload: bytes) -> None:
         """Add a block file to this object's pack (a temporary file until finish_pack); under self._lock."""
         if self._pack_fd == -2:
             return  # it could not be written: the rest of this build's blocks are not kept
@@ -309,9 +315,9 @@ class DeflateBlockCache:
                 self._pack_fd, self._pack_tmp = tempfile.mkstemp(prefix=".", suffix=".tmp",
                                                                  dir=self.directory / PACKS)
             info = tarfile.TarInfo(key)
-            info.size, info.mode = len(data), 0o644
-            padding = -len(data) % tarfile.BLOCKSIZE
-            _write_all(self._pack_fd, info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * padding)
+            info.size, info.mode = len(head) + len(payload), 0o644
+            padding = b"\0" * (-info.size % tarfile.BLOCKSIZE)
+            _write_all(self._pack_fd, info.tobuf(tarfile.USTAR_FORMAT), head, payload, padding)  # no copy of it
         except OSError:
             self._drop_pack()
 
@@ -321,7 +327,7 @@ class DeflateBlockCache:
             if self._pack_fd < 0:
                 return
             try:
-                _write_all(self._pack_fd, b"\0" * (2 * tarfile.BLOCKSIZE))
+                _write_all(self._pack_fd, bytes(2 * tarfile.BLOCKSIZE))
                 os.close(self._pack_fd)
                 self._pack_fd = -1
                 os.replace(self._pack_tmp, self.directory / PACKS / f"{uuid.uuid4().hex}{PACK_SUFFIX}")

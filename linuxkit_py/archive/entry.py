@@ -69,6 +69,13 @@ def share_fields(values: SharedFields) -> SharedFields:
     return values
 
 
+def forget_shared_fields() -> None:
+    """Let go of the tuples share_fields kept (those entries still hold stay theirs): after the layers of a cold
+    build are indexed, so that the tuples of entries already dropped do not hold on to their memory."""
+    _shared.clear()
+    _shared[_DEFAULT_SHARED] = _DEFAULT_SHARED
+
+
 class FrozenEntryError(AttributeError):
     """An entry's fields cannot be assigned: make a changed copy with evolve()."""
 
