@@ -71,3 +71,15 @@ def test_pickles_and_repr() -> None:
     assert pickle.loads(pickle.dumps(entry)) == entry
     assert repr(entry).startswith("Entry(path='usr/bin/tool', kind=<Kind.FILE: 'file'>, mode=2541, uid=1000,")
     assert Entry("a", Kind.DIR, 0o755) != ("a", Kind.DIR, 0o755)
+
+
+def test_forgetting_the_shared_tuples_keeps_every_entry_whole() -> None:
+    """After a cold build's layers are indexed their entries are gone; the tuples kept for them are let go too."""
+    from linuxkit_py.archive.entry import forget_shared_fields
+
+    before = Entry("a", Kind.SYMLINK, 0o777, linkname="b", source="img:1", location="layer")
+    forget_shared_fields()
+    after = Entry("a", Kind.SYMLINK, 0o777, linkname="b", source="img:1", location="layer")
+    assert after == before and after.shared_fields is not before.shared_fields  # not kept across the forgetting
+    assert Entry("c", Kind.DIR, 0o755).shared_fields is Entry("d", Kind.DIR, 0o700).shared_fields  # defaults still
+    assert after.evolve(path="x").shared_fields is after.shared_fields
