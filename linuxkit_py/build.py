@@ -17,13 +17,8 @@ from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.archive.entry import forget_shared_fields
 from linuxkit_py.cache.filehashes import KnownFileHashes
 from linuxkit_py.cache.image import Image
-from linuxkit_py.cache.layers import (
-    forget_decoded_indexes,
-    forget_deferred_layers,
-    layers_dir,
-    prefetch_deferred_layer,
-    unpack_images,
-)
+from linuxkit_py.cache.layerindex import forget_decoded_indexes
+from linuxkit_py.cache.layers import forget_deferred_layers, layers_dir, prefetch_deferred_layer, unpack_images
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import KEPT, AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format

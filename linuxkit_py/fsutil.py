@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,6 +63,26 @@ def _rename_all(temps: list[str], targets: list[Path]) -> None:
                     path.unlink()
             raise UserError(f"cannot write {target}: {exc.strerror}") from exc
         done.append(target)
+
+
+def replace_synced(target: Path, chunks: Iterable[bytes], check: Callable[[], None] | None = None) -> None:
+    """Write `chunks` to a temp file beside `target`, fsync it and rename it into place (mode 0644); `check()` may
+    veto before the rename (by raising). OSError propagates; the temp file never stays."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        if check is not None:
+            check()
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def replace_unsynced(target: Path, *parts: bytes) -> None:

@@ -1,13 +1,12 @@
 """Uncompressed layer tars in the cache, and their persisted entry indexes.
 
 `<cache>/linuxkit-py/layers/<hex>.tar` is the layer blob `sha256:<hex>` decompressed;
-`<hex>.json` lists its members (offsets into that tar), so a warm build neither
+`<hex>.json` lists its members (offsets into that tar; cache/layerindex.py), so a warm build neither
 decompresses nor re-parses a layer. Both are written atomically under a per-layer lock.
 """
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import contextlib
 import fcntl
@@ -28,11 +27,9 @@ import zstandard
 from linuxkit_py.archive.entry import (
     Entry,
     FileRegion,
-    Kind,
     forget_made_on_read,
     make_on_read,
     open_content,
-    share_fields,
 )
 from linuxkit_py.archive.tarindex import (
     DEFAULT_MAX_ENTRIES,
@@ -44,8 +41,10 @@ from linuxkit_py.archive.tarindex import (
 )
 from linuxkit_py.cache.filehashes import hash_layer_files, sbom_hashes_path
 from linuxkit_py.cache.image import Image
+from linuxkit_py.cache.layerindex import PACKED_TARS, load_entry_index, save_entry_index
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
+from linuxkit_py.fsutil import replace_synced
 
 try:
     from isal import igzip, isal_zlib
@@ -60,7 +59,6 @@ CORRUPT_LAYER_ERRORS: tuple[type[BaseException], ...] = (
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-INDEX_VERSION = 1
 # Layers unpacked at once: gunzip, zstd, sha256 and file writes release the GIL, so a cold
 # cache unpacks about twice as fast on 2 cores; more threads than cores only add contention.
 UNPACK_WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -191,25 +189,6 @@ def _layer_lock(directory: Path, hexdigest: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _atomic_write(target: Path, chunks: Iterator[bytes], check: Callable[[], None] | None = None) -> None:
-    """Write `chunks` to a temp file next to `target`; `check()` may veto before the rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        if check is not None:
-            check()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _open_blob(cache: Cache, digest: str) -> BinaryIO:
     try:
         return open(cache.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
@@ -249,7 +228,7 @@ def _decompress(cache: Cache, layer: dict[str, Any], target: Path, diff_id: str 
             blob.seek(0)
             chunks = hashed(_decompressed_chunks(blob, compression))
             if indexed is None:
-                _atomic_write(target, chunks, check_diff_id)
+                replace_synced(target, chunks, check_diff_id)
             else:
                 indexed.append(_write_indexing(target, chunks, check_diff_id, f"layer {digest}"))
         except CORRUPT_LAYER_ERRORS as exc:
@@ -286,7 +265,7 @@ class _Growing:
 
 
 def _write_indexing(target: Path, chunks: Iterator[bytes], check: Callable[[], None], label: str) -> list[Entry]:
-    """_atomic_write of `chunks`, indexing the tar on a second thread meanwhile; the index, once both are done."""
+    """replace_synced of `chunks`, indexing the tar on a second thread meanwhile; the index, once both are done."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     growing = _Growing()
     parsed: list[list[Entry]] = []
@@ -350,84 +329,6 @@ def unpacked_layer(cache: Cache, layer: dict[str, Any], diff_id: str | None = No
     return target
 
 
-# -- the persisted index ----------------------------------------------------------------------
-
-_KIND_CODES = {kind: kind.value for kind in Kind}
-_KINDS_BY_CODE = {kind.value: kind for kind in Kind}
-
-
-def _encode(entry: Entry) -> list[Any]:
-    offset = entry.data.offset if isinstance(entry.data, FileRegion) else -1
-    xattrs = [[name, base64.b64encode(value).decode()] for name, value in entry.xattrs]
-    return [entry.path, _KIND_CODES[entry.kind], entry.mode, entry.uid, entry.gid, entry.size, entry.linkname,
-            entry.devmajor, entry.devminor, offset, entry.mtime, xattrs, entry.uname, entry.gname,
-            entry.source, entry.location]
-
-
-def _decode(row: list[Any], tar_path: str, one: Callable[[int, int], int]) -> Entry:
-    (path, kind, mode, uid, gid, size, linkname, devmajor, devminor, offset, mtime, xattrs, uname, gname,
-     source, location) = row
-    # No generator for the usual empty xattrs: a quarter faster, on tens of thousands of rows per image. `one`
-    # gives one object per distinct mode and size (JSON makes an object of each; an int above 256 is 28 bytes),
-    # share_fields one tuple per distinct owner, time, link target and origin.
-    size = one(size, size)
-    return Entry.made(path, _KINDS_BY_CODE[kind], one(mode, mode), size,
-                      FileRegion(tar_path, offset, size) if offset >= 0 else None,
-                      share_fields((uid, gid, linkname, devmajor, devminor, mtime,
-                                    tuple([(name, base64.b64decode(value)) for name, value in xattrs]) if xattrs
-                                    else (), source, location, uname, gname)))
-
-
-# Indexes this process has decoded, by (index path, its size, mtime and inode, the tar's size): a build
-# loads each layer's index while unpacking all images, then again when flattening each one.
-_DECODED: dict[tuple[str, int, int, int, int], list[Entry]] = {}
-
-
-def forget_decoded_indexes(tars: Iterable[str] | None = None) -> None:
-    """Let the decoded indexes go (of the layers whose tars are `tars`, or all): once a build has assembled its
-    root filesystem it places no layer again, and on a 230,000-entry image they hold 46 MiB of entries nothing
-    else uses."""
-    if tars is None:
-        _DECODED.clear()
-        return
-    indexes = {str(Path(tar).with_suffix(".json")) for tar in tars}
-    for memo in [memo for memo in _DECODED if memo[0] in indexes]:
-        del _DECODED[memo]
-
-
-def load_entry_index(index_path: Path, tar_path: Path) -> list[Entry] | None:
-    """The persisted entries, or None when missing, stale or unreadable (then it is rebuilt). The index of a
-    layer left packed (defer_layer) is taken as it is: its tar is checked against it once it is made."""
-    try:
-        st = index_path.stat()
-        try:
-            tar_size = tar_path.stat().st_size
-        except FileNotFoundError:
-            if str(tar_path) not in _DEFERRED:
-                return None
-            tar_size = DEFERRED_SIZE
-        memo = (str(index_path), st.st_size, st.st_mtime_ns, st.st_ino, tar_size)
-        if memo in _DECODED:
-            return list(_DECODED[memo])
-        doc = json.loads(index_path.read_bytes())
-        if doc.get("version") != INDEX_VERSION or tar_size != DEFERRED_SIZE and doc.get("tar_size") != tar_size:
-            return None
-        tar = str(tar_path)
-        shared: dict[int, int] = {}
-        one = shared.setdefault
-        entries = [_decode(row, tar, one) for row in doc["entries"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    _DECODED[memo] = entries
-    return list(entries)
-
-
-def save_entry_index(index_path: Path, tar_path: Path, entries: list[Entry]) -> None:
-    doc = {"version": INDEX_VERSION, "tar_size": tar_path.stat().st_size,
-           "entries": [_encode(e) for e in entries]}
-    _atomic_write(index_path, iter([json.dumps(doc, separators=(",", ":")).encode()]))
-
-
 def layer_tar_path(cache: Cache, layer: dict[str, Any]) -> Path:
     return layers_dir(cache) / f"{_hex(layer)}.tar"
 
@@ -441,8 +342,6 @@ def layer_tar_path(cache: Cache, layer: dict[str, Any]) -> Path:
 # says, or the build stops with an error naming the layer (and the index is removed: the next build
 # makes its own).
 
-DEFERRED_SIZE = -2  # the tar size load_entry_index takes for a layer left packed
-_DEFERRED: set[str] = set()  # the tar paths of layers left packed
 _DEFERRED_LOCK = threading.Lock()
 
 
@@ -480,7 +379,7 @@ def defer_layer(cache: Cache, layer: dict[str, Any], diff_id: str | None) -> boo
                         f"layer's is {size} bytes", hint="the index was removed: build again"))
                     raise failed[0]
 
-    _DEFERRED.add(path)
+    PACKED_TARS.add(path)
     make_on_read(path, make)
     return True
 
@@ -490,7 +389,7 @@ def prefetch_deferred_layer(cache: Cache, layer: dict[str, Any]) -> threading.Th
     its own, while the build goes on; None if it is not left packed. A failure is raised to whoever reads it
     (make_on_read), not here."""
     path = str(layer_tar_path(cache, layer))
-    if path not in _DEFERRED:
+    if path not in PACKED_TARS:
         return None
 
     def prefetch() -> None:
@@ -503,7 +402,7 @@ def prefetch_deferred_layer(cache: Cache, layer: dict[str, Any]) -> threading.Th
 
 
 def forget_deferred_layers() -> None:
-    _DEFERRED.clear()
+    PACKED_TARS.clear()
     forget_made_on_read()
 
 

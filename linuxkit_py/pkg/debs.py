@@ -29,7 +29,7 @@ import zstandard
 from linuxkit_py.archive.entry import Entry, FileRegion
 from linuxkit_py.archive.regionfile import open_region
 from linuxkit_py.archive.tarindex import read_tar_entries
-from linuxkit_py.cache.layers import load_entry_index, save_entry_index
+from linuxkit_py.cache.layerindex import load_entry_index, save_entry_index
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output

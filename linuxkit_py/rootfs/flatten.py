@@ -29,7 +29,8 @@ from collections import deque
 from linuxkit_py.archive.entry import Entry, Kind
 from linuxkit_py.cache.flat import flat_memo_path, load_flat_memo, save_flat_memo
 from linuxkit_py.cache.image import Image
-from linuxkit_py.cache.layers import forget_decoded_indexes, image_layers, layer_tar_path, unpack_layers
+from linuxkit_py.cache.layerindex import forget_decoded_indexes
+from linuxkit_py.cache.layers import image_layers, layer_tar_path, unpack_layers
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.uptodate import code_digest

@@ -215,6 +215,7 @@ def test_unpacking_with_hash_files_keeps_the_sbom_hashes_of_every_file(tmp_path:
 
 def test_a_tar_inside_a_layer_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel image's kernel.tar (a tar inside the layer) is indexed once, beside the layer's own index."""
+    import linuxkit_py.cache.layerindex as layerindex
     import linuxkit_py.cache.layers as layers
     from linuxkit_py.archive.tarindex import read_tar_region
 
@@ -232,7 +233,7 @@ def test_a_tar_inside_a_layer_is_parsed_once(tmp_path: Path, monkeypatch: pytest
     def no_parsing(*_: object) -> None:
         raise AssertionError("parsed again")
     monkeypatch.setattr(layers, "read_tar_region", no_parsing)
-    layers._DECODED.clear()
+    layerindex._DECODED.clear()
     assert layers.region_entries(cache, region, "kernel.tar") == first
 
 
@@ -272,6 +273,7 @@ def _kernel_layer_left_packed(tmp_path: Path, region_tar_size: int | None = None
                                                                                          FileRegion]:
     """A kernel image's layer indexed (with its kernel.tar's index) and then removed, as `--cache-from` brings
     the indexes of a layer whose tar this machine never made; left packed (defer_layer)."""
+    import linuxkit_py.cache.layerindex as layerindex
     import linuxkit_py.cache.layers as layers
 
     inner = tar_layer(D("lib"), F("lib/a.ko", b"a" * 5000))
@@ -288,7 +290,7 @@ def _kernel_layer_left_packed(tmp_path: Path, region_tar_size: int | None = None
         doc["tar_size"] = region_tar_size
         region_index.write_text(json.dumps(doc))
     tar.unlink()
-    layers._DECODED.clear()
+    layerindex._DECODED.clear()
     assert layers.defer_layer(cache, layer, None)
     return cache, layer, region
 
