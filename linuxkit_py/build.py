@@ -18,7 +18,13 @@ from linuxkit_py.archive.entry import forget_shared_fields
 from linuxkit_py.cache.filehashes import KnownFileHashes
 from linuxkit_py.cache.image import Image
 from linuxkit_py.cache.layerindex import forget_decoded_indexes
-from linuxkit_py.cache.layers import forget_deferred_layers, layers_dir, prefetch_deferred_layer, unpack_images
+from linuxkit_py.cache.layers import (
+    fetch_blobs_later,
+    forget_deferred_layers,
+    layers_dir,
+    prefetch_deferred_layer,
+    unpack_images,
+)
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.formats import KEPT, AbLayout, Format, FormatOptions, Rootfs, all_formats, get_format
@@ -27,7 +33,7 @@ from linuxkit_py.formats.ab import image_entries as ab_image_entries
 from linuxkit_py.fsutil import atomic_output, atomic_outputs
 from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
-from linuxkit_py.registry.buildcache import CacheRef, RegistryBuildCache, latest_deflate_key
+from linuxkit_py.registry.buildcache import CacheRef, Fetching, RegistryBuildCache, latest_deflate_key
 from linuxkit_py.registry.pull import RegistryOptions, pull_images
 from linuxkit_py.rootfs.assemble import Assembly, assemble, file_sources, metadata_writer
 from linuxkit_py.rootfs.kernelfile import DERIVED_SUBDIR as KERNEL_SUBDIR
@@ -202,13 +208,18 @@ def _check_verity(formats: list[Format], opts: BuildOptions) -> None:
 
 def build(opts: BuildOptions) -> list[Path]:
     """Run a build; returns the files written (nothing for --dry-run or -o -)."""
+    fetches: list[Fetching] = []  # what --cache-from started
     try:
-        return _build(opts)
+        return _build(opts, fetches)
+    except BaseException:
+        for fetching in fetches:
+            fetching.join()  # a fetch left running would leave its scratch directory behind
+        raise
     finally:
         forget_deferred_layers()  # layers this build left packed are made by the next one that reads them
 
 
-def _build(opts: BuildOptions) -> list[Path]:
+def _build(opts: BuildOptions, fetches: list[Fetching]) -> list[Path]:
     cache = Cache(opts.cache_dir or default_cache())
     arch = normalize_arch(opts.arch)
     formats = [] if opts.dry_run else _formats(opts)
@@ -233,14 +244,43 @@ def _build(opts: BuildOptions) -> list[Path]:
         shared.fetch_packages(packages.directories, arch)
     images = packages.images(cache, arch)  # `@pkg:` images: built when missing, never pulled
     refs = [ref for ref in needed_refs(spec, reused) if ref not in images]
-    images |= pull_images(cache, refs, arch, opts.registry, opts.pull)
     assets = fetch_assets(cache, get_arch(arch), [name for fmt in formats for name in fmt.assets])
     name = opts.name or default_name(opts.paths)
+
+    def deflate_tags_of(digests: dict[str, str]) -> list[str]:
+        return [_build_key(opts, spec, digests, arch, epoch, formats, assets, SHARED_NOT_IN_KEY),
+                latest_deflate_key(name, [fmt.name for fmt in formats], arch)] if shared is not None else []
+
+    # Outputs that read only the kernel and the bytes of the deflate blocks the cache lacks leave a layer they
+    # have the index of (from --cache-from) packed until something reads it (cache/layers.py, defer_layer).
+    defer = bool(formats) and all(fmt.name in READS_WHAT_MISSES for fmt in formats)
+    later: dict[str, Callable[[], None]] = {}  # layer blobs left for later: what downloads each
+
+    def planned(digests: dict[str, str], layers: dict[str, list[str]]) -> Callable[[str], bool] | None:
+        """With --cache-from and outputs that read few layers (`defer`), the shared cache is fetched at once, and
+        the blob of a layer whose index it brings is left until something reads the layer (the kernel's is not)."""
+        if shared is None or opts.cache_from is None or not defer:
+            return None
+        every = [layer["digest"] for image in images.values() for layer in image.layers]
+        fetching = shared.fetch([*every, *(d for ds in layers.values() for d in ds)],
+                                deflate_tags_of(_digests(images) | digests))
+        fetches.append(fetching)  # started before the images' blobs download
+        keep = set(layers.get(spec.kernel.get("image") or "", []))
+        directory = layers_dir(cache)
+
+        def left_out(digest: str) -> bool:
+            if digest in keep or not digest.startswith("sha256:"):
+                return False
+            fetching.indexes()
+            return (directory / f"{digest.removeprefix('sha256:')}.json").is_file()
+        return left_out
+
+    images |= pull_images(cache, refs, arch, opts.registry, opts.pull, planned, later)
+    fetch_blobs_later(later)
     records = None if opts.output is not None or opts.input_tar else _output_records(
         opts, cache, spec, images, arch, epoch, formats, assets)
     layer_digests = [layer["digest"] for image in images.values() for layer in image.layers]
-    deflate_tags = [_build_key(opts, spec, images, arch, epoch, formats, assets, SHARED_NOT_IN_KEY),
-                    latest_deflate_key(name, [fmt.name for fmt in formats], arch)] if shared is not None else []
+    deflate_tags = deflate_tags_of(_digests(images))
     todo = [fmt for fmt in formats if records is None or not records.up_to_date(fmt.name, _targets(opts, name, fmt))
             or (opts.sbom_output and opts.sbom_current_time)]  # an SBOM dated now in the image: new bytes
     for target in (t for fmt in formats if fmt not in todo for t in _targets(opts, name, fmt)):
@@ -252,20 +292,22 @@ def _build(opts: BuildOptions) -> list[Path]:
     if opts.sbom and opts.output is None and not sbom_todo:
         log.warning("%s: up to date", sbom_target)
     if not todo and not sbom_todo:
+        for started in fetches:
+            started()  # nothing outlives the build
         if shared is not None:
             shared.push(packages.directories, layer_digests, [], None)
         return []
-    fetched = shared.fetch(layer_digests, deflate_tags if todo else []) if shared is not None else None
-    # Outputs that read only the kernel and the bytes of the deflate blocks the cache lacks leave a layer they
-    # have the index of (from --cache-from) packed until something reads it (cache/layers.py, defer_layer).
-    defer = bool(formats) and all(fmt.name in READS_WHAT_MISSES for fmt in formats)
+    if shared is not None and not fetches:
+        fetches.append(shared.fetch(layer_digests, deflate_tags if todo else []))
+    fetched = fetches[0] if fetches else None
     if fetched is not None and defer:
         fetched.indexes()
     # every image's layers decompressed and indexed in parallel; their files hashed for the SBOM meanwhile,
     # unless a shared cache brings those hashes
     unpack_images(cache, images.values(), hash_files=opts.sbom and shared is None, defer=defer)
     forget_shared_fields()  # of the entries of the layers indexed just now, which are gone (5 MiB at 10x)
-    # the kernel's layer left packed is read for NAME-kernel whatever else hits: decompressed meanwhile
+    # the kernel's layer left packed is read for NAME-kernel whatever else hits (and for the SBOM, which hashes
+    # the modules): decompressed meanwhile, before the SBOM's writer is forked (or its child would do it again)
     kernel = images.get(spec.kernel.get("image") or "") if fetched is not None and defer else None
     prefetch = [t for layer in (kernel.layers if kernel else []) if (t := prefetch_deferred_layer(cache, layer))]
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
@@ -417,7 +459,8 @@ def _output_records(opts: BuildOptions, cache: Cache, spec: Spec, images: dict[s
     """The records of earlier outputs, keyed by every input of this build (linuxkit_py/uptodate.py).
     Every option counts except those that cannot change a byte: a new option is in the key by default."""
     options, files = _key_inputs(opts, arch, epoch, formats, assets, NOT_IN_KEY)
-    return OutputRecords(cache.derived_dir / "outputs", build_key(spec, images, options, files, file_sources(spec)),
+    return OutputRecords(cache.derived_dir / "outputs",
+                         build_key(spec, _digests(images), options, files, file_sources(spec)),
                          context_key(options, files))
 
 
@@ -437,7 +480,11 @@ def _key_inputs(opts: BuildOptions, arch: str, epoch: int, formats: list[Format]
     return options, files
 
 
-def _build_key(opts: BuildOptions, spec: Spec, images: dict[str, Image], arch: str, epoch: int,
+def _digests(images: dict[str, Image]) -> dict[str, str]:
+    return {ref: image.digest for ref, image in images.items()}
+
+
+def _build_key(opts: BuildOptions, spec: Spec, images: dict[str, str], arch: str, epoch: int,
                formats: list[Format], assets: dict[str, Path], leave_out: tuple[str, ...]) -> str:
     return build_key(spec, images, *_key_inputs(opts, arch, epoch, formats, assets, leave_out), file_sources(spec))
 

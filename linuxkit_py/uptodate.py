@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import linuxkit_py
-from linuxkit_py.cache.image import Image
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import atomic_output
 from linuxkit_py.spec.model import Spec
@@ -95,16 +94,17 @@ def _digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def build_key(spec: Spec, images: Mapping[str, Image], options: Mapping[str, Any],
+def build_key(spec: Spec, images: Mapping[str, str], options: Mapping[str, Any],
               files: Mapping[str, Path | None], sources: Sequence[Path]) -> str:
-    """The sha256 of a build's inputs. `options` must hold every option that reaches the output bytes;
-    `files` names the other local inputs (signing key, boot assets, tools) whose content counts, and
-    `sources` the host files the spec's `files:` read (rootfs.assemble.file_sources, given by the build)."""
+    """The sha256 of a build's inputs (`images`: each image's manifest digest by its ref). `options` must hold
+    every option that reaches the output bytes; `files` names the other local inputs (signing key, boot assets,
+    tools) whose content counts, and `sources` the host files the spec's `files:` read
+    (rootfs.assemble.file_sources, given by the build)."""
     return _digest({
         "version": RECORD_VERSION,
         "code": _code_digest(),
         "spec": spec.to_dict(),
-        "images": {ref: image.digest for ref, image in sorted(images.items())},
+        "images": dict(sorted(images.items())),
         "sources": [content_digest(path) for path in sources],
         "options": dict(options),
         "files": {name: content_digest(path) for name, path in sorted(files.items())},

@@ -126,15 +126,49 @@ def _write_all(fd: int, *parts: bytes) -> None:
             views[0] = views[0][written:]
 
 
+TAR_BLOCK = 512
+
+
 def pack_members(path: str) -> list[tuple[str, int, int]]:
-    """(key, offset, size) of each block file in the pack tar at `path`; ValueError for any other member."""
-    members = []
-    with tarfile.open(path, "r:") as tar:
-        for member in tar:
-            if not member.isfile() or not KEY_RE.match(member.name):
-                raise ValueError(f"unexpected member {member.name!r} in a pack of blocks")
-            members.append((member.name, member.offset_data, member.size))
+    """(key, offset, size) of each block file in the pack tar at `path`; ValueError for anything else in it.
+
+    Packs are written by us (a ustar header and the block file per member; `build --cache-to` packs them the
+    same way), so only that is accepted: a regular file named by a key, a valid header checksum, the end of the
+    archive (a zero block, or the end of the file). Only the headers are read (tarfile would take 0.2 s for a
+    cold build's 783 members; this takes a few ms)."""
+    members: list[tuple[str, int, int]] = []
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        end = os.fstat(fd).st_size
+        offset = 0
+        while offset + TAR_BLOCK <= end:
+            header = os.pread(fd, TAR_BLOCK, offset)
+            if len(header) < TAR_BLOCK:
+                break
+            if header == bytes(TAR_BLOCK):
+                return members
+            name = header[:100].rstrip(b"\0").decode("ascii", "replace")
+            if header[156:157] not in (b"0", b"\0") or header[257:263] != b"ustar\0" or header[345:500].strip(b"\0") \
+                    or not KEY_RE.match(name) or not _header_checksum_ok(header):
+                raise ValueError(f"unexpected member {name!r} in a pack of blocks")
+            try:
+                size = int(header[124:136].split(b"\0", 1)[0].strip(b" ") or b"0", 8)
+            except ValueError:
+                raise ValueError(f"member {name!r} of a pack of blocks has a bad size") from None
+            data = offset + TAR_BLOCK
+            if data + size > end:
+                raise ValueError(f"member {name!r} of a pack of blocks is cut short")
+            members.append((name, data, size))
+            offset = data + size + (-size % TAR_BLOCK)
     return members
+
+
+def _header_checksum_ok(header: bytes) -> bool:
+    try:
+        stored = int(header[148:156].split(b"\0", 1)[0].strip(b" ") or b"-1", 8)
+    except ValueError:
+        return False
+    return sum(header) - sum(header[148:156]) + 8 * 32 == stored
 
 
 def parse_block(key: str, data: bytes) -> CachedBlock | None:

@@ -80,12 +80,15 @@ def write_attestation(cache: Cache, subject_name: str, manifest_digest: str, sbo
             "annotations": {REFERENCE_DIGEST: manifest_digest, REFERENCE_TYPE: ATTESTATION_MANIFEST}}
 
 
-def cached_sboms(cache: Cache, ref: str, manifest_digest: str) -> list[dict[str, Any]]:
-    """The SPDX documents the cached image `ref` (platform manifest `manifest_digest`) carries as attestations.
+def cached_sboms(cache: Cache, ref: str, manifest_digest: str,
+                 root: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The SPDX documents the cached image `ref` (platform manifest `manifest_digest`) carries as attestations,
+    listed in the index `root` names (by default the one the ref names: an image pulled with some of its blobs left
+    for later is not named yet).
 
     Anything missing or malformed gives no document and a debug line: an SBOM is never a reason to fail a build.
     """
-    root = cache.get_ref(ref)
+    root = root if root is not None else cache.get_ref(ref)
     if root is None or not cache.has_blob(str(root.get("digest"))):
         return []
     try:

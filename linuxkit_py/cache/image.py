@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from linuxkit_py.arch import uname_arch
@@ -20,6 +20,8 @@ class Image:
     digest: str  # digest of the platform manifest
     manifest: dict[str, Any]
     config: dict[str, Any]  # the whole image config blob (architecture, os, config, rootfs, ...)
+    # what the ref names (an index or this manifest): where its attestations are listed; None: look the ref up
+    root: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -58,7 +60,7 @@ class Image:
 
 def load_cached_image(cache: Cache, ref: str, arch: str) -> Image | None:
     """The image named `ref` for linux/`arch` if the cache holds all of it, else None (no network)."""
-    desc = cache.get_ref(ref)
+    root = desc = cache.get_ref(ref)
     if desc is None:
         return None
     try:
@@ -81,4 +83,4 @@ def load_cached_image(cache: Cache, ref: str, arch: str) -> Image | None:
     arch_of_image = config.get("architecture")
     if arch_of_image and arch_of_image not in (arch, uname_arch(arch)):
         return None
-    return Image(ref=ref, digest=desc["digest"], manifest=doc, config=config)
+    return Image(ref=ref, digest=desc["digest"], manifest=doc, config=config, root=root)

@@ -189,7 +189,26 @@ def _layer_lock(directory: Path, hexdigest: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+# Blobs a pull left for later (registry/pull.py, `later`): digest -> what downloads it into the cache, once
+# something reads its layer. Forgotten at the end of the build (forget_deferred_layers).
+_LATER: dict[str, Callable[[], None]] = {}
+_LATER_LOCK = threading.Lock()
+
+
+def fetch_blobs_later(fetchers: dict[str, Callable[[], None]]) -> None:
+    """Layer blobs the cache does not hold yet: each is downloaded by its function when its layer is first read."""
+    with _LATER_LOCK:
+        _LATER.update(fetchers)
+
+
 def _open_blob(cache: Cache, digest: str) -> BinaryIO:
+    with _LATER_LOCK:
+        fetch = _LATER.get(digest)
+    if fetch is not None and not cache.has_blob(digest):
+        log.info("layer %s: downloading it now (first read)", digest)
+        fetch()  # a failure is raised to this reader, and the next one tries again
+    with _LATER_LOCK:
+        _LATER.pop(digest, None)
     try:
         return open(cache.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
     except FileNotFoundError:
@@ -403,6 +422,8 @@ def prefetch_deferred_layer(cache: Cache, layer: dict[str, Any]) -> threading.Th
 
 def forget_deferred_layers() -> None:
     PACKED_TARS.clear()
+    with _LATER_LOCK:
+        _LATER.clear()
     forget_made_on_read()
 
 

@@ -189,9 +189,13 @@ class Fetching:
             self._threads[0].join()
 
     def __call__(self) -> None:
+        self.join()
+        self._done()
+
+    def join(self) -> None:
+        """Wait for everything (what came is kept; no line is logged)."""
         for thread in self._threads:
             thread.join()
-        self._done()
 
 
 @dataclass

@@ -46,7 +46,7 @@ OCI_INDEX = INDEX_MEDIA_TYPES[0]
 OCI_MANIFEST = MANIFEST_MEDIA_TYPES[0]
 MAX_MANIFEST_BYTES = 4 << 20  # the distribution spec's suggested manifest size limit
 ANY_REGISTRY = "*"
-BLOB_CHUNK = 64 << 10  # small enough that a broken download keeps most of what arrived
+BLOB_CHUNK = 1 << 20  # the most one read of a blob's body gives (Transport.iter_arrived)
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
@@ -280,7 +280,7 @@ class RegistryClient:
                             continue
                     resumed = resumed or have > 0
                     f.seek(have)
-                    body = _BlobBody(self.transport.iter_body(response, BLOB_CHUNK), progress, cancelled)
+                    body = _BlobBody(self.transport.iter_arrived(response, BLOB_CHUNK), progress, cancelled)
                     try:
                         for chunk in body:
                             if have + len(chunk) > size:

@@ -14,7 +14,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,14 +59,25 @@ class _Plan:
         return {self.root.digest, self.manifest.digest, *(b["digest"] for b in self.blobs)}
 
 
+# Told, before any blob of a pull is downloaded, each image's manifest digest and its layers' digests by its ref as
+# given: what a build's key is made of (its shared cache can be fetched meanwhile). It may answer which layer
+# blobs can be left for later (called from the download threads; it may wait): see pull_images.
+Planned = Callable[[dict[str, str], dict[str, list[str]]], Callable[[str], bool] | None]
+
+
 def pull_image(cache: Cache, ref: str, arch: str, options: RegistryOptions, pull: bool = False) -> Image:
     """The image `ref` for linux/`arch`, from the cache or else pulled into it."""
     return pull_images(cache, [ref], arch, options, pull)[ref]
 
 
-def pull_images(cache: Cache, refs: list[str], arch: str, options: RegistryOptions,
-                pull: bool = False) -> dict[str, Image]:
-    """Like pull_image for several refs at once (identical refs and shared blobs fetched once)."""
+def pull_images(cache: Cache, refs: list[str], arch: str, options: RegistryOptions, pull: bool = False,
+                planned: Planned | None = None, later: dict[str, Callable[[], None]] | None = None) -> dict[str, Image]:
+    """Like pull_image for several refs at once (identical refs and shared blobs fetched once).
+
+    When something is pulled, `planned` is called once its manifests are known, before its blobs are downloaded.
+    The layer blobs its answer leaves out are not downloaded: `later` gets, for each, the function that downloads
+    it (cache/layers.py fetch_blobs_later), and an image with such a blob is returned but not named in the cache
+    (index.json names whole images only: the next build pulls what it lacks)."""
     arch = normalize_arch(arch)
     names = {given: normalize_reference(given) for given in refs}
     given_for: dict[str, str] = {}
@@ -81,7 +92,16 @@ def pull_images(cache: Cache, refs: list[str], arch: str, options: RegistryOptio
         else:
             missing.append((given, name))
     if missing:
-        images.update(_pull(cache, missing, arch, options))
+        def on_plans(plans: list[_Plan]) -> Callable[[str], bool] | None:
+            if planned is None:
+                return None
+            digests = {name: image.digest for name, image in images.items()}
+            digests |= {plan.name: plan.manifest.digest for plan in plans}
+            layers = {name: [layer["digest"] for layer in image.layers] for name, image in images.items()}
+            layers |= {plan.name: [blob["digest"] for blob in plan.blobs[1:]] for plan in plans}
+            return planned({given: digests[names[given]] for given in refs},
+                           {given: layers[names[given]] for given in refs})
+        images.update(_pull(cache, missing, arch, options, on_plans, later if later is not None else {}))
     return {given: images[names[given]] for given in refs}
 
 
@@ -98,8 +118,9 @@ def _user_error(given: str, exc: BaseException) -> BaseException:
     return exc
 
 
-def _pull(cache: Cache, wanted: list[tuple[str, str]], arch: str,
-          options: RegistryOptions) -> dict[str, Image]:
+def _pull(cache: Cache, wanted: list[tuple[str, str]], arch: str, options: RegistryOptions,
+          on_plans: Callable[[list[_Plan]], Callable[[str], bool] | None],
+          later: dict[str, Callable[[], None]]) -> dict[str, Image]:
     cache.ensure()
     cancelled = threading.Event()
     futures: list[concurrent.futures.Future[Any]] = []
@@ -114,8 +135,12 @@ def _pull(cache: Cache, wanted: list[tuple[str, str]], arch: str,
                     plans.append(future.result())
                 except BaseException as exc:
                     raise _user_error(given, exc) from None
-            _download(cache, client, pool, plans, options, cancelled, futures)
-            return {plan.name: _commit(cache, plan, arch) for plan in plans}
+            left_out = _download(cache, client, pool, plans, options, cancelled, futures, on_plans(plans))
+            for plan in plans:
+                for blob in plan.blobs[1:]:
+                    if blob["digest"] in left_out:
+                        later[blob["digest"]] = _fetch_later(cache, options, plan, blob["digest"], blob["size"])
+            return {plan.name: _commit(cache, plan, arch, named=not left_out & plan.digests) for plan in plans}
         except BaseException:
             cancelled.set()
             for future in futures:
@@ -183,8 +208,9 @@ def _plan_attestation(client: RegistryClient, plan: _Plan) -> None:
 
 def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.ThreadPoolExecutor,
               plans: list[_Plan], options: RegistryOptions, cancelled: threading.Event,
-              futures: list[concurrent.futures.Future[Any]]) -> None:
-    """Fetch every blob the plans need and the cache lacks, each once, in parallel."""
+              futures: list[concurrent.futures.Future[Any]], left_out: Callable[[str], bool] | None) -> set[str]:
+    """Fetch every blob the plans need and the cache lacks, each once, in parallel, except the layer blobs
+    `left_out` says can wait; those are returned."""
     needed: dict[str, tuple[_Plan, int]] = {}
     optional: set[str] = set()  # SBOM statements: a failure leaves the image without its SBOM
     for plan in plans:
@@ -194,13 +220,18 @@ def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.Thr
                 if blob in plan.attestation_blobs:
                     optional.add(blob["digest"])
     optional -= {blob["digest"] for plan in plans for blob in plan.blobs}
+    layers = {blob["digest"] for plan in plans for blob in plan.blobs[1:]}
+    waiting: set[str] = set()
     if not needed:
-        return
+        return waiting
     total = sum(size for _, size in needed.values())
     images = len(plans)
     with progress_bar(options, total, f"pulling {images} image{'s' if images != 1 else ''}") as update:
 
         def fetch(digest: str, plan: _Plan, size: int) -> None:
+            if left_out is not None and digest in layers and left_out(digest):
+                waiting.add(digest)
+                return
             client.fetch_blob(plan.remote, digest, size, cache, update, cancelled)
 
         owner = {}
@@ -215,6 +246,18 @@ def _download(cache: Cache, client: RegistryClient, pool: concurrent.futures.Thr
                 log.debug("%s: SBOM attestation %s not fetched: %s", plan.given, digest, exc)
             elif exc is not None:
                 raise _user_error(plan.given, exc) from None
+    return waiting
+
+
+def _fetch_later(cache: Cache, options: RegistryOptions, plan: _Plan, digest: str, size: int) -> Callable[[], None]:
+    """What downloads the blob `digest` of `plan` when it is needed after all (a client of its own)."""
+    def fetch() -> None:
+        with RegistryClient(options) as client:
+            try:
+                client.fetch_blob(plan.remote, digest, size, cache, lambda n: None, threading.Event())
+            except BaseException as exc:
+                raise _user_error(plan.given, exc) from None
+    return fetch
 
 
 @contextlib.contextmanager
@@ -237,8 +280,8 @@ def progress_bar(options: RegistryOptions, total: int, description: str) -> Iter
         yield update
 
 
-def _commit(cache: Cache, plan: _Plan, arch: str) -> Image:
-    """Check the platform, store the manifests and name the image in index.json (last)."""
+def _commit(cache: Cache, plan: _Plan, arch: str, named: bool = True) -> Image:
+    """Check the platform, store the manifests and name the image in index.json (last; only when `named`)."""
     config = cache.read_json(plan.blobs[0]["digest"])
     if not isinstance(config, dict):
         raise RegistryError(f"{plan.given}: {plan.remote.peer}: image config is not a JSON object")
@@ -255,5 +298,7 @@ def _commit(cache: Cache, plan: _Plan, arch: str) -> Image:
                 cache.write_blob([document.data], document.digest, len(document.data))
             except OSError as exc:
                 raise UserError(f"cannot write to cache {cache.root}: {exc.strerror or exc}") from exc
-    cache.set_ref(plan.name, plan.root.descriptor)
-    return Image(ref=plan.name, digest=plan.manifest.digest, manifest=plan.manifest.json(), config=config)
+    if named:
+        cache.set_ref(plan.name, plan.root.descriptor)
+    return Image(ref=plan.name, digest=plan.manifest.digest, manifest=plan.manifest.json(), config=config,
+                 root=plan.root.descriptor)

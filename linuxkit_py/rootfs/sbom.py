@@ -302,7 +302,7 @@ def build_sbom(inp: SbomInput) -> dict[str, Any]:
         parts["relationships"].append(relationship(IMAGE_ID, "CONTAINS", owner))
         if kernel is not None and "kernel" in where:
             parts["relationships"].append(relationship(owner, "CONTAINS", KERNEL_ID))
-        sboms = cached_sboms(inp.cache, image.ref, image.digest)
+        sboms = cached_sboms(inp.cache, image.ref, image.digest, image.root)
         for n, sbom in enumerate(sboms):
             merge_into(parts, sbom, prefix=f"{owner.removeprefix('SPDXRef-')}-{n}", stands_for=owner,
                        path_prefix=dirs.get(ref, ""))

@@ -286,12 +286,37 @@ def test_a_second_builder_decompresses_only_the_layers_it_reads(spec_dir: Path, 
         == [f"/v2/ci/cache/blobs/{blob}"]
     packed = _packed(cache)
     assert len(packed) == 3  # the data image's 2 layers and the package's; not the kernel's
-    assert all(Cache(cache).blob_path(f"sha256:{hex_}").is_file() for hex_ in packed)
+    # the data image's layer blobs were not even downloaded (the package's came with the package); the image is not
+    # named in the cache, which names whole images only
+    left = {hex_ for hex_ in packed if not Cache(cache).blob_path(f"sha256:{hex_}").is_file()}
+    assert len(left) == 2
+    assert not [path for method, path, _ in registry.requests_log()[seen:]
+                if method == "GET" and any(path.endswith(f"/blobs/sha256:{hex_}") for hex_ in left)]
+    data_ref = f"{registry.host}/cachetest/data:1"
+    assert Cache(cache).get_ref(data_ref) is None and Cache(cache).get_ref(f"{registry.host}/cachetest/kernel:1")
     assert verify_cache(Cache(cache)).problems == []
+    _, again = build(spec_dir, tmp_path / "scratch-sbom", tmp_path / "out-scratch")
+    assert again == initrd  # and the SBOM, which names the images, is that of a build that pulled everything
+    assert (tmp_path / "out" / "system.spdx.json").read_bytes() == \
+        (tmp_path / "out-scratch" / "system.spdx.json").read_bytes()
 
     edited = _edited(spec_dir, "false")
+    # a second builder's edit: the blocks around the data container's changed config.json miss, so the bytes of the
+    # data image's layer are read after all: its blob is downloaded then, and the bytes are those of a full build
+    seen = len(registry.requests_log())
+    rc, stderr = _build_spec(edited, tmp_path / "builder-c", tmp_path / "edit-c", "--cache-from",
+                             f"{registry.host}/ci/cache")
+    assert rc == 0, stderr
+    assert [path for method, path, _ in registry.requests_log()[seen:]
+            if method == "GET" and any(path.endswith(f"/blobs/sha256:{hex_}") for hex_ in left)]
+    builder_c = Cache(tmp_path / "builder-c")  # left out by the pull (the image is not named), fetched when read
+    assert builder_c.get_ref(data_ref) is None and any(builder_c.has_blob(f"sha256:{hex_}") for hex_ in left)
+    assert verify_cache(builder_c).problems == []
     rc, stderr = _build_spec(edited, cache, tmp_path / "edit")
     assert rc == 0, stderr
+    assert Cache(cache).get_ref(data_ref) is not None  # pulled whole by a build without the option
+    assert (tmp_path / "edit" / f"{edited.stem}-initrd.img").read_bytes() == \
+        (tmp_path / "edit-c" / f"{edited.stem}-initrd.img").read_bytes()
     rc, stderr = _build_spec(edited, tmp_path / "scratch", tmp_path / "edit-scratch")
     assert rc == 0, stderr
     assert (tmp_path / "edit" / f"{edited.stem}-initrd.img").read_bytes() == \
@@ -328,3 +353,27 @@ def test_a_fetched_index_that_does_not_fit_its_layer_stops_the_build_once(
     rc, _ = _build_spec(edited, tmp_path / "scratch", tmp_path / "scratch-out")
     assert (tmp_path / "edit" / f"{edited.stem}-initrd.img").read_bytes() == \
         (tmp_path / "scratch-out" / f"{edited.stem}-initrd.img").read_bytes()
+
+
+def test_a_blob_left_for_later_that_then_fails_stops_the_build_with_one_line(
+        spec_dir: Path, registry: RegistryProcess, builder_a: tuple[Path, bytes], proxy: FaultProxy,
+        tmp_path: Path) -> None:
+    """A --cache-from build leaves the data image's layer blobs for later (the cache brings their indexes); when
+    its bytes are needed after all (no deflated blocks for this spec) and the registry serves a corrupt blob, the
+    build stops with the pull's one-line error, writes no output and leaves a cache that verifies."""
+    data = f"{registry.host}/cachetest/data:1"
+    spec = spec_dir / "proxied.yml"  # another spec: neither its build key nor its name has blocks in the cache
+    spec.write_text((spec_dir / "system.yml").read_text().replace(data, f"{proxy.host}/cachetest/data:1"))
+    manifest = requests.get(f"http://{registry.host}/v2/cachetest/data/manifests/1", timeout=5,
+                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    for layer in manifest["layers"]:
+        proxy.inject(layer["digest"], CORRUPT, times=-1)
+    rc, stderr = _build_spec(spec, tmp_path / "cache", tmp_path / "out", "-v", "2", "--cache-from",
+                             f"{registry.host}/ci/cache")
+    assert rc == 1
+    assert "downloading it now (first read)" in stderr  # left out by the pull, fetched when read
+    line = stderr.splitlines()[-1]
+    assert re.fullmatch(rf"linuxkit-py: {re.escape(proxy.host)}/cachetest/data:1: registry {re.escape(proxy.host)}: "
+                        r"blob sha256:[0-9a-f]{64} does not match its digest \(got sha256:[0-9a-f]{64}\)", line), stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    assert verify_cache(Cache(tmp_path / "cache")).problems == []

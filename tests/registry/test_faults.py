@@ -126,5 +126,8 @@ def test_a_stalled_download_times_out(fake: FakeRegistry, cache: Cache, options:
         f"{ref}: registry {fake.host}: download of blob {got['layer']} interrupted (no answer within 0.3 s)"
     )
     assert fake.hits[f"/v2/fake/stalled/blobs/{got['layer']}"] == 2
-    assert cache.refs() == [] and set(cache_listing(cache)) <= {got["config"].removeprefix("sha256:")}
+    # no image named, no layer blob; the bytes that came before the stall are kept to resume from
+    partial = f".partial-{got['layer'].removeprefix('sha256:')}"
+    assert cache.refs() == [] and set(cache_listing(cache)) <= {got["config"].removeprefix("sha256:"), partial}
+    assert cache.partial_path(got["layer"]).read_bytes() == LAYER[:20]
     assert verify_cache(cache).problems == []

@@ -103,7 +103,7 @@ def test_a_broken_blob_resumes_with_a_range_request(
     (ranged,) = [r for p, r in proxy.ranges if p == path]
     start = int(ranged.removeprefix("bytes=").rstrip("-"))
     assert 64 << 10 <= start < size
-    # Half, then the rest from the last whole 64 KiB chunk kept: not the whole blob again.
+    # Half, then the rest from the last byte kept: not the whole blob again.
     assert proxy.sent[path] == size // 2 + (size - start)
     assert image_files(other, image.layers)["big"] == BIG
     assert verify_cache(other).problems == []

@@ -391,3 +391,29 @@ def test_a_build_that_deflates_many_blocks_packs_all_but_its_first(tmp_path: Pat
     before = {p: p.stat().st_size for p in blocks.rglob("*") if p.is_file()}
     assert _gzip(data, DeflateBlockCache(blocks)) == plain
     assert {p: p.stat().st_size for p in blocks.rglob("*") if p.is_file()} == before  # nothing deflated again
+
+
+def test_a_pack_is_read_from_its_headers_and_anything_but_block_files_is_refused(tmp_path: Path) -> None:
+    """pack_members reads the ustar headers alone (a cold build's 783 in a few ms) and gives what tarfile
+    would; a member that is not a block file, a bad header checksum or a member cut short is refused."""
+    import tarfile
+
+    from linuxkit_py.archive.blockcache import pack_members
+
+    blob, files = _pack(tmp_path, _data(seed=12))
+    with tarfile.open(blob) as tar:
+        assert pack_members(str(blob)) == [(m.name, m.offset_data, m.size) for m in tar]
+    raw = blob.read_bytes()
+    cases = {"checksum": bytearray(raw), "cut": bytearray(raw[: raw.index(files[sorted(files)[-1]]) + 10])}
+    second = 512 + 512 * ((len(files[sorted(files)[0]]) + 511) // 512)
+    cases["checksum"][second + 140] ^= 1  # a byte of the second header's mtime: only its checksum tells
+    for case, data in cases.items():
+        path = tmp_path / f"{case}.tar"
+        path.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match="unexpected member|cut short"):
+            pack_members(str(path))
+    other = tmp_path / "other.tar"
+    with tarfile.open(other, "w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.add(str(tmp_path / "checksum.tar"), "passwd")
+    with pytest.raises(ValueError, match="unexpected member 'passwd'"):
+        pack_members(str(other))

@@ -63,18 +63,18 @@ def test_contents_and_digests_are_in_the_key(tmp_path: Path) -> None:
     s = spec(tmp_path)
     signing = tmp_path / "db.key"
     signing.write_text("key one")
-    base = build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}, file_sources(s))
-    assert build_key(s, {"k:1": image("sha256:b")}, {}, {"sign-key": signing}, file_sources(s)) != base
+    base = build_key(s, {"k:1": "sha256:a"}, {}, {"sign-key": signing}, file_sources(s))
+    assert build_key(s, {"k:1": "sha256:b"}, {}, {"sign-key": signing}, file_sources(s)) != base
     st = signing.stat()
     signing.write_text("key two")  # same size and mtime, other content
     os.utime(signing, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}, file_sources(s)) != base
+    assert build_key(s, {"k:1": "sha256:a"}, {}, {"sign-key": signing}, file_sources(s)) != base
     signing.write_text("key one")
     notes = tmp_path / "notes.txt"
     notes.write_text("NOTES\n")
-    assert build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}, file_sources(s)) != base
+    assert build_key(s, {"k:1": "sha256:a"}, {}, {"sign-key": signing}, file_sources(s)) != base
     notes.write_text("notes\n")
-    assert build_key(s, {"k:1": image("sha256:a")}, {}, {"sign-key": signing}, file_sources(s)) == base
+    assert build_key(s, {"k:1": "sha256:a"}, {}, {"sign-key": signing}, file_sources(s)) == base
 
 
 def test_a_directory_digest_follows_its_contents(tmp_path: Path) -> None:
