@@ -33,7 +33,7 @@ from linuxkit_py.formats.ab import image_entries as ab_image_entries
 from linuxkit_py.fsutil import atomic_output, atomic_outputs
 from linuxkit_py.pkg.bootassets import fetch_assets
 from linuxkit_py.pkg.build import PackageRefs
-from linuxkit_py.registry.buildcache import CacheRef, Fetching, RegistryBuildCache, latest_deflate_key
+from linuxkit_py.registry.buildcache import CacheFromPull, CacheRef, Fetching, RegistryBuildCache, latest_deflate_key
 from linuxkit_py.registry.pull import RegistryOptions, pull_images
 from linuxkit_py.rootfs.assemble import Assembly, assemble, file_sources, metadata_writer
 from linuxkit_py.rootfs.kernelfile import DERIVED_SUBDIR as KERNEL_SUBDIR
@@ -254,29 +254,12 @@ def _build(opts: BuildOptions, fetches: list[Fetching]) -> list[Path]:
     # Outputs that read only the kernel and the bytes of the deflate blocks the cache lacks leave a layer they
     # have the index of (from --cache-from) packed until something reads it (cache/layers.py, defer_layer).
     defer = bool(formats) and all(fmt.name in READS_WHAT_MISSES for fmt in formats)
-    later: dict[str, Callable[[], None]] = {}  # layer blobs left for later: what downloads each
-
-    def planned(digests: dict[str, str], layers: dict[str, list[str]]) -> Callable[[str], bool] | None:
-        """With --cache-from and outputs that read few layers (`defer`), the shared cache is fetched at once, and
-        the blob of a layer whose index it brings is left until something reads the layer (the kernel's is not)."""
-        if shared is None or opts.cache_from is None or not defer:
-            return None
-        every = [layer["digest"] for image in images.values() for layer in image.layers]
-        fetching = shared.fetch([*every, *(d for ds in layers.values() for d in ds)],
-                                deflate_tags_of(_digests(images) | digests))
-        fetches.append(fetching)  # started before the images' blobs download
-        keep = set(layers.get(spec.kernel.get("image") or "", []))
-        directory = layers_dir(cache)
-
-        def left_out(digest: str) -> bool:
-            if digest in keep or not digest.startswith("sha256:"):
-                return False
-            fetching.indexes()
-            return (directory / f"{digest.removeprefix('sha256:')}.json").is_file()
-        return left_out
-
-    images |= pull_images(cache, refs, arch, opts.registry, opts.pull, planned, later)
-    fetch_blobs_later(later)
+    hooks = CacheFromPull(cache, spec.kernel.get("image") or "", shared, images,
+                          lambda digests: deflate_tags_of(_digests(images) | digests), fetches) \
+        if shared is not None and opts.cache_from is not None and defer else None
+    images |= pull_images(cache, refs, arch, opts.registry, opts.pull, hooks)
+    if hooks is not None:
+        fetch_blobs_later(hooks.later)
     records = None if opts.output is not None or opts.input_tar else _output_records(
         opts, cache, spec, images, arch, epoch, formats, assets)
     layer_digests = [layer["digest"] for image in images.values() for layer in image.layers]

@@ -38,11 +38,12 @@ from typing import Any
 
 from linuxkit_py.archive.blockcache import KEY_RE, DeflateBlockCache, pack_members
 from linuxkit_py.cache.filehashes import sbom_hashes_path
-from linuxkit_py.cache.image import load_cached_image
+from linuxkit_py.cache.image import Image, load_cached_image
 from linuxkit_py.cache.layers import layers_dir
 from linuxkit_py.cache.layout import Cache, canonical_json, file_sha256_digest
 from linuxkit_py.errors import UserError
 from linuxkit_py.registry.client import DIGEST_RE, RegistryClient, RegistryOptions, Remote, resolve_remote
+from linuxkit_py.registry.pull import PlannedImage, PullHooks
 from linuxkit_py.registry.push import _Document, _push_blob, _put_manifest, push_image, registry_destination
 from linuxkit_py.registry.reference import Reference, parse_reference
 from linuxkit_py.registry.transport import RegistryFault
@@ -489,3 +490,31 @@ def _write_new(target: Path, data: bytes) -> bool:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return True
+
+
+class CacheFromPull(PullHooks):
+    """A kernel+initrd build with --cache-from, while its images are pulled: the shared cache is fetched as soon as
+    the manifests are known, and the blob of a layer whose index it brings is left until something reads the layer
+    (not the kernel's: NAME-kernel reads it whatever else the cache holds)."""
+
+    def __init__(self, cache: Cache, kernel_ref: str, shared: RegistryBuildCache, images: dict[str, Image],
+                 tags: Callable[[dict[str, str]], list[str]], fetches: list[Fetching]) -> None:
+        super().__init__(planned=self._planned)
+        self._cache, self._kernel_ref, self._shared, self._images = cache, kernel_ref, shared, images
+        self._tags, self._fetches = tags, fetches  # the build key's tags, given the images; where the fetch goes
+
+    def _planned(self, planned: dict[str, PlannedImage]) -> Callable[[str], bool]:
+        every = [layer["digest"] for image in self._images.values() for layer in image.layers]
+        fetching = self._shared.fetch([*every, *(layer["digest"] for p in planned.values() for layer in p.layers)],
+                                      self._tags({ref: p.digest for ref, p in planned.items()}))
+        self._fetches.append(fetching)
+        kernel = planned.get(self._kernel_ref)
+        keep = {layer["digest"] for layer in kernel.layers} if kernel is not None else set()
+        directory = layers_dir(self._cache)
+
+        def left_out(digest: str) -> bool:
+            if digest in keep or not digest.startswith("sha256:"):
+                return False
+            fetching.indexes()
+            return (directory / f"{digest.removeprefix('sha256:')}.json").is_file()
+        return left_out

@@ -59,10 +59,24 @@ class _Plan:
         return {self.root.digest, self.manifest.digest, *(b["digest"] for b in self.blobs)}
 
 
-# Told, before any blob of a pull is downloaded, each image's manifest digest and its layers' digests by its ref as
-# given: what a build's key is made of (its shared cache can be fetched meanwhile). It may answer which layer
-# blobs can be left for later (called from the download threads; it may wait): see pull_images.
-Planned = Callable[[dict[str, str], dict[str, list[str]]], Callable[[str], bool] | None]
+@dataclass(frozen=True)
+class PlannedImage:
+    """An image as its manifest tells it, before its blobs are downloaded."""
+
+    digest: str  # the platform manifest's
+    config: str  # the config blob's digest
+    layers: list[dict[str, Any]]  # the layer descriptors
+
+
+@dataclass
+class PullHooks:
+    """What a build learns from a pull while it runs (build.py: --cache-from starts meanwhile)."""
+
+    # Once the manifests are known, before any blob is downloaded: every image by its ref as given (what a build's
+    # key is made of). It may answer which layer blobs can be left for later (called from the download threads;
+    # it may wait): those are not downloaded, and `later` gets, for each, the function that downloads it.
+    planned: Callable[[dict[str, PlannedImage]], Callable[[str], bool] | None] | None = None
+    later: dict[str, Callable[[], None]] = field(default_factory=dict)
 
 
 def pull_image(cache: Cache, ref: str, arch: str, options: RegistryOptions, pull: bool = False) -> Image:
@@ -71,13 +85,12 @@ def pull_image(cache: Cache, ref: str, arch: str, options: RegistryOptions, pull
 
 
 def pull_images(cache: Cache, refs: list[str], arch: str, options: RegistryOptions, pull: bool = False,
-                planned: Planned | None = None, later: dict[str, Callable[[], None]] | None = None) -> dict[str, Image]:
+                hooks: PullHooks | None = None) -> dict[str, Image]:
     """Like pull_image for several refs at once (identical refs and shared blobs fetched once).
 
-    When something is pulled, `planned` is called once its manifests are known, before its blobs are downloaded.
-    The layer blobs its answer leaves out are not downloaded: `later` gets, for each, the function that downloads
-    it (cache/layers.py fetch_blobs_later), and an image with such a blob is returned but not named in the cache
-    (index.json names whole images only: the next build pulls what it lacks)."""
+    `hooks` are told what the pull does while it runs (PullHooks). An image with a blob left for later
+    (cache/layers.py fetch_blobs_later) is returned but not named in the cache (index.json names whole images only:
+    the next build pulls what it lacks)."""
     arch = normalize_arch(arch)
     names = {given: normalize_reference(given) for given in refs}
     given_for: dict[str, str] = {}
@@ -92,16 +105,17 @@ def pull_images(cache: Cache, refs: list[str], arch: str, options: RegistryOptio
         else:
             missing.append((given, name))
     if missing:
+        hooks = hooks or PullHooks()
+
         def on_plans(plans: list[_Plan]) -> Callable[[str], bool] | None:
-            if planned is None:
+            if hooks.planned is None:
                 return None
-            digests = {name: image.digest for name, image in images.items()}
-            digests |= {plan.name: plan.manifest.digest for plan in plans}
-            layers = {name: [layer["digest"] for layer in image.layers] for name, image in images.items()}
-            layers |= {plan.name: [blob["digest"] for blob in plan.blobs[1:]] for plan in plans}
-            return planned({given: digests[names[given]] for given in refs},
-                           {given: layers[names[given]] for given in refs})
-        images.update(_pull(cache, missing, arch, options, on_plans, later if later is not None else {}))
+            known = {name: PlannedImage(image.digest, image.manifest["config"]["digest"], image.layers)
+                     for name, image in images.items()}
+            known |= {plan.name: PlannedImage(plan.manifest.digest, plan.blobs[0]["digest"], plan.blobs[1:])
+                      for plan in plans}
+            return hooks.planned({given: known[names[given]] for given in refs})
+        images.update(_pull(cache, missing, arch, options, on_plans, hooks))
     return {given: images[names[given]] for given in refs}
 
 
@@ -119,8 +133,7 @@ def _user_error(given: str, exc: BaseException) -> BaseException:
 
 
 def _pull(cache: Cache, wanted: list[tuple[str, str]], arch: str, options: RegistryOptions,
-          on_plans: Callable[[list[_Plan]], Callable[[str], bool] | None],
-          later: dict[str, Callable[[], None]]) -> dict[str, Image]:
+          on_plans: Callable[[list[_Plan]], Callable[[str], bool] | None], hooks: PullHooks) -> dict[str, Image]:
     cache.ensure()
     cancelled = threading.Event()
     futures: list[concurrent.futures.Future[Any]] = []
@@ -139,7 +152,7 @@ def _pull(cache: Cache, wanted: list[tuple[str, str]], arch: str, options: Regis
             for plan in plans:
                 for blob in plan.blobs[1:]:
                     if blob["digest"] in left_out:
-                        later[blob["digest"]] = _fetch_later(cache, options, plan, blob["digest"], blob["size"])
+                        hooks.later[blob["digest"]] = _fetch_later(cache, options, plan, blob["digest"], blob["size"])
             return {plan.name: _commit(cache, plan, arch, named=not left_out & plan.digests) for plan in plans}
         except BaseException:
             cancelled.set()
