@@ -112,6 +112,7 @@ class Run:
     initrd_sha256: str
     other_cpu_s: float  # CPU time other processes on the machine used during the run (noise)
     command: str
+    steal_s: float = 0.0  # CPU time the hypervisor gave to other machines while this one wanted it (noise)
 
 
 def _time_field(report: str, label: str) -> str:
@@ -136,21 +137,31 @@ def _sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
+def _cpu_fields() -> list[int]:
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def busy_cpu_seconds() -> float:
-    """CPU time the whole machine spent not idle since boot (all cores), from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    """CPU time the whole machine spent not idle since boot (all cores, steal excluded), from /proc/stat."""
+    fields = _cpu_fields()
     idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:7]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_seconds() -> float:
+    """CPU time this virtual machine's cores waited for the host since boot (/proc/stat's steal): on a shared
+    host, the time another guest ran instead (it slows a build down without showing as any process's CPU)."""
+    return _cpu_fields()[7] / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for_quiet(max_busy_cores: float, timeout: float) -> None:
-    """Wait (up to `timeout` s) until the machine has been nearly idle for 2 s: on a shared
-    2-core machine another process's work would otherwise be counted as ours."""
+    """Wait (up to `timeout` s) until the machine has been nearly idle for 2 s, and the host has not taken its
+    cores for other guests: on a shared 2-core machine either would otherwise be counted as ours."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        busy = busy_cpu_seconds()
+        busy = busy_cpu_seconds() + steal_seconds()
         time.sleep(2)
-        if (busy_cpu_seconds() - busy) / 2 <= max_busy_cores:
+        if (busy_cpu_seconds() + steal_seconds() - busy) / 2 <= max_busy_cores:
             return
     print(f"the machine stayed busy for {timeout:.0f} s: measuring anyway", file=sys.stderr)
 
@@ -183,9 +194,9 @@ def timed_build(name: str, spec: Path, cache: Path, out: Path, kind: str, quiet:
     build = [str(PYTHON), "-m", "linuxkit_py", "build", "--cache", str(cache), "--dir", str(out), *options,
              str(spec)]
     cmd = [TIME, "-v", "-o", str(report), *build]
-    busy = busy_cpu_seconds()
+    busy, steal = busy_cpu_seconds(), steal_seconds()
     subprocess.run(cmd, check=True, cwd=ROOT, stderr=subprocess.DEVNULL, env=BUILD_ENV)
-    busy = busy_cpu_seconds() - busy
+    busy, steal = busy_cpu_seconds() - busy, steal_seconds() - steal
     text = report.read_text()
     initrd = out / f"{spec.stem}-initrd.img"
     user, system = float(_time_field(text, "User time")), float(_time_field(text, "System time"))
@@ -193,10 +204,10 @@ def timed_build(name: str, spec: Path, cache: Path, out: Path, kind: str, quiet:
               user_s=user, sys_s=system, max_rss_kib=int(_time_field(text, "Maximum resident set size")),
               initrd_bytes=initrd.stat().st_size, initrd_sha256=_sha256(initrd),
               other_cpu_s=round(max(0.0, busy - user - system), 2),
-              command=" ".join(["/usr/bin/time", "-v", *build]).replace(str(ROOT) + "/", ""))
+              command=" ".join(["/usr/bin/time", "-v", *build]).replace(str(ROOT) + "/", ""), steal_s=round(steal, 2))
     print(f"{name:6} {kind:12} {run.wall_s:6.2f} s  {run.max_rss_kib / 1024:6.1f} MiB  "
-          f"initrd {run.initrd_bytes / 1e6:.1f} MB  (others used {run.other_cpu_s:.1f} s CPU meanwhile)",
-          file=sys.stderr, flush=True)
+          f"initrd {run.initrd_bytes / 1e6:.1f} MB  (others used {run.other_cpu_s:.1f} s CPU meanwhile, "
+          f"the host took {run.steal_s:.1f} s)", file=sys.stderr, flush=True)
     return run
 
 
@@ -293,8 +304,8 @@ def machine() -> dict[str, str]:
 def table(runs: list[Run], refs: dict[str, int]) -> str:
     """The fastest run of each (spec, kind): noise from other processes only ever adds time."""
     lines = ["| spec | build | runs | best wall (s) | median wall (s) | user (s) | sys (s) | "
-             "others' CPU (s) | max peak RSS (MiB) | initrd (bytes) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "others' CPU (s) | steal (s) | max peak RSS (MiB) | initrd (bytes) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     groups: dict[tuple[str, str], list[Run]] = {}
     for r in runs:
         groups.setdefault((r.spec, r.kind), []).append(r)
@@ -303,7 +314,8 @@ def table(runs: list[Run], refs: dict[str, int]) -> str:
         median = statistics.median(r.wall_s for r in group)
         rss = max(r.max_rss_kib for r in group)
         lines.append(f"| {spec} | {kind} | {len(group)} | {best.wall_s:.2f} | {median:.2f} | {best.user_s:.2f} | "
-                     f"{best.sys_s:.2f} | {best.other_cpu_s:.1f} | {rss / 1024:.0f} | {best.initrd_bytes:,} |")
+                     f"{best.sys_s:.2f} | {best.other_cpu_s:.1f} | {best.steal_s:.1f} | {rss / 1024:.0f} | "
+                     f"{best.initrd_bytes:,} |")
     lines.append("")
     lines.append("| full workload: the same cpio compressed by | bytes |")
     lines.append("|---|---:|")
