@@ -289,8 +289,8 @@ def _build(opts: BuildOptions, fetches: list[Fetching]) -> list[Path]:
     # unless a shared cache brings those hashes
     unpack_images(cache, images.values(), hash_files=opts.sbom and shared is None, defer=defer)
     forget_shared_fields()  # of the entries of the layers indexed just now, which are gone (5 MiB at 10x)
-    # the kernel's layer left packed is read for NAME-kernel whatever else hits (and for the SBOM, which hashes
-    # the modules): decompressed meanwhile, before the SBOM's writer is forked (or its child would do it again)
+    # the kernel's layer left packed is read for NAME-kernel whatever else hits: decompressed meanwhile, on a thread
+    # joined before the SBOM's writer is forked (fork() copies only the thread that calls it)
     kernel = images.get(spec.kernel.get("image") or "") if fetched is not None and defer else None
     prefetch = [t for layer in (kernel.layers if kernel else []) if (t := prefetch_deferred_layer(cache, layer))]
     entries = assemble(Assembly(spec, images, cache, metadata, reused))

@@ -189,7 +189,7 @@ def _layer_lock(directory: Path, hexdigest: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-# Blobs a pull left for later (registry/pull.py, `later`): digest -> what downloads it into the cache, once
+# Blobs a pull left for later (registry/pull.py, PullHooks.later): digest -> what downloads it into the cache, once
 # something reads its layer. Forgotten at the end of the build (forget_deferred_layers).
 _LATER: dict[str, Callable[[], None]] = {}
 _LATER_LOCK = threading.Lock()
