@@ -95,7 +95,8 @@ def patch_vhd(path: Path, disk: RawDisk, epoch: int) -> None:
 
 
 def patch_vmdk(path: Path, disk: RawDisk, epoch: int) -> None:
-    """Set the content id (CID) of a VMDK's embedded descriptor: a text padded with NULs to its sectors."""
+    """Set the content id (CID) of a VMDK's embedded descriptor: a text ended and padded by NULs to its
+    sectors."""
     with open(path, "r+b") as f:
         magic, _version, _flags, _capacity, _grain, offset, sectors = VMDK_HEADER.unpack(f.read(VMDK_HEADER.size))
         if magic != VMDK_MAGIC or not offset:
@@ -103,7 +104,10 @@ def patch_vmdk(path: Path, disk: RawDisk, epoch: int) -> None:
         f.seek(offset * VMDK_SECTOR)
         area = f.read(sectors * VMDK_SECTOR)
         cid = derived_guid(disk.digest, "vmdk-cid").hex[:8].encode()
-        text, count = VMDK_CID.subn(b"CID=" + cid, area.rstrip(b"\0"))
+        # The descriptor is a C string. qemu rewrites it in place with a new random CID on the first write,
+        # and a CID two digits shorter than the one before leaves the old text's last bytes after the NUL:
+        # whatever follows the first NUL goes, or those bytes would be in the image (1 conversion in ~250).
+        text, count = VMDK_CID.subn(b"CID=" + cid, area.split(b"\0", 1)[0])
         if count != 1 or len(text) > len(area):
             raise ValueError(f"{path}: expected one CID line in a descriptor of {len(area)} bytes, found {count}")
         f.seek(offset * VMDK_SECTOR)

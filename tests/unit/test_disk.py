@@ -262,19 +262,32 @@ def test_a_bad_vhd_footer_is_refused_by_qemu(tmp_path: Path) -> None:
         fixed_vhd_footer(bytes(512), epoch=0, unique_id=bytes(16))
 
 
-def test_vmdk_content_id_is_derived_whatever_length_qemu_wrote(tmp_path: Path) -> None:
-    raw = _small_raw(tmp_path)
-    out = tmp_path / "disk.vmdk"
+def _vmdk_with_cid(directory: Path, raw: Path, cid: bytes, left: bytes = b"") -> Path:
+    """A streamOptimized VMDK of `raw` whose descriptor says CID=`cid`, `left` after its terminating NUL:
+    what qemu leaves when it rewrites the descriptor in place with a CID two or more digits shorter."""
+    directory.mkdir()
+    out = directory / "disk.vmdk"  # qemu writes the name into the descriptor
     _qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", raw, out)
     data = bytearray(out.read_bytes())
-    # what qemu writes for a random CID below 0x10000000: fewer than 8 digits (in the descriptor's sectors)
     offset, sectors = (int.from_bytes(data[at : at + 8], "little") * 512 for at in (28, 36))
-    area = bytes(data[offset : offset + sectors])
-    data[offset : offset + sectors] = re.sub(rb"\nCID=[0-9a-f]+", b"\nCID=5a", area.rstrip(b"\0")).ljust(sectors, b"\0")
+    text = re.sub(rb"\nCID=[0-9a-f]+", b"\nCID=" + cid, bytes(data[offset : offset + sectors]).split(b"\0", 1)[0])
+    data[offset : offset + sectors] = (text + b"\0" + left).ljust(sectors, b"\0")
     out.write_bytes(bytes(data))
-    assert _qemu_img("info", out).stdout.count("cid: 90\n") == 1
+    assert _qemu_img("info", out).stdout.count(f"cid: {int(cid, 16)}\n") == 1
+    return out
+
+
+def test_vmdk_content_id_is_derived_whatever_length_qemu_wrote(tmp_path: Path) -> None:
+    raw = _small_raw(tmp_path)
+    # a random CID below 0x10000000 has fewer than 8 digits; one that replaced a longer one leaves bytes behind
+    out = _vmdk_with_cid(tmp_path / "short", raw, b"5a")
+    left = _vmdk_with_cid(tmp_path / "left", raw, b"5a", left=b"47\n")
+    assert out.read_bytes() != left.read_bytes()
 
     patch_vmdk(out, DISK, 0)
+    patch_vmdk(left, DISK, 0)
+
+    assert out.read_bytes() == left.read_bytes()
 
     info = _qemu_img("info", "--output", "json", out)
     check = _qemu_img("check", out)
