@@ -264,8 +264,9 @@ def _build(opts: BuildOptions, fetches: list[Fetching]) -> list[Path]:
         opts, cache, spec, images, arch, epoch, formats, assets)
     layer_digests = [layer["digest"] for image in images.values() for layer in image.layers]
     deflate_tags = deflate_tags_of(_digests(images))
+    # an SBOM dated now in the image: new bytes; --cache-to pushes the blocks of the outputs, known once written
     todo = [fmt for fmt in formats if records is None or not records.up_to_date(fmt.name, _targets(opts, name, fmt))
-            or (opts.sbom_output and opts.sbom_current_time)]  # an SBOM dated now in the image: new bytes
+            or (opts.sbom_output and opts.sbom_current_time) or opts.cache_to is not None]
     for target in (t for fmt in formats if fmt not in todo for t in _targets(opts, name, fmt)):
         log.warning("%s: up to date", target)
     sbom_target = opts.directory / f"{name}{SBOM_SUFFIX}"
@@ -412,7 +413,8 @@ def _write_formats(opts: BuildOptions, name: str, formats: list[Format], todo: l
         kept = [False] * len(targets)
         if records is not None and fmt.input_digests is not None:
             digests[fmt.name] = fmt.input_digests(rootfs)
-            kept = records.kept(fmt.name, targets, digests[fmt.name])
+            if opts.cache_to is None:  # its blocks are pushed: written again
+                kept = records.kept(fmt.name, targets, digests[fmt.name])
         for target in (t for t, k in zip(targets, kept, strict=True) if k):
             log.warning("%s: up to date", target)
         rewrite = [t for t, k in zip(targets, kept, strict=True) if not k]

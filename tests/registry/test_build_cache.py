@@ -204,6 +204,20 @@ def test_an_unreachable_cache_to_is_one_warning_after_the_outputs(spec_dir: Path
         f"--cache-to {host}/ci/cache: cannot connect to registry {host} (connection refused); the cache was not pushed"]
 
 
+def test_cache_to_after_an_up_to_date_build_pushes_the_blocks_too(spec_dir: Path, registry: RegistryProcess,
+                                                                 builder_a: tuple[Path, bytes], tmp_path: Path) -> None:
+    cache_a, initrd_a = builder_a
+    build(spec_dir, cache_a, tmp_path / "out")
+    build(spec_dir, cache_a, tmp_path / "out", "--cache-to", f"{registry.host}/ci/later")  # nothing changed
+
+    stderr, initrd = build(spec_dir, tmp_path / "fresh", tmp_path / "fresh-out", "--cache-from",
+                           f"{registry.host}/ci/later")
+    assert initrd == initrd_a
+    took = TOOK.search(stderr)
+    assert took is not None, stderr
+    assert int(took[3]) == len(blocks(tmp_path / "fresh")) == len(blocks(cache_a)) > 4  # none deflated again
+
+
 def deflate_blob(registry: RegistryProcess) -> str:
     """The digest of the tar of blocks the latest build of system.yml pushed."""
     tag = "cache-deflate-" + latest_deflate_key("system", ["kernel+initrd"], "amd64")
