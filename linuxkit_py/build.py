@@ -17,9 +17,9 @@ from linuxkit_py.arch import get_arch, normalize_arch
 from linuxkit_py.archive.entry import forget_shared_fields
 from linuxkit_py.cache.filehashes import KnownFileHashes
 from linuxkit_py.cache.image import Image
+from linuxkit_py.cache.layerblob import fetch_blobs_later
 from linuxkit_py.cache.layerindex import forget_decoded_indexes
 from linuxkit_py.cache.layers import (
-    fetch_blobs_later,
     forget_deferred_layers,
     layers_dir,
     prefetch_deferred_layer,
@@ -290,10 +290,13 @@ def _build(opts: BuildOptions, fetches: list[Fetching]) -> list[Path]:
     # unless a shared cache brings those hashes
     unpack_images(cache, images.values(), hash_files=opts.sbom and shared is None, defer=defer)
     forget_shared_fields()  # of the entries of the layers indexed just now, which are gone (5 MiB at 10x)
-    # the kernel's layer left packed is read for NAME-kernel whatever else hits: decompressed meanwhile, on a thread
-    # joined before the SBOM's writer is forked (fork() copies only the thread that calls it)
+    # the kernel's layer left packed is read for NAME-kernel whatever else hits: its kernel (only the head of the tar,
+    # when the kernel is in it) read meanwhile, on a thread joined before the SBOM's writer is forked (fork() copies
+    # only the thread that calls it)
     kernel = images.get(spec.kernel.get("image") or "") if fetched is not None and defer else None
-    prefetch = [t for layer in (kernel.layers if kernel else []) if (t := prefetch_deferred_layer(cache, layer))]
+    binary = str(spec.kernel.get("binary") or "kernel").strip("/")
+    prefetch = [t for layer in (kernel.layers if kernel else [])
+                if (t := prefetch_deferred_layer(cache, layer, binary)) is not None]
     entries = assemble(Assembly(spec, images, cache, metadata, reused))
     forget_decoded_indexes()  # placed: the layers' own entries are not needed again
     if opts.decompress_kernel:

@@ -226,8 +226,20 @@ def make_on_read(path: str, make: Callable[[], None]) -> None:
     _MADE_ON_READ[path] = make
 
 
+# Byte ranges of such files that can be read before the file is made (cache/layers.py: the head of a layer's
+# tar, decompressed into memory, holds a kernel image's kernel): path -> the bytes of (offset, size), or None
+# when the file must be made for them.
+_READ_BEFORE_MADE: dict[str, Callable[[int, int], bytes | None]] = {}
+
+
+def read_before_made(path: str, read: Callable[[int, int], bytes | None]) -> None:
+    """Have ContentReader ask `read(offset, size)` for a range of `path` before it makes or opens the file."""
+    _READ_BEFORE_MADE[path] = read
+
+
 def forget_made_on_read() -> None:
     _MADE_ON_READ.clear()
+    _READ_BEFORE_MADE.clear()
 
 
 def open_content(path: str) -> int:
@@ -280,6 +292,10 @@ class ContentReader:
         yield from self._region(data, chunk)
 
     def _region(self, region: FileRegion, chunk: int) -> Iterator[bytes]:
+        if _READ_BEFORE_MADE and (early := _READ_BEFORE_MADE.get(region.path)) is not None \
+                and (data := early(region.offset, region.size)) is not None:
+            yield from self.chunks(data, chunk)
+            return
         offset, remaining = region.offset, region.size
         while remaining > 0:
             # Looked up each time: a caller reading other files in between may have evicted it.

@@ -167,10 +167,11 @@ class _Pending:
 
 class _Reader:
     def __init__(self, fd: int, path: str, start: int, end: int, label: str, max_entries: int,
-                 available: Callable[[int], int] | None = None) -> None:
+                 available: Callable[[int], int] | None = None, until: int | None = None) -> None:
         self.fd, self.path, self.start, self.end, self.label = fd, path, start, end, label
         self.max_entries = max_entries
         self.available = available  # a file still being written: waits until it holds N bytes, gives its size
+        self.until = until  # stop at the first header at or after this byte (the head of an archive)
 
     def _reaches(self, offset: int) -> bool:
         """Whether the archive holds byte `offset - 1` (waiting for a file still being written to grow)."""
@@ -192,7 +193,7 @@ class _Reader:
         global_pax: dict[str, bytes] = {}
         pending = _Pending()
         pos = self.start
-        while self._reaches(pos + 1):
+        while self._reaches(pos + 1) and (self.until is None or pos < self.until):
             if not self._reaches(pos + BLOCK):
                 raise _Corrupt(f"truncated header at byte {pos - self.start}")
             header = self.read(pos, BLOCK)
@@ -346,6 +347,15 @@ def read_growing_tar_entries(fd: int, path: str, label: str, available: Callable
     bytes or is complete, with its size then. Entries name `path` (where the file will be)."""
     try:
         return _Reader(fd, path, 0, 0, label, env_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES), available).entries()
+    except _Corrupt as exc:
+        raise UserError(f"{label}: not a valid tar archive: {exc}") from None
+
+
+def read_tar_head_entries(fd: int, path: str, label: str, end: int, until: int) -> list[Entry]:
+    """The members of the first `end` bytes of a tar at `fd` whose headers start before byte `until`: the
+    head of an archive, as read_tar_entries gives them (every one within those bytes, or UserError)."""
+    try:
+        return _Reader(fd, path, 0, end, label, env_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES), until=until).entries()
     except _Corrupt as exc:
         raise UserError(f"{label}: not a valid tar archive: {exc}") from None
 

@@ -10,26 +10,25 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
-
-import zstandard
+from typing import Any
 
 from linuxkit_py.archive.entry import (
+    ContentReader,
     Entry,
     FileRegion,
+    Kind,
     forget_made_on_read,
     make_on_read,
     open_content,
+    read_before_made,
 )
 from linuxkit_py.archive.tarindex import (
     DEFAULT_MAX_ENTRIES,
@@ -37,24 +36,22 @@ from linuxkit_py.archive.tarindex import (
     env_limit,
     read_growing_tar_entries,
     read_tar_entries,
+    read_tar_head_entries,
     read_tar_region,
 )
 from linuxkit_py.cache.filehashes import hash_layer_files, sbom_hashes_path
 from linuxkit_py.cache.image import Image
+from linuxkit_py.cache.layerblob import (
+    CORRUPT_LAYER_ERRORS,
+    decompressed_chunks,
+    forget_blobs_later,
+    layer_compression,
+    open_layer_blob,
+)
 from linuxkit_py.cache.layerindex import PACKED_TARS, load_entry_index, save_entry_index
 from linuxkit_py.cache.layout import Cache
 from linuxkit_py.errors import UserError
 from linuxkit_py.fsutil import replace_synced
-
-try:
-    from isal import igzip, isal_zlib
-    ISAL_ERRORS: tuple[type[BaseException], ...] = (cast(type[BaseException], isal_zlib.error),)
-except ImportError:  # no ISA-L wheel for this machine: zlib
-    igzip = None  # type: ignore[assignment]
-    ISAL_ERRORS = ()
-# What reading a broken layer raises (OSError also covers a failed write of the unpacked tar).
-CORRUPT_LAYER_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, EOFError, zlib.error, zstandard.ZstdError, ValueError, *ISAL_ERRORS)
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +65,6 @@ UNPACK_WORKERS = max(1, min(4, os.cpu_count() or 1))
 MAX_LAYER_SIZE_ENV = "LINUXKIT_PY_MAX_LAYER_SIZE"
 DEFAULT_MAX_LAYER_SIZE = 16 << 30  # the largest real layers (CUDA, ML stacks) are a few GiB
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-ZSTD_SKIPPABLE_MAGIC = 0x184D2A50  # low 4 bits vary
-
-# OCI image-spec layer media types (incl. the deprecated non-distributable ones) and Docker's.
-_MEDIA_COMPRESSION = {
-    "application/vnd.oci.image.layer.v1.tar": "none",
-    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
-    "application/vnd.docker.image.rootfs.diff.tar": "none",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
-    "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
-}
-
-
 def layers_dir(cache: Cache) -> Path:
     return cache.derived_dir / "layers"
 
@@ -96,81 +74,6 @@ def _hex(layer: dict[str, Any]) -> str:
     if not isinstance(digest, str) or not digest.startswith("sha256:"):
         raise UserError(f"unsupported layer digest {digest!r}")
     return digest.split(":", 1)[1]
-
-
-def layer_compression(media_type: str | None, head: bytes) -> str:
-    """"gzip", "zstd" or "none": the magic bytes decide; the media type only names what was promised."""
-    if head.startswith(GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(ZSTD_MAGIC):
-        return "zstd"
-    declared = _MEDIA_COMPRESSION.get(media_type or "", "none")
-    if declared != "none":
-        raise ValueError(f"its media type {media_type} says {declared}, but the data is not {declared}")
-    return "none"
-
-
-def check_zstd_frames(blob: BinaryIO) -> None:
-    """Raise ValueError unless `blob` is a sequence of complete zstd frames (RFC 8878 section 3.1).
-
-    The zstd stream decoder reports a stream cut at a block boundary as a clean end, so a
-    truncated layer would otherwise pass as a shorter tar. Only headers are read.
-    """
-    size = os.fstat(blob.fileno()).st_size
-    pos = 0
-
-    def read(n: int) -> bytes:
-        blob.seek(pos)
-        data = blob.read(n)
-        if len(data) != n:
-            raise ValueError(f"zstd stream truncated at byte {pos + len(data)}")
-        return data
-
-    while pos < size:
-        magic = int.from_bytes(read(4), "little")
-        if magic & 0xFFFFFFF0 == ZSTD_SKIPPABLE_MAGIC:
-            pos += 4
-            pos += 4 + int.from_bytes(read(4), "little")
-            continue
-        if magic != int.from_bytes(ZSTD_MAGIC, "little"):
-            raise ValueError(f"not a zstd frame at byte {pos}")
-        pos += 4
-        descriptor = read(1)[0]
-        single_segment = descriptor >> 5 & 1
-        fcs_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
-        did_size = (0, 1, 2, 4)[descriptor & 3]
-        has_checksum = descriptor >> 2 & 1
-        pos += 1 + (0 if single_segment else 1) + did_size + fcs_size
-        last = False
-        while not last:
-            block_header = int.from_bytes(read(3), "little")
-            last = bool(block_header & 1)
-            block_type = block_header >> 1 & 3
-            block_size = block_header >> 3
-            if block_type == 3:
-                raise ValueError(f"reserved zstd block type at byte {pos}")
-            pos += 3 + (1 if block_type == 1 else block_size)
-        pos += 4 * has_checksum
-        if pos > size:
-            raise ValueError(f"zstd stream truncated at byte {size}")
-
-
-def _decompressed_chunks(blob: BinaryIO, compression: str) -> Iterator[bytes]:
-    if compression == "gzip":
-        # Both handle multi-member streams (pigz, some registries); ISA-L inflates about 2.6x faster than zlib
-        # (docs/benchmarks.md) and gives the same bytes: decompression has one right answer.
-        with (igzip.IGzipFile(fileobj=blob, mode="rb") if igzip else gzip.GzipFile(fileobj=blob, mode="rb")) as gz:
-            while chunk := gz.read(CHUNK):
-                yield chunk
-    elif compression == "zstd":
-        check_zstd_frames(blob)
-        blob.seek(0)
-        reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
-        while chunk := reader.read(CHUNK):
-            yield chunk
-    else:
-        while chunk := blob.read(CHUNK):
-            yield chunk
 
 
 @contextlib.contextmanager
@@ -189,32 +92,6 @@ def _layer_lock(directory: Path, hexdigest: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-# Blobs a pull left for later (registry/pull.py, PullHooks.later): digest -> what downloads it into the cache, once
-# something reads its layer. Forgotten at the end of the build (forget_deferred_layers).
-_LATER: dict[str, Callable[[], None]] = {}
-_LATER_LOCK = threading.Lock()
-
-
-def fetch_blobs_later(fetchers: dict[str, Callable[[], None]]) -> None:
-    """Layer blobs the cache does not hold yet: each is downloaded by its function when its layer is first read."""
-    with _LATER_LOCK:
-        _LATER.update(fetchers)
-
-
-def _open_blob(cache: Cache, digest: str) -> BinaryIO:
-    with _LATER_LOCK:
-        fetch = _LATER.get(digest)
-    if fetch is not None and not cache.has_blob(digest):
-        log.info("layer %s: downloading it now (first read)", digest)
-        fetch()  # a failure is raised to this reader, and the next one tries again
-    with _LATER_LOCK:
-        _LATER.pop(digest, None)
-    try:
-        return open(cache.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
-    except FileNotFoundError:
-        raise UserError(f"layer {digest} is missing from the cache {cache.root}") from None
-
-
 def _decompress(cache: Cache, layer: dict[str, Any], target: Path, diff_id: str | None,
                 indexed: list[list[Entry]] | None = None) -> None:
     """Decompress the layer blob into `target`, checking its diff_id. With `indexed`, the tar is also
@@ -222,7 +99,7 @@ def _decompress(cache: Cache, layer: dict[str, Any], target: Path, diff_id: str 
     the temporary file on a second thread as the inflated bytes reach it. Parsing holds the GIL, inflating,
     hashing and writing do not, so a cold layer costs about the longer of the two instead of their sum."""
     digest = layer["digest"]
-    blob = _open_blob(cache, digest)
+    blob = open_layer_blob(cache, digest)
     sha = hashlib.sha256()
     limit = env_limit(MAX_LAYER_SIZE_ENV, DEFAULT_MAX_LAYER_SIZE)
 
@@ -245,7 +122,7 @@ def _decompress(cache: Cache, layer: dict[str, Any], target: Path, diff_id: str 
         try:
             compression = layer_compression(layer.get("mediaType"), blob.read(4))
             blob.seek(0)
-            chunks = hashed(_decompressed_chunks(blob, compression))
+            chunks = hashed(decompressed_chunks(blob, compression))
             if indexed is None:
                 replace_synced(target, chunks, check_diff_id)
             else:
@@ -359,61 +236,160 @@ def layer_tar_path(cache: Cache, layer: dict[str, Any]) -> Path:
 # layer is left packed (its blob is in the cache) and decompressed, its diff_id checked, the first time
 # something opens its tar (archive/entry.py, make_on_read). Its tar must then have the size its index
 # says, or the build stops with an error naming the layer (and the index is removed: the next build
-# makes its own).
+# makes its own). The file a build is known to read (the kernel, in the head of its image's tar, before a
+# 90 MB kernel.tar) is read without that when it lies in the first half of the tar: the blob (its digest
+# checked when pulled) is decompressed up to the file's end only, into memory, and every tar header up to
+# the file is parsed: a regular file of that size must be where the index says. The layer's diff_id is
+# then checked by the build that first makes the whole tar.
 
 _DEFERRED_LOCK = threading.Lock()
+HEAD_MAX = 64 << 20  # the most of a packed layer's tar decompressed into memory for a file in its head
+_PACKED: dict[str, _Packed] = {}  # tar path -> the layer left packed
 
 
-def defer_layer(cache: Cache, layer: dict[str, Any], diff_id: str | None) -> bool:
-    """Leave `layer` packed until its tar is read, when its index is here and its tar is not; True if so."""
-    tar = layer_tar_path(cache, layer)
-    index = tar.with_suffix(".json")
-    if tar.exists() or not index.is_file():
-        return False
-    path = str(tar)
-    failed: list[UserError] = []
+class _Packed:
+    def __init__(self, cache: Cache, layer: dict[str, Any], diff_id: str | None) -> None:
+        self.cache, self.layer, self.diff_id = cache, layer, diff_id
+        self.tar = layer_tar_path(cache, layer)
+        self.index = self.tar.with_suffix(".json")
+        self.failed: list[UserError] = []  # raised to every reader, not only the first
+        self.file: FileRegion | None = None  # the file read from the head of the tar (read_head)
+        self.head: int | None = None  # an anonymous file holding the head, up to the end of `file`
 
-    def make() -> None:
+    def _mismatch(self, made: Path, what: str) -> UserError:
+        """Fail for an index (from --cache-from) that does not fit the layer's tar, and remove the index."""
+        with contextlib.suppress(OSError):
+            made.unlink()
+        which = "its index" if made == self.index else \
+            f"the index of the tar at {made.name[len(self.tar.stem) + 1:-len('.json')]} in it"
+        self.failed.append(UserError(f"layer {self.layer['digest']}: {which} (from --cache-from) {what}",
+                                     hint="the index was removed: build again"))
+        return self.failed[0]
+
+    def make(self) -> None:
         with _DEFERRED_LOCK:  # one decompression at a time: the reader that asked waits for it either way
-            if failed:  # for every reader, not only the first (prefetch_deferred_layer's may have been first)
-                raise failed[0]
-            if tar.exists():
+            if self.failed:
+                raise self.failed[0]
+            if self.tar.exists():
                 return
-            log.info("layer %s: decompressing it now (first read)", layer["digest"])
-            unpacked_layer(cache, layer, diff_id)
-            size = tar.stat().st_size
+            log.info("layer %s: decompressing it now (first read)", self.layer["digest"])
+            unpacked_layer(self.cache, self.layer, self.diff_id)
+            size = self.tar.stat().st_size
             # its own index, and those of tars inside it (region_entries), all made of the tar of that size
-            for made in [index, *tar.parent.glob(f"{tar.stem}.*-*.json")]:
+            for made in [self.index, *self.tar.parent.glob(f"{self.tar.stem}.*-*.json")]:
                 try:
                     expected = json.loads(made.read_bytes()).get("tar_size")
                 except (OSError, ValueError, AttributeError):
                     expected = None
                 if expected != size:
-                    with contextlib.suppress(OSError):
-                        made.unlink()
-                    which = "its index" if made == index else \
-                        f"the index of the tar at {made.name[len(tar.stem) + 1:-len('.json')]} in it"
-                    failed.append(UserError(
-                        f"layer {layer['digest']}: {which} (from --cache-from) is of a {expected}-byte tar, the "
-                        f"layer's is {size} bytes", hint="the index was removed: build again"))
-                    raise failed[0]
+                    raise self._mismatch(made, f"is of a {expected}-byte tar, the layer's is {size} bytes")
 
-    PACKED_TARS.add(path)
-    make_on_read(path, make)
+    def read_from_head(self, file: FileRegion) -> bool:
+        """Have bytes of `file` (a file's data in the tar, from its index) read from the head of the tar: True
+        if it lies in the first half of the tar (and HEAD_MAX), else its reads make the whole tar."""
+        try:
+            tar_size = int(json.loads(self.index.read_bytes()).get("tar_size"))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return False
+        end = file.offset + file.size
+        if file.size <= 0 or end > HEAD_MAX or end > tar_size // 2:
+            return False
+        self.file = file
+        read_before_made(str(self.tar), self.read_head)
+        return True
+
+    def read_head(self, offset: int, size: int) -> bytes | None:
+        file = self.file
+        if file is None or not file.offset <= offset <= offset + size <= file.offset + file.size:
+            return None  # not the file: the whole tar is made for it
+        with _DEFERRED_LOCK:
+            if self.failed:
+                raise self.failed[0]
+            if self.tar.exists():
+                return None
+            if self.head is None:
+                self._read_head(file)
+            assert self.head is not None
+            return os.pread(self.head, size, offset)
+
+    def _read_head(self, file: FileRegion) -> None:
+        digest, end = self.layer["digest"], file.offset + file.size
+        log.info("layer %s: decompressing its first %d bytes now (first read)", digest, end)
+        fd = os.memfd_create("layer-head", os.MFD_CLOEXEC)
+        try:
+            have = _decompress_head(self.cache, self.layer, end, fd)
+            try:  # the headers up to the file's, as the index of the whole tar would have them
+                entries = read_tar_head_entries(fd, str(self.tar), f"layer {digest}", have, file.offset)
+                why = ""
+            except UserError as exc:
+                entries, why = [], f" ({exc})"
+            if not entries or entries[-1].kind is not Kind.FILE or entries[-1].data != file:
+                raise self._mismatch(self.index, f"places a {file.size}-byte file at byte {file.offset} of its tar, "
+                                                 f"which has none there{why}")
+        except BaseException:
+            os.close(fd)
+            raise
+        self.head = fd
+
+    def close(self) -> None:
+        if self.head is not None:
+            os.close(self.head)
+            self.head = None
+
+
+def _decompress_head(cache: Cache, layer: dict[str, Any], end: int, fd: int) -> int:
+    """Write the first `end` bytes of the layer's tar (all, if it is shorter) to `fd`; how many it wrote."""
+    have = 0
+    try:
+        with open_layer_blob(cache, layer["digest"]) as blob:
+            compression = layer_compression(layer.get("mediaType"), blob.read(4))
+            blob.seek(0)
+            chunks = decompressed_chunks(blob, compression)
+            for chunk in chunks:
+                with memoryview(chunk) as view:
+                    while view:
+                        view = view[os.write(fd, view):]
+                have += len(chunk)
+                if have >= end:
+                    break
+            chunks.close()
+    except CORRUPT_LAYER_ERRORS as exc:
+        raise UserError(f"layer {layer['digest']} is corrupt: {exc}",
+                        hint="remove it from the cache and pull again") from exc
+    return have
+
+
+def defer_layer(cache: Cache, layer: dict[str, Any], diff_id: str | None) -> bool:
+    """Leave `layer` packed until its tar is read, when its index is here and its tar is not; True if so."""
+    tar = layer_tar_path(cache, layer)
+    if tar.exists() or not tar.with_suffix(".json").is_file():
+        return False
+    packed = _PACKED[str(tar)] = _Packed(cache, layer, diff_id)
+    PACKED_TARS.add(str(tar))
+    make_on_read(str(tar), packed.make)
     return True
 
 
-def prefetch_deferred_layer(cache: Cache, layer: dict[str, Any]) -> threading.Thread | None:
-    """Start decompressing a layer left packed that the build is known to read (the kernel's), on a thread of
-    its own, while the build goes on; None if it is not left packed. A failure is raised to whoever reads it
-    (make_on_read), not here."""
+def prefetch_deferred_layer(cache: Cache, layer: dict[str, Any], name: str | None = None) -> threading.Thread | None:
+    """Start reading a layer left packed that the build is known to read (the kernel's), on a thread of its own,
+    while the build goes on: its file `name` if given (from the head of the tar, when the file lies there), else
+    the whole tar. None if it is not left packed. A failure is raised to whoever reads it, not here."""
     path = str(layer_tar_path(cache, layer))
-    if path not in PACKED_TARS:
+    packed = _PACKED.get(path)
+    if packed is None:
         return None
+    files = [entry.data for entry in (layer_entries(cache, layer) if name is not None else [])
+             if entry.path == name and isinstance(entry.data, FileRegion)]
+    file = files[-1] if files and packed.read_from_head(files[-1]) else None
 
     def prefetch() -> None:
         with contextlib.suppress(Exception):
-            os.close(open_content(path))
+            if file is not None:
+                with ContentReader() as reader:
+                    for _ in reader.chunks(file):
+                        pass
+            else:
+                os.close(open_content(path))
 
     thread = threading.Thread(target=prefetch, name=f"prefetch {layer['digest'][7:19]}", daemon=True)
     thread.start()
@@ -422,9 +398,10 @@ def prefetch_deferred_layer(cache: Cache, layer: dict[str, Any]) -> threading.Th
 
 def forget_deferred_layers() -> None:
     PACKED_TARS.clear()
-    with _LATER_LOCK:
-        _LATER.clear()
+    forget_blobs_later()
     forget_made_on_read()
+    while _PACKED:
+        _PACKED.popitem()[1].close()
 
 
 def layer_entries(cache: Cache, layer: dict[str, Any], diff_id: str | None = None) -> list[Entry]:

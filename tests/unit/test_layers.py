@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import random
 import multiprocessing
 from pathlib import Path
 from typing import Any
@@ -269,14 +270,15 @@ def test_a_member_refused_early_stops_the_unpacking_and_leaves_nothing(tmp_path:
     assert [p.name for p in layers_dir(cache).iterdir()] == [layer["digest"].split(":")[1] + ".lock"]
 
 
-def _kernel_layer_left_packed(tmp_path: Path, region_tar_size: int | None = None) -> tuple[Cache, dict[str, Any],
-                                                                                         FileRegion]:
+def _kernel_layer_left_packed(tmp_path: Path, region_tar_size: int | None = None, modules: int = 5000,
+                              kernel_size: int | None = None) -> tuple[Cache, dict[str, Any], FileRegion]:
     """A kernel image's layer indexed (with its kernel.tar's index) and then removed, as `--cache-from` brings
-    the indexes of a layer whose tar this machine never made; left packed (defer_layer)."""
+    the indexes of a layer whose tar this machine never made; left packed (defer_layer). `kernel_size`: what
+    the index says of the kernel's size."""
     import linuxkit_py.cache.layerindex as layerindex
     import linuxkit_py.cache.layers as layers
 
-    inner = tar_layer(D("lib"), F("lib/a.ko", b"a" * 5000))
+    inner = tar_layer(D("lib"), F("lib/a.ko", b"a" * 5000), F("lib/b.ko", random.Random(1).randbytes(modules)))
     cache = Cache(tmp_path / "cache")
     layer = _store(cache, gzip.compress(tar_layer(F("kernel", b"k" * 1000), F("kernel.tar", inner)), mtime=0),
                    OCI_GZIP)
@@ -289,6 +291,12 @@ def _kernel_layer_left_packed(tmp_path: Path, region_tar_size: int | None = None
         doc = json.loads(region_index.read_bytes())
         doc["tar_size"] = region_tar_size
         region_index.write_text(json.dumps(doc))
+    if kernel_size is not None:
+        index = tar.with_suffix(".json")
+        doc = json.loads(index.read_bytes())
+        assert doc["entries"][0][0] == "kernel"
+        doc["entries"][0][5] = kernel_size
+        index.write_text(json.dumps(doc))
     tar.unlink()
     layerindex._DECODED.clear()
     assert layers.defer_layer(cache, layer, None)
@@ -301,7 +309,7 @@ def test_a_packed_kernel_layer_places_its_modules_without_decompressing_and_is_p
     cache, layer, region = _kernel_layer_left_packed(tmp_path)
     try:
         modules = layers.region_entries(cache, region, "kernel.tar")  # from the kernel.tar's index alone
-        assert [e.path for e in modules] == ["lib", "lib/a.ko"]
+        assert [e.path for e in modules] == ["lib", "lib/a.ko", "lib/b.ko"]
         assert not Path(region.path).exists()
         thread = layers.prefetch_deferred_layer(cache, layer)
         assert thread is not None
@@ -310,6 +318,50 @@ def test_a_packed_kernel_layer_places_its_modules_without_decompressing_and_is_p
         (ko,) = [e for e in modules if e.path == "lib/a.ko"]
         assert read_data(ko.data) == b"a" * 5000
         assert layers.prefetch_deferred_layer(cache, {**layer, "digest": "sha256:" + "0" * 64}) is None
+    finally:
+        layers.forget_deferred_layers()
+
+
+def test_a_packed_layer_s_kernel_is_read_from_the_head_of_its_tar(tmp_path: Path) -> None:
+    """The kernel before a large kernel.tar: reading it decompresses the blob up to the kernel's end only, and
+    makes no tar; the modules' bytes make it after all, and both are the layer's."""
+    import linuxkit_py.cache.layers as layers
+
+    cache, layer, region = _kernel_layer_left_packed(tmp_path, modules=1 << 20)
+    try:
+        (kernel,) = [e for e in layer_entries(cache, layer) if e.path == "kernel"]
+        thread = layers.prefetch_deferred_layer(cache, layer, "kernel")
+        assert thread is not None
+        thread.join()
+        assert read_data(kernel.data) == b"k" * 1000
+        assert not Path(region.path).exists()  # nor its 1 MiB: only the head was decompressed, into memory
+        (ko,) = [e for e in layers.region_entries(cache, region, "kernel.tar") if e.path == "lib/b.ko"]
+        assert read_data(ko.data) == random.Random(1).randbytes(1 << 20)
+        assert Path(region.path).is_file()
+        assert read_data(kernel.data) == b"k" * 1000
+    finally:
+        layers.forget_deferred_layers()
+
+
+def test_a_kernel_where_the_index_says_none_is_fails_every_reader(tmp_path: Path) -> None:
+    """An index (from --cache-from) whose kernel is a byte longer than the tar's: the head's headers tell, and every
+    reader gets one line naming the layer; the index is removed, so the next build indexes the layer itself."""
+    import linuxkit_py.cache.layers as layers
+
+    cache, layer, region = _kernel_layer_left_packed(tmp_path, modules=1 << 20, kernel_size=1001)
+    try:
+        (kernel,) = [e for e in layer_entries(cache, layer) if e.path == "kernel"]
+        assert isinstance(kernel.data, FileRegion)
+        thread = layers.prefetch_deferred_layer(cache, layer, "kernel")
+        assert thread is not None
+        thread.join()  # it failed quietly: the error is the readers'
+        for _ in range(2):
+            with pytest.raises(UserError, match=rf"^layer {layer['digest']}: its index \(from --cache-from\) places a "
+                                                rf"1001-byte file at byte {kernel.data.offset} of its tar, which has "
+                                                r"none there \(hint: the index was removed: build again\)$"):
+                read_data(kernel.data)
+        assert not Path(region.path).with_suffix(".json").exists()
+        assert not Path(region.path).exists()
     finally:
         layers.forget_deferred_layers()
 
