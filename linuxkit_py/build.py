@@ -254,7 +254,7 @@ def _build(opts: BuildOptions, fetches: list[Fetching]) -> list[Path]:
     # Outputs that read only the kernel and the bytes of the deflate blocks the cache lacks leave a layer they
     # have the index of (from --cache-from) packed until something reads it (cache/layers.py, defer_layer).
     defer = bool(formats) and all(fmt.name in READS_WHAT_MISSES for fmt in formats)
-    hooks = CacheFromPull(cache, spec.kernel.get("image") or "", shared, images,
+    hooks = CacheFromPull(cache, shared, images,
                           lambda digests: deflate_tags_of(_digests(images) | digests), fetches) \
         if shared is not None and opts.cache_from is not None and defer else None
     images |= pull_images(cache, refs, arch, opts.registry, opts.pull, hooks)

@@ -495,12 +495,13 @@ def _write_new(target: Path, data: bytes) -> bool:
 class CacheFromPull(PullHooks):
     """A kernel+initrd build with --cache-from, while its images are pulled: the shared cache is fetched as soon as
     the manifests are known, and the blob of a layer whose index it brings is left until something reads the layer
-    (not the kernel's: NAME-kernel reads it whatever else the cache holds)."""
+    (the kernel's too, whose kernel NAME-kernel reads whatever else the cache holds: downloaded while the root
+    filesystem is assembled, build.py's prefetch)."""
 
-    def __init__(self, cache: Cache, kernel_ref: str, shared: RegistryBuildCache, images: dict[str, Image],
+    def __init__(self, cache: Cache, shared: RegistryBuildCache, images: dict[str, Image],
                  tags: Callable[[dict[str, str]], list[str]], fetches: list[Fetching]) -> None:
         super().__init__(planned=self._planned)
-        self._cache, self._kernel_ref, self._shared, self._images = cache, kernel_ref, shared, images
+        self._cache, self._shared, self._images = cache, shared, images
         self._tags, self._fetches = tags, fetches  # the build key's tags, given the images; where the fetch goes
 
     def _planned(self, planned: dict[str, PlannedImage]) -> Callable[[str], bool]:
@@ -508,12 +509,10 @@ class CacheFromPull(PullHooks):
         fetching = self._shared.fetch([*every, *(layer["digest"] for p in planned.values() for layer in p.layers)],
                                       self._tags({ref: p.digest for ref, p in planned.items()}))
         self._fetches.append(fetching)
-        kernel = planned.get(self._kernel_ref)
-        keep = {layer["digest"] for layer in kernel.layers} if kernel is not None else set()
         directory = layers_dir(self._cache)
 
         def left_out(digest: str) -> bool:
-            if digest in keep or not digest.startswith("sha256:"):
+            if not digest.startswith("sha256:"):
                 return False
             fetching.indexes()
             return (directory / f"{digest.removeprefix('sha256:')}.json").is_file()

@@ -44,7 +44,8 @@ def spec_dir(registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
     from tests.imagetools import F, ImageSpec, Layout, skopeo_push, tar_layer
 
     layout = Layout(tmp_path_factory.mktemp("cache-layout"))
-    modules = tar_layer(F("lib/modules/6.1.0/modules.dep", "\n"))
+    # the kernel before a kernel.tar twice its size, as in LinuxKit's kernel images
+    modules = tar_layer(F("lib/modules/6.1.0/modules.dep", "\n"), F("lib/modules/6.1.0/big.ko", _text(3, 2 << 20)))
     layout.add_image("kernel", ImageSpec(layers=[tar_layer(F("kernel", _text(1, 1 << 20)), F("kernel.tar", modules))]))
     layout.add_image("data", ImageSpec(layers=[tar_layer(F("opt/data", _text(2, 3 << 20))),
                                                tar_layer(F("etc/data.conf", "conf\n"))],
@@ -299,15 +300,17 @@ def test_a_second_builder_decompresses_only_the_layers_it_reads(spec_dir: Path, 
     assert [path for method, path, _ in registry.requests_log()[seen:] if method == "GET" and path.endswith(blob)] \
         == [f"/v2/ci/cache/blobs/{blob}"]
     packed = _packed(cache)
-    assert len(packed) == 3  # the data image's 2 layers and the package's; not the kernel's
-    # the data image's layer blobs were not even downloaded (the package's came with the package); the image is not
-    # named in the cache, which names whole images only
+    # the data image's 2 layers, the package's and the kernel's, whose kernel was read from the head of its tar
+    assert len(packed) == 4
+    # the data image's layer blobs were not even downloaded (the package's came with the package), the kernel's only
+    # to read the kernel; neither image is named in the cache, which names whole images only
     left = {hex_ for hex_ in packed if not Cache(cache).blob_path(f"sha256:{hex_}").is_file()}
     assert len(left) == 2
     assert not [path for method, path, _ in registry.requests_log()[seen:]
                 if method == "GET" and any(path.endswith(f"/blobs/sha256:{hex_}") for hex_ in left)]
     data_ref = f"{registry.host}/cachetest/data:1"
-    assert Cache(cache).get_ref(data_ref) is None and Cache(cache).get_ref(f"{registry.host}/cachetest/kernel:1")
+    assert Cache(cache).get_ref(data_ref) is None
+    assert Cache(cache).get_ref(f"{registry.host}/cachetest/kernel:1") is None
     assert verify_cache(Cache(cache)).problems == []
     _, again = build(spec_dir, tmp_path / "scratch-sbom", tmp_path / "out-scratch")
     assert again == initrd  # and the SBOM, which names the images, is that of a build that pulled everything
@@ -350,11 +353,12 @@ def test_a_fetched_index_that_does_not_fit_its_layer_stops_the_build_once(
     cache = tmp_path / "cache"
     build(spec_dir, cache, tmp_path / "out", "--cache-from", f"{registry.host}/ci/cache")
     layers = cache / "linuxkit-py" / "layers"
-    for hex_ in _packed(cache):
+    for hex_ in _packed(cache):  # the data image's layer, whose bytes the edit reads
         index = layers / f"{hex_}.json"
         doc = json.loads(index.read_bytes())
-        doc["tar_size"] += 512
-        index.write_text(json.dumps(doc))
+        if any(entry[0] == "opt/data" for entry in doc["entries"]):
+            doc["tar_size"] += 512
+            index.write_text(json.dumps(doc))
     edited = _edited(spec_dir, "sh")  # not /bin/true: the image's own Cmd
     rc, stderr = _build_spec(edited, cache, tmp_path / "edit")
     assert rc == 1

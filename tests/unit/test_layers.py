@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import random
 import multiprocessing
+import random
 from pathlib import Path
 from typing import Any
 
