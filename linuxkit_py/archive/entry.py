@@ -227,13 +227,14 @@ def make_on_read(path: str, make: Callable[[], None]) -> None:
 
 
 # Byte ranges of such files that can be read before the file is made (cache/layers.py: the head of a layer's
-# tar, decompressed into memory, holds a kernel image's kernel): path -> the bytes of (offset, size), or None
-# when the file must be made for them.
-_READ_BEFORE_MADE: dict[str, Callable[[int, int], bytes | None]] = {}
+# tar, decompressed into memory, holds a kernel image's kernel): path -> for (offset, size), a descriptor of a
+# file that holds those bytes at the same offsets, or None when the file must be made for them.
+_READ_BEFORE_MADE: dict[str, Callable[[int, int], int | None]] = {}
 
 
-def read_before_made(path: str, read: Callable[[int, int], bytes | None]) -> None:
-    """Have ContentReader ask `read(offset, size)` for a range of `path` before it makes or opens the file."""
+def read_before_made(path: str, read: Callable[[int, int], int | None]) -> None:
+    """Have ContentReader ask `read(offset, size)` where to read a range of `path` before it makes or opens the
+    file: a descriptor (which stays open until forget_made_on_read), or None."""
     _READ_BEFORE_MADE[path] = read
 
 
@@ -292,14 +293,13 @@ class ContentReader:
         yield from self._region(data, chunk)
 
     def _region(self, region: FileRegion, chunk: int) -> Iterator[bytes]:
-        if _READ_BEFORE_MADE and (early := _READ_BEFORE_MADE.get(region.path)) is not None \
-                and (data := early(region.offset, region.size)) is not None:
-            yield from self.chunks(data, chunk)
-            return
+        early = None
+        if _READ_BEFORE_MADE and (before := _READ_BEFORE_MADE.get(region.path)) is not None:
+            early = before(region.offset, region.size)
         offset, remaining = region.offset, region.size
         while remaining > 0:
             # Looked up each time: a caller reading other files in between may have evicted it.
-            block = os.pread(self._fd(region.path), min(chunk, remaining), offset)
+            block = os.pread(self._fd(region.path) if early is None else early, min(chunk, remaining), offset)
             if not block:
                 raise OSError(f"{region.path}: truncated (wanted {remaining} more bytes at {offset})")
             offset += len(block)

@@ -254,7 +254,7 @@ class _Packed:
         self.index = self.tar.with_suffix(".json")
         self.failed: list[UserError] = []  # raised to every reader, not only the first
         self.file: FileRegion | None = None  # the file read from the head of the tar (read_head)
-        self.head: int | None = None  # an anonymous file holding the head, up to the end of `file`
+        self.head: int | None = None  # an anonymous file holding the head, up to the end of `file`; read there
 
     def _mismatch(self, made: Path, what: str) -> UserError:
         """Fail for an index (from --cache-from) that does not fit the layer's tar, and remove the index."""
@@ -298,7 +298,7 @@ class _Packed:
         read_before_made(str(self.tar), self.read_head)
         return True
 
-    def read_head(self, offset: int, size: int) -> bytes | None:
+    def read_head(self, offset: int, size: int) -> int | None:
         file = self.file
         if file is None or not file.offset <= offset <= offset + size <= file.offset + file.size:
             return None  # not the file: the whole tar is made for it
@@ -309,8 +309,7 @@ class _Packed:
                 return None
             if self.head is None:
                 self._read_head(file)
-            assert self.head is not None
-            return os.pread(self.head, size, offset)
+            return self.head
 
     def _read_head(self, file: FileRegion) -> None:
         digest, end = self.layer["digest"], file.offset + file.size
