@@ -479,7 +479,7 @@ GC_THRESHOLDS = (100_000, 20, 100)
 # How long a thread running Python keeps the GIL from one waiting for it (CPython's default: 5 ms). A thread
 # streaming a blob gives the GIL up three times a MiB (recv, sha256, write) and, beside a thread assembling the
 # rootfs, waited up to that long each time: a `--cache-from` build's 133 MB of blocks took 0.6 s instead of 0.25 s
-# (docs/benchmarks.md, "the GIL's switch interval").
+# (docs/benchmarks.md, "the interpreter lock handed over sooner").
 SWITCH_INTERVAL = 0.0005
 
 
