@@ -7,6 +7,7 @@ import hashlib
 import json
 import multiprocessing
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +323,19 @@ def test_a_packed_kernel_layer_places_its_modules_without_decompressing_and_is_p
         layers.forget_deferred_layers()
 
 
+def _every_reader_fails(cache: Cache, layer: dict[str, Any], name: str | None, read: Callable[[], object],
+                        error: str) -> None:
+    """The prefetch of `layer` (of its file `name`) fails quietly, and then `read()` fails with `error`, twice."""
+    import linuxkit_py.cache.layers as layers
+
+    thread = layers.prefetch_deferred_layer(cache, layer, name)
+    assert thread is not None
+    thread.join()  # it failed quietly: the error is the readers'
+    for _ in range(2):
+        with pytest.raises(UserError, match=error):
+            read()
+
+
 def test_a_packed_layer_s_kernel_is_read_from_the_head_of_its_tar(tmp_path: Path) -> None:
     """The kernel before a large kernel.tar: reading it decompresses the blob up to the kernel's end only, and
     makes no tar; the modules' bytes make it after all, and both are the layer's."""
@@ -352,14 +366,11 @@ def test_a_kernel_where_the_index_says_none_is_fails_every_reader(tmp_path: Path
     try:
         (kernel,) = [e for e in layer_entries(cache, layer) if e.path == "kernel"]
         assert isinstance(kernel.data, FileRegion)
-        thread = layers.prefetch_deferred_layer(cache, layer, "kernel")
-        assert thread is not None
-        thread.join()  # it failed quietly: the error is the readers'
-        for _ in range(2):
-            with pytest.raises(UserError, match=rf"^layer {layer['digest']}: its index \(from --cache-from\) places a "
-                                                rf"1001-byte file at byte {kernel.data.offset} of its tar, which has "
-                                                r"none there \(hint: the index was removed: build again\)$"):
-                read_data(kernel.data)
+        data = kernel.data
+        _every_reader_fails(cache, layer, "kernel", lambda: read_data(data),
+                            rf"^layer {layer['digest']}: its index \(from --cache-from\) places a 1001-byte file at "
+                            rf"byte {data.offset} of its tar, which has none there \(hint: the index was removed: "
+                            r"build again\)$")
         assert not Path(region.path).with_suffix(".json").exists()
         assert not Path(region.path).exists()
     finally:
@@ -374,14 +385,10 @@ def test_a_packed_layer_whose_inner_index_does_not_fit_fails_every_reader(tmp_pa
 
     cache, layer, region = _kernel_layer_left_packed(tmp_path, region_tar_size=512)
     try:
-        thread = layers.prefetch_deferred_layer(cache, layer)
-        assert thread is not None
-        thread.join()  # it failed quietly: the error is the readers'
-        for _ in range(2):
-            with pytest.raises(UserError, match=rf"^layer {layer['digest']}: the index of the tar at "
-                                                rf"{region.offset}-{region.size} in it \(from --cache-from\) is of "
-                                                r"a 512-byte tar, the layer's is \d+ bytes \(hint: the index was"):
-                open_content(region.path)
+        _every_reader_fails(cache, layer, None, lambda: open_content(region.path),
+                            rf"^layer {layer['digest']}: the index of the tar at {region.offset}-{region.size} in it "
+                            r"\(from --cache-from\) is of a 512-byte tar, the layer's is \d+ bytes \(hint: the index "
+                            r"was")
         tar = Path(region.path)
         assert not tar.with_name(f"{tar.stem}.{region.offset}-{region.size}.json").exists()
     finally:
